@@ -1,0 +1,168 @@
+"""The client's protocol logic, free of I/O: both clients drive it.
+
+``ClientCore`` builds signed requests, remembers what waits for which reply
+or result, and turns incoming messages into calls of those callbacks with a
+value or an exception.  The blocking :class:`~ipcluster.client.Client` runs it
+on a background thread with pyzmq; :class:`~ipcluster.client.TwistedClient`
+runs it on the reactor with txZMQ.
+"""
+from __future__ import annotations
+
+import pickle
+import threading
+import uuid
+from typing import Any, Callable, Optional, Sequence
+
+import cloudpickle
+
+from ipcluster import errors
+from ipcluster.wire import BadMessage, Codec, Message
+
+#: ``callback(ok, value)``: value is the reply's value, or an exception when not ok.
+Callback = Callable[[bool, Any], None]
+
+CONTROLLER_ERRORS = frozenset(
+    {"EngineDied", "TaskAborted", "EngineDead", "UnknownEngine", "BadRequest", "ControlTimeout", "ClusterError"}
+)
+
+
+class TaskResult:
+    """What came back for a task: value or exception, captured output, engine."""
+
+    __slots__ = ("task_id", "engine", "ok", "value", "stdout", "stderr", "started", "finished")
+
+    def __init__(self, msg: Message) -> None:
+        self.task_id = msg["task"]
+        self.engine = msg.get("engine")
+        self.ok = bool(msg["ok"])
+        self.started = msg.get("started")
+        self.finished = msg.get("finished")
+        payload, out, err = msg.payloads
+        self.stdout = bytes(out).decode("utf-8", "replace")
+        self.stderr = bytes(err).decode("utf-8", "replace")
+        self.value = pickle.loads(payload) if self.ok else _remote_exception(msg.get("error"), payload)
+
+
+def _remote_exception(error: Any, payload: bytes) -> BaseException:
+    """The exception to raise in the client for a failed task."""
+    if not isinstance(error, dict):
+        return errors.ClusterError(f"malformed error report: {error!r}")
+    ename = str(error.get("type", "Exception"))
+    evalue = str(error.get("message", ""))
+    tb = str(error.get("traceback", "") or "")
+    if not payload:
+        if ename in CONTROLLER_ERRORS:
+            return errors.from_wire(error)
+        return errors.RemoteError(ename, evalue, tb)
+    try:
+        exc = pickle.loads(payload)
+    except Exception:
+        return errors.RemoteError(ename, evalue, tb)
+    if not isinstance(exc, Exception):
+        # KeyboardInterrupt, SystemExit, ...: raising those here would stop the client.
+        return errors.TaskInterrupted(ename, evalue, tb)
+    if tb:
+        exc.__cause__ = errors.RemoteTraceback(tb)
+    return exc
+
+
+class ClientCore:
+    """Requests, replies and results, correlated by message and task id."""
+
+    def __init__(self, key: bytes) -> None:
+        self.codec = Codec(key)
+        self._lock = threading.Lock()
+        self._replies: dict[str, Callback] = {}
+        self._results: dict[str, Callable[[TaskResult], None]] = {}
+        self.dropped = 0
+
+    def request(self, mtype: str, fields: dict, on_reply: Callback, payloads: Sequence[bytes] = ()) -> tuple[str, list]:
+        """Frames for a request, with ``on_reply`` registered for its reply."""
+        msg_id = self.codec.new_id()
+        with self._lock:
+            self._replies[msg_id] = on_reply
+        return msg_id, self.codec.encode(mtype, fields, payloads, msg_id=msg_id)
+
+    def submit(
+        self,
+        fn: Callable,
+        args: tuple,
+        kwargs: dict,
+        engine: str,
+        on_accept: Callback,
+        on_result: Callable[[TaskResult], None],
+    ) -> tuple[str, str, list]:
+        """``(task_id, msg_id, frames)`` for a direct task; the payload is cloudpickled here."""
+        payload = cloudpickle.dumps((fn, args, kwargs))
+        task_id = uuid.uuid4().hex
+        with self._lock:
+            self._results[task_id] = on_result
+        msg_id, frames = self.request("submit", {"task": task_id, "engine": engine}, on_accept, [payload])
+        return task_id, msg_id, frames
+
+    def forget(self, msg_id: Optional[str] = None, task_id: Optional[str] = None) -> None:
+        with self._lock:
+            if msg_id is not None:
+                self._replies.pop(msg_id, None)
+            if task_id is not None:
+                self._results.pop(task_id, None)
+
+    def expire(self, msg_id: str, error: BaseException) -> None:
+        """No reply came in time: fail the waiter."""
+        with self._lock:
+            callback = self._replies.pop(msg_id, None)
+        if callback is not None:
+            callback(False, error)
+
+    def fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            replies, self._replies = self._replies, {}
+            results, self._results = self._results, {}
+        for callback in replies.values():
+            callback(False, error)
+        for task_id, on_result in results.items():
+            on_result(_Failed(task_id, error))
+
+    def received(self, frames: Sequence[bytes]) -> None:
+        """Handle one message from the controller."""
+        try:
+            msg = self.codec.decode(frames)
+        except BadMessage:
+            self.dropped += 1
+            return
+        if msg.type in ("reply", "welcome"):
+            with self._lock:
+                callback = self._replies.pop(msg["ref"], None)
+            if callback is None:
+                return
+            if msg.type == "welcome":
+                callback(True, msg.fields)
+            elif msg["ok"]:
+                callback(True, msg.get("value"))
+            else:
+                callback(False, errors.from_wire(msg.get("error")))
+        elif msg.type == "result":
+            with self._lock:
+                on_result = self._results.pop(msg["task"], None)
+            if on_result is None:
+                self.dropped += 1
+                return
+            try:
+                result = TaskResult(msg)
+            except Exception as e:
+                result = _Failed(msg["task"], errors.ClusterError(f"could not decode the result: {e!r}"))
+            on_result(result)
+        else:
+            self.dropped += 1
+
+
+class _Failed:
+    """A TaskResult made on this side (controller gone, undecodable result)."""
+
+    def __init__(self, task_id: str, error: BaseException) -> None:
+        self.task_id = task_id
+        self.engine = None
+        self.ok = False
+        self.value = error
+        self.stdout = self.stderr = ""
+        self.started = self.finished = None

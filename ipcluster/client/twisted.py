@@ -1,0 +1,119 @@
+"""The Twisted-native client: the same verbs as :class:`Client`, returning Deferreds."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer
+
+from ipcluster import connection, errors
+from ipcluster.client.core import ClientCore, TaskResult
+
+
+class TwistedClient:
+    """Use :meth:`connect`; every verb returns a ``Deferred``."""
+
+    def __init__(self, info: connection.ConnectionInfo, reactor, timeout: float) -> None:
+        from ipcluster.controller.transport import DealerSocket, make_factory
+
+        self.info = info
+        self.reactor = reactor
+        self.timeout = timeout
+        self._core = ClientCore(info.key)
+        self._factory = make_factory(reactor)
+        self._socket = DealerSocket(self._factory, info.address("client"), self._core.received, name="client")
+
+    @classmethod
+    def connect(cls, connection_file: Optional[str] = None, reactor=None, timeout: float = 10.0) -> defer.Deferred:
+        """A Deferred that fires with a connected client, or NoController."""
+        if reactor is None:
+            from twisted.internet import reactor
+        try:
+            info = connection.read(connection_file)
+        except errors.NoController:
+            return defer.fail()
+        client = cls(info, reactor, timeout)
+
+        def no_answer(failure):
+            client.close()
+            failure.trap(errors.NoController)
+            raise errors.NoController(
+                f"no controller answered at {info.address('client')} within {timeout:g} s "
+                f"(connection file {info.path}); is it running?"
+            )
+
+        return client._call("connect", {}, timeout).addCallbacks(lambda _: client, no_answer)
+
+    def engines(self) -> defer.Deferred:
+        return self._call("engines", {}, self.timeout)
+
+    def submit(self, fn: Callable, *args: Any, engine: Optional[str] = None, **kwargs: Any) -> defer.Deferred:
+        """Fires with the task's result (or fails with its exception)."""
+        if engine is None:
+            return defer.fail(TypeError("submit() needs engine=ENGINE_ID (load-balanced submission is not available yet)"))
+        done = defer.Deferred()
+
+        def on_result(result: TaskResult) -> None:
+            if not done.called:
+                (done.callback if result.ok else done.errback)(result.value)
+
+        def on_accept(ok: bool, value: Any) -> None:
+            if not ok and not done.called:
+                self._core.forget(task_id=task_id)
+                done.errback(value)
+
+        task_id, _, frames = self._core.submit(fn, args, kwargs, str(engine), on_accept, on_result)
+        done.task_id = task_id
+        self._socket.send_frames(frames)
+        return done
+
+    def beat(self, engine: str, timeout: Optional[float] = None) -> defer.Deferred:
+        return self._control(engine, "beat", {}, timeout)
+
+    def abort(self, engine: str, task: str, timeout: Optional[float] = None) -> defer.Deferred:
+        return self._control(engine, "abort", {"task": str(task)}, timeout)
+
+    def signal(self, engine: str, signum: int, task: Optional[str] = None, timeout: Optional[float] = None) -> defer.Deferred:
+        args: dict = {"signum": int(signum)}
+        if task is not None:
+            args["task"] = str(task)
+        return self._control(engine, "signal", args, timeout)
+
+    def exit(self, engine: str, timeout: float = 5.0) -> defer.Deferred:
+        return self._call(
+            "control", {"engine": str(engine), "verb": "exit", "args": {"timeout": float(timeout)}}, timeout + 2 * self.timeout
+        )
+
+    def reset(self, engine: str, timeout: Optional[float] = None) -> defer.Deferred:
+        return self._control(engine, "reset", {}, timeout)
+
+    def _control(self, engine: str, verb: str, args: dict, timeout: Optional[float]) -> defer.Deferred:
+        if timeout is not None:
+            args = dict(args, timeout=float(timeout))
+        wait = (timeout if timeout is not None else self.timeout) + self.timeout
+        return self._call("control", {"engine": str(engine), "verb": verb, "args": args}, wait)
+
+    def _call(self, mtype: str, fields: dict, timeout: float) -> defer.Deferred:
+        d = defer.Deferred()
+        timer = None
+
+        def on_reply(ok: bool, value: Any) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not d.called:
+                (d.callback if ok else d.errback)(value)
+
+        msg_id, frames = self._core.request(mtype, fields, on_reply)
+        timer = self.reactor.callLater(
+            timeout,
+            self._core.expire,
+            msg_id,
+            errors.NoController(f"the controller did not answer {mtype!r} within {timeout:g} s"),
+        )
+        self._socket.send_frames(frames)
+        return d
+
+    def close(self) -> None:
+        if self._factory is not None:
+            self._factory.shutdown()
+            self._factory = None
+        self._core.fail_all(errors.NoController("client closed"))

@@ -1,0 +1,1 @@
+"""The controller: a tree of Twisted services around a few ZeroMQ ROUTER sockets."""

@@ -1,0 +1,185 @@
+"""The registration desk and the client front end: the controller's request handlers."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ipcluster import errors
+from ipcluster.controller.control import VERBS, ControlChannel
+from ipcluster.controller.droplog import DropLog
+from ipcluster.controller.registry import DuplicateEngine, Registry
+from ipcluster.controller.tasks import TaskRouter
+from ipcluster.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
+
+Send = Callable[[Sequence[bytes]], bool]
+
+
+class Registrar:
+    """Phase one of registration: record the engine and tell it the heartbeat settings.
+
+    Phase two -- counting the engine -- happens at its first heart pong, in
+    the HeartMonitor.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: Registry,
+        codec: Codec,
+        clock: IReactorTime,
+        send: Send,
+        drops: DropLog,
+        heartbeat_period: float,
+        is_local: Callable[[str], bool] = lambda engine_id: False,
+    ) -> None:
+        self.registry = registry
+        self.codec = codec
+        self.clock = clock
+        self.send = send
+        self.drops = drops
+        self.heartbeat_period = heartbeat_period
+        self.is_local = is_local
+
+    def message_received(self, frames: list) -> None:
+        identity, body = frames[0], frames[1:]
+        try:
+            msg = self.codec.decode(body, ACCEPTS["registration"])
+        except BadMessage as e:
+            self.drops.drop("registration", e.reason, identity, e.detail)
+            return
+        engine_id = msg["engine"]
+        if not engine_id or len(engine_id) > 128 or not engine_id.isprintable():
+            self._reply(identity, msg, "rejected", engine=engine_id[:128], reason="engine id must be 1-128 printable characters")
+            return
+        try:
+            self.registry.register(
+                engine_id, msg["instance"], msg["host"], msg["pid"], self.clock.seconds(), self.is_local(engine_id)
+            )
+        except DuplicateEngine as e:
+            self.log.warn("refused registration of {engine}: {why}", engine=engine_id, why=str(e))
+            self._reply(identity, msg, "rejected", engine=engine_id, reason=str(e))
+            return
+        self._reply(identity, msg, "registered", engine=engine_id, heartbeat_period=self.heartbeat_period)
+
+    def _reply(self, identity: bytes, msg: Message, mtype: str, **fields) -> None:
+        self.send([identity, *self.codec.encode(mtype, dict(fields, ref=msg.id))])
+
+
+class ClientFrontEnd:
+    """Serves clients: engine listings, direct task submission, control verbs."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: Registry,
+        control: ControlChannel,
+        router: TaskRouter,
+        codec: Codec,
+        clock: IReactorTime,
+        send: Send,
+        drops: DropLog,
+    ) -> None:
+        self.registry = registry
+        self.control = control
+        self.router = router
+        self.codec = codec
+        self.clock = clock
+        self.send = send
+        self.drops = drops
+
+    def message_received(self, frames: list) -> None:
+        identity, body = frames[0], frames[1:]
+        try:
+            msg = self.codec.decode(body, ACCEPTS["client"])
+        except BadMessage as e:
+            self.drops.drop("client", e.reason, identity, e.detail)
+            return
+        try:
+            result = getattr(self, "_on_" + msg.type)(identity, msg)
+        except errors.ClusterError as e:
+            self._error(identity, msg, e)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(
+                lambda value: self._ok(identity, msg, value),
+                lambda f: self._failed(identity, msg, f),
+            )
+        else:
+            self._ok(identity, msg, result)
+
+    # -- requests --------------------------------------------------------------
+
+    def _on_connect(self, identity: bytes, msg: Message):
+        self.send([identity, *self.codec.encode("welcome", {"ref": msg.id, "version": PROTOCOL_VERSION})])
+        return _NO_REPLY
+
+    def _on_engines(self, identity: bytes, msg: Message):
+        now = self.clock.seconds()
+        return [record.describe(now) for record in self.registry]
+
+    def _on_submit(self, identity: bytes, msg: Message):
+        self.router.submit(identity, msg["task"], msg["engine"], msg.payloads[0])
+        return msg["task"]
+
+    def _on_control(self, identity: bytes, msg: Message):
+        verb, args = msg["verb"], msg["args"]
+        if verb not in VERBS:
+            raise errors.BadRequest(f"unknown control verb {verb!r}; known: {', '.join(VERBS)}")
+        control = self.control.control_for(msg["engine"])
+        try:
+            if verb == "beat":
+                return control.beat(timeout=_number(args, "timeout", None))
+            if verb == "abort":
+                return control.abort(_string(args, "task"), timeout=_number(args, "timeout", None))
+            if verb == "signal":
+                task = args.get("task")
+                if task is not None and not isinstance(task, str):
+                    raise errors.BadRequest("signal: task must be a task id")
+                signum = args.get("signum")
+                if not isinstance(signum, int) or isinstance(signum, bool) or not 0 < signum < 128:
+                    raise errors.BadRequest("signal: signum must be a signal number")
+                return control.signal(signum, task, timeout=_number(args, "timeout", None))
+            if verb == "exit":
+                return control.exit(timeout=_number(args, "timeout", 5.0))
+            return control.reset(timeout=_number(args, "timeout", None))
+        except (TypeError, ValueError) as e:
+            raise errors.BadRequest(f"{verb}: {e}") from None
+
+    # -- replies ---------------------------------------------------------------
+
+    def _ok(self, identity: bytes, msg: Message, value) -> None:
+        if value is _NO_REPLY:
+            return
+        self.send([identity, *self.codec.encode("reply", {"ref": msg.id, "ok": True, "value": value})])
+
+    def _error(self, identity: bytes, msg: Message, error: Exception) -> None:
+        self.send([identity, *self.codec.encode("reply", {"ref": msg.id, "ok": False, "error": errors.to_wire(error)})])
+
+    def _failed(self, identity: bytes, msg: Message, failure) -> None:
+        if not failure.check(errors.ClusterError):
+            self.log.failure("control request {verb} failed", failure, verb=msg.get("verb"))
+        self._error(identity, msg, failure.value)
+
+
+_NO_REPLY = object()
+
+
+def _number(args: dict, name: str, default):
+    value = args.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise errors.BadRequest(f"{name} must be a non-negative number")
+    return float(value)
+
+
+def _string(args: dict, name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str) or not value:
+        raise errors.BadRequest(f"{name} must be a non-empty string")
+    return value

@@ -1,0 +1,190 @@
+"""The Registry: which engines exist, and the one place their state changes.
+
+States::
+
+    registering --first pong--> alive <--> busy
+         |                        |         |
+         +--purged (no pong)      +--> dead <+
+                                  +--> left (clean exit, record removed)
+
+``busy`` means the heart (native, GIL-free) answers but the Python control
+channel does not: the engine's interpreter is held.  A busy engine is alive and
+is never failed for being busy.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Iterator, Optional
+
+import attr
+
+REGISTERING = "registering"
+ALIVE = "alive"
+BUSY = "busy"
+DEAD = "dead"
+ACTIVE_STATES = frozenset({REGISTERING, ALIVE, BUSY})
+LIVE_STATES = frozenset({ALIVE, BUSY})
+
+
+class DuplicateEngine(Exception):
+    """Another live engine process already holds this engine id."""
+
+
+@attr.s(slots=True, eq=False)
+class EngineRecord:
+    """What the controller knows of one engine."""
+
+    id: str = attr.ib()
+    instance: str = attr.ib()
+    host: str = attr.ib()
+    pid: int = attr.ib()
+    registered_at: float = attr.ib()
+    state: str = attr.ib(default=REGISTERING)
+    local: bool = attr.ib(default=False)
+    joined_at: Optional[float] = attr.ib(default=None)
+    last_pong_beat: int = attr.ib(default=-1)
+    last_pong_at: Optional[float] = attr.ib(default=None)
+    rtt: Optional[float] = attr.ib(default=None)
+    misses: int = attr.ib(default=0)
+    last_control_at: Optional[float] = attr.ib(default=None)
+    busy_since: Optional[float] = attr.ib(default=None)
+    running_task: Optional[str] = attr.ib(default=None)
+    task_started_at: Optional[float] = attr.ib(default=None)
+    queued: int = attr.ib(default=0)
+    ended_at: Optional[float] = attr.ib(default=None)
+    reason: str = attr.ib(default="")
+
+    @property
+    def identity(self) -> bytes:
+        return self.id.encode()
+
+    def describe(self, now: float) -> dict:
+        """A plain dict for clients and status views."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "state": self.state,
+            "rtt": self.rtt,
+            "busy_for": (now - self.busy_since) if self.state == BUSY and self.busy_since is not None else None,
+            "running_task": self.running_task,
+            "task_running_for": (now - self.task_started_at) if self.task_started_at is not None else None,
+            "queued": self.queued,
+            "registered_at": self.registered_at,
+            "reason": self.reason,
+        }
+
+
+Listener = Callable[[str, EngineRecord, str], None]
+
+
+class Registry:
+    """Engines by id, with every state change announced to listeners.
+
+    Listeners are called as ``listener(event, record, reason)`` where event is
+    one of ``registering``, ``joined``, ``busy``, ``alive``, ``dead``,
+    ``left`` or ``purged``.
+    """
+
+    def __init__(self, keep_dead: int = 1000) -> None:
+        self._engines: OrderedDict[str, EngineRecord] = OrderedDict()
+        self._listeners: list[Listener] = []
+        self._keep_dead = keep_dead
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, record: EngineRecord, reason: str = "") -> None:
+        for listener in list(self._listeners):
+            listener(event, record, reason)
+
+    # -- queries -------------------------------------------------------------
+
+    def get(self, engine_id: str) -> Optional[EngineRecord]:
+        return self._engines.get(engine_id)
+
+    def __iter__(self) -> Iterator[EngineRecord]:
+        return iter(list(self._engines.values()))
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def active(self) -> list[EngineRecord]:
+        """Engines registering, alive or busy (the ones the heart monitor pings)."""
+        return [r for r in self._engines.values() if r.state in ACTIVE_STATES]
+
+    def live(self) -> list[EngineRecord]:
+        """Engines that joined and are not dead: alive or busy."""
+        return [r for r in self._engines.values() if r.state in LIVE_STATES]
+
+    # -- transitions ---------------------------------------------------------
+
+    def register(
+        self, engine_id: str, instance: str, host: str, pid: int, now: float, local: bool = False
+    ) -> EngineRecord:
+        """Begin registering an engine (phase one); it counts once it pongs.
+
+        The same process registering again (same instance) replaces its old
+        record, which leaves.  A dead record with the same id is replaced.
+        Another process holding a live id raises :class:`DuplicateEngine`.
+        """
+        old = self._engines.get(engine_id)
+        if old is not None:
+            if old.state in ACTIVE_STATES and old.instance != instance:
+                raise DuplicateEngine(
+                    f"engine id {engine_id!r} is held by pid {old.pid} on {old.host} "
+                    f"({old.state}); it must exit or be declared dead first"
+                )
+            if old.state in ACTIVE_STATES:
+                self.remove(old, "re-registered by the same process", now)
+            else:
+                del self._engines[engine_id]
+        record = EngineRecord(engine_id, instance, host, pid, registered_at=now, local=local)
+        self._engines[engine_id] = record
+        self._emit("registering", record)
+        return record
+
+    def mark_alive(self, record: EngineRecord, now: float) -> None:
+        if record.state == REGISTERING:
+            record.state = ALIVE
+            record.joined_at = now
+            self._emit("joined", record)
+        elif record.state == BUSY:
+            since = record.busy_since
+            record.state = ALIVE
+            record.busy_since = None
+            self._emit("alive", record, f"after busy {now - since:.1f} s" if since is not None else "")
+
+    def mark_busy(self, record: EngineRecord, since: float, reason: str) -> None:
+        if record.state == ALIVE:
+            record.state = BUSY
+            record.busy_since = since
+            self._emit("busy", record, reason)
+
+    def mark_dead(self, record: EngineRecord, reason: str, now: float) -> None:
+        """Declare an engine dead; its record stays (state ``dead``) until replaced."""
+        if record.state not in ACTIVE_STATES or self._engines.get(record.id) is not record:
+            return
+        record.state = DEAD
+        record.reason = reason
+        record.ended_at = now
+        record.busy_since = None
+        self._emit("dead", record, reason)
+        self._trim_dead()
+
+    def remove(self, record: EngineRecord, reason: str, now: float, event: str = "left") -> None:
+        """An engine left cleanly (or its registration was purged): forget it."""
+        if self._engines.get(record.id) is not record:
+            return
+        was_active = record.state in ACTIVE_STATES
+        del self._engines[record.id]
+        record.reason = reason
+        record.ended_at = now
+        if was_active:
+            record.state = DEAD if event == "purged" else "left"
+            self._emit(event, record, reason)
+
+    def _trim_dead(self) -> None:
+        dead = [r for r in self._engines.values() if r.state == DEAD]
+        for r in dead[: max(0, len(dead) - self._keep_dead)]:
+            del self._engines[r.id]

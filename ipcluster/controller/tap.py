@@ -1,0 +1,82 @@
+"""``twistd ipcluster``: command-line options and the service maker."""
+from __future__ import annotations
+
+from twisted.python import usage
+
+from ipcluster.connection import CHANNELS, default_data_dir
+from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD
+
+
+def _positive(kind):
+    def convert(value):
+        v = kind(value)
+        if v <= 0:
+            raise ValueError(f"must be positive, got {value}")
+        return v
+
+    convert.coerceDoc = "Must be positive."
+    return convert
+
+
+def _port(value):
+    v = int(value)
+    if not 0 <= v <= 65535:
+        raise ValueError(f"not a port number: {value}")
+    return v
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run an ipcluster controller. Engines (`ipcluster-engine`) register with it, stay under "
+        "a heartbeat and run the tasks that clients (`ipcluster.Client`) send. The controller "
+        "writes a connection file (addresses and signing key, mode 0600) into the data "
+        "directory; engines and clients need only that file. Example: "
+        "`twistd -n ipcluster --engines 2` runs a controller with two local engines in the "
+        "foreground; stop it with Ctrl-C."
+    )
+
+    optParameters = [
+        ["engines", "n", 0, "Start this many local engine processes (ids e0, e1, ...) and watch them; "
+         "an engine whose process exits is reported dead at once. 0: engines join on their own.", int],
+        ["ip", None, "127.0.0.1", "Interface to listen on. Use 0.0.0.0 or a host address to accept "
+         "engines from other hosts (traffic is signed, not encrypted)."],
+        ["data-dir", "d", None, f"Directory for connection.json (default: $IPCLUSTER_DIR or "
+         f"~/.ipcluster, here {default_data_dir()})."],
+        ["heartbeat-period", None, DEFAULT_PERIOD, "Seconds between heartbeats.", _positive(float)],
+        ["heartbeat-misses", None, DEFAULT_MISSES, "Consecutive missed heartbeats after which an engine "
+         "is dead. Default: dead within about 2 s of a crash or hang.", _positive(int)],
+        ["busy-after", None, None, "Seconds of silence on an engine's control channel (while its heart "
+         "answers) before it is shown busy. Default: 3 heartbeat periods, at least 1 s", _positive(float)],
+        ["registration-timeout", None, 10.0, "Seconds a registering engine has to answer its first "
+         "heartbeat before its registration is purged.", _positive(float)],
+        ["control-timeout", None, 10.0, "Default seconds a control command (beat, abort, ...) waits for "
+         "its reply.", _positive(float)],
+        ["max-message-size", None, 256 * 1024 * 1024, "Largest message accepted, in bytes; a peer that "
+         "sends more is disconnected.", _positive(int)],
+    ] + [
+        [f"{channel}-port", None, 0, f"TCP port of the {channel} socket (0: any free port).", _port]
+        for channel in CHANNELS
+    ]
+
+    def postOptions(self) -> None:
+        if self["engines"] < 0:
+            raise usage.UsageError("--engines must be 0 or more")
+
+
+def makeService(options: Options):
+    from ipcluster.controller.service import Controller, ControllerConfig
+
+    config = ControllerConfig(
+        data_dir=options["data-dir"] or default_data_dir(),
+        ip=options["ip"],
+        ports={channel: options[f"{channel}-port"] for channel in CHANNELS},
+        engines=options["engines"],
+        heartbeat_period=options["heartbeat-period"],
+        heartbeat_misses=options["heartbeat-misses"],
+        busy_after=options["busy-after"],
+        registration_timeout=options["registration-timeout"],
+        control_timeout=options["control-timeout"],
+        max_message_size=options["max-message-size"],
+    )
+    return Controller(config)

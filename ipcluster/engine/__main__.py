@@ -1,0 +1,3 @@
+from ipcluster.engine.main import main
+
+raise SystemExit(main())

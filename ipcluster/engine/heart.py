@@ -1,0 +1,89 @@
+"""The engine's heart: a GIL-free echo of heartbeat pings in a native thread.
+
+One DEALER socket (identity = the engine id) connected to the controller's
+heartbeat ROUTER, and ``zmq.proxy_steerable(sock, sock, None, ctl)``: libzmq's
+proxy loop, run by pyzmq with the GIL released, sends every ping it receives
+straight back.  So the heart answers even while the engine's main thread holds
+the GIL in a long C call.  ``stop`` sends ``TERMINATE`` on the control socket;
+the loop returns at once and the thread closes its sockets and ends.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Optional
+
+import zmq
+
+
+class Heart:
+    """Starts and stops the echo thread cleanly."""
+
+    def __init__(self, context: zmq.Context, address: str, identity: bytes) -> None:
+        self.context = context
+        self.address = address
+        self.identity = identity
+        self._ctl_address = f"inproc://ipcluster-heart-{uuid.uuid4().hex}"
+        self._ctl: Optional[zmq.Socket] = None
+        self._thread: Optional[threading.Thread] = None
+        self._ready = threading.Event()
+        self.error: Optional[BaseException] = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 5.0) -> None:
+        if self._thread is not None:
+            raise RuntimeError("heart already started")
+        self._ctl = self.context.socket(zmq.PAIR)
+        self._ctl.setsockopt(zmq.LINGER, 0)
+        self._ctl.bind(self._ctl_address)
+        self._thread = threading.Thread(target=self._run, name="ipcluster-heart", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("heart thread did not start")
+        if self.error is not None:
+            raise RuntimeError(f"heart failed to start: {self.error!r}")
+
+    def _run(self) -> None:
+        sock = ctl = None
+        try:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, self.identity)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.address)
+            ctl = self.context.socket(zmq.PAIR)
+            ctl.setsockopt(zmq.LINGER, 0)
+            ctl.connect(self._ctl_address)
+        except BaseException as e:  # reported to start()
+            self.error = e
+            self._ready.set()
+            for s in (sock, ctl):
+                if s is not None:
+                    s.close(0)
+            return
+        self._ready.set()
+        try:
+            zmq.proxy_steerable(sock, sock, None, ctl)
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as e:
+            self.error = e
+        finally:
+            sock.close(0)
+            ctl.close(0)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the echo loop and join the thread; True if it ended in time."""
+        if self._thread is None:
+            return True
+        try:
+            self._ctl.send(b"TERMINATE")
+        except zmq.ZMQError:
+            pass
+        self._thread.join(timeout)
+        ended = not self._thread.is_alive()
+        self._ctl.close(0)
+        self._thread = None
+        return ended

@@ -1,0 +1,115 @@
+"""Exceptions that cross the wire by name.
+
+The controller reports errors to clients as ``{"type": name, "message": text}``;
+:func:`from_wire` turns that back into one of these classes (or a plain
+:class:`ClusterError` for names it does not know).
+"""
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """Base class of every error ipcluster raises on purpose."""
+
+
+class NoController(ClusterError):
+    """No controller could be found or reached."""
+
+
+class UnknownEngine(ClusterError):
+    """The engine id names no engine the controller knows."""
+
+
+class EngineDead(ClusterError):
+    """The engine was declared dead (heartbeat lost or process exited)."""
+
+
+class EngineDied(ClusterError):
+    """A task's engine died or left before the task finished."""
+
+
+class EngineBusy(ClusterError):
+    """The engine's control channel did not answer (its interpreter is held)."""
+
+
+class ControlTimeout(ClusterError):
+    """A control command got no reply within its timeout."""
+
+
+class TaskAborted(ClusterError):
+    """A queued task was removed by ``abort`` or ``reset`` before it ran."""
+
+
+class BadRequest(ClusterError):
+    """The controller refused a malformed or invalid request."""
+
+
+class RemoteError(ClusterError):
+    """A task raised on its engine and the exception could not be re-raised as-is.
+
+    ``ename`` is the remote exception's class name, ``evalue`` its message and
+    ``traceback`` the remote traceback as text.
+    """
+
+    def __init__(self, ename: str, evalue: str, traceback: str = "") -> None:
+        super().__init__(f"{ename}: {evalue}" if evalue else ename)
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        head = f"{self.ename}: {self.evalue}" if self.evalue else self.ename
+        if self.traceback:
+            return f"{head}\n\nRemote traceback:\n{self.traceback}"
+        return head
+
+
+class TaskInterrupted(RemoteError):
+    """The task was interrupted on its engine (``KeyboardInterrupt``, ``SystemExit``).
+
+    Re-raising those in the client would look like the user pressed Ctrl-C, so
+    they arrive wrapped; ``ename`` says which it was.
+    """
+
+
+class RemoteTraceback(Exception):
+    """Carries a remote traceback as the ``__cause__`` of a re-raised exception."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+_BY_NAME = {
+    cls.__name__: cls
+    for cls in (
+        ClusterError,
+        NoController,
+        UnknownEngine,
+        EngineDead,
+        EngineDied,
+        EngineBusy,
+        ControlTimeout,
+        TaskAborted,
+        BadRequest,
+    )
+}
+
+
+def to_wire(exc: BaseException) -> dict:
+    """The wire form of an error: its class name and message."""
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def from_wire(error: object) -> ClusterError:
+    """Rebuild an error sent by :func:`to_wire`; unknown names become ClusterError."""
+    if not isinstance(error, dict):
+        return ClusterError(f"malformed error from controller: {error!r}")
+    name = str(error.get("type", "ClusterError"))
+    message = str(error.get("message", ""))
+    cls = _BY_NAME.get(name)
+    if cls is None:
+        return ClusterError(f"{name}: {message}")
+    return cls(message)

@@ -1,0 +1,233 @@
+"""The wire format: a signed envelope of small msgpack headers and opaque payloads.
+
+Every message (after the identity frame a ROUTER adds) is::
+
+    [signature, header, payload_0, ..., payload_n]
+
+``signature`` is HMAC-SHA256, keyed with the connection file's key, over every
+following frame, each preceded by its length (8 bytes, big-endian), so bytes
+cannot be moved between frames.  ``header`` is a msgpack map holding ``v``
+(protocol version), ``type``, ``id`` (a message id) and the type's fields.
+Payloads are opaque bytes (cloudpickle for functions, arguments and results):
+the controller checks signatures and routes them, and never unpickles them.
+
+Heartbeat pings are not envelopes: the engine's heart is a native echo that
+cannot check signatures.  A ping is ``struct(beat, sent) + mac`` where the mac
+binds beat and time to the engine's identity, so only a pong that echoes a ping
+the controller sent to that very engine counts.
+
+``docs/protocol.md`` lists every message type with its frames and fields;
+:data:`SCHEMAS` below is the machine-checked form of that table.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from typing import Any, Iterable, Mapping, Sequence
+
+import attr
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+SIGNATURE_BYTES = 32
+
+
+class BadMessage(Exception):
+    """A message failed validation; ``reason`` is a short category for logs."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@attr.s(frozen=True, slots=True)
+class Schema:
+    """What a message type carries: its number of payload frames and required fields."""
+
+    payloads: int = attr.ib()
+    fields: Mapping[str, tuple] = attr.ib(factory=dict)
+
+
+_STR = (str,)
+_INT = (int,)
+_NUM = (int, float)
+_BOOL = (bool,)
+_MAP = (dict,)
+
+#: Every message type, the number of payload frames it carries and its required
+#: header fields with their accepted types.  Optional fields are listed in
+#: docs/protocol.md and checked where they are used.
+SCHEMAS: dict[str, Schema] = {
+    # registration socket (engine DEALER, random identity -> controller ROUTER)
+    "register": Schema(0, {"engine": _STR, "instance": _STR, "host": _STR, "pid": _INT}),
+    "registered": Schema(0, {"engine": _STR, "heartbeat_period": _NUM}),
+    "rejected": Schema(0, {"engine": _STR, "reason": _STR}),
+    # control socket (engine DEALER, identity = engine id)
+    "ping": Schema(0, {"beat": _INT}),
+    "pong": Schema(0, {"beat": _INT, "instance": _STR}),
+    "command": Schema(0, {"verb": _STR, "args": _MAP}),
+    "reply": Schema(0, {"ref": _STR, "ok": _BOOL}),
+    "unknown": Schema(0, {"reason": _STR}),
+    # task socket (engine DEALER, identity = engine id)
+    "task": Schema(1, {"task": _STR}),
+    "started": Schema(0, {"task": _STR, "instance": _STR}),
+    "result": Schema(3, {"task": _STR, "ok": _BOOL}),
+    "bye": Schema(0, {"instance": _STR, "reason": _STR}),
+    # client socket (client DEALER -> controller ROUTER)
+    "connect": Schema(0, {}),
+    "welcome": Schema(0, {"ref": _STR, "version": _INT}),
+    "engines": Schema(0, {}),
+    "submit": Schema(1, {"task": _STR, "engine": _STR}),
+    "control": Schema(0, {"engine": _STR, "verb": _STR, "args": _MAP}),
+}
+
+#: Which message types each controller socket accepts from its peers.
+ACCEPTS = {
+    "registration": frozenset({"register"}),
+    "control": frozenset({"pong", "reply"}),
+    "task": frozenset({"started", "result", "bye"}),
+    "client": frozenset({"connect", "engines", "submit", "control"}),
+}
+
+
+@attr.s(frozen=True, slots=True)
+class Message:
+    """A decoded, verified message."""
+
+    type: str = attr.ib()
+    id: str = attr.ib()
+    fields: dict = attr.ib()
+    payloads: tuple = attr.ib(default=())
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+
+def new_key() -> bytes:
+    """A fresh random signing key (32 bytes)."""
+    return os.urandom(32)
+
+
+class MessageIds:
+    """Cheap unique message ids: a random prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._n = 0
+
+    def __call__(self) -> str:
+        self._n += 1
+        return f"{self._prefix}.{self._n}"
+
+
+_LEN = struct.Struct(">Q")
+
+
+class Codec:
+    """Signs, encodes, verifies and decodes envelopes with one key."""
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("an empty signing key is not allowed")
+        self._key = key
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self.new_id = MessageIds()
+
+    def sign(self, frames: Iterable[bytes]) -> bytes:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for frame in frames:
+            mac.update(_LEN.pack(len(frame)))
+            mac.update(frame)
+        return mac.digest()
+
+    def encode(
+        self,
+        type: str,
+        fields: Mapping[str, Any] | None = None,
+        payloads: Sequence[bytes] = (),
+        msg_id: str | None = None,
+    ) -> list[bytes]:
+        """Frames for one message: ``[signature, header, *payloads]``."""
+        header = {"v": PROTOCOL_VERSION, "type": type, "id": msg_id or self.new_id()}
+        if fields:
+            header.update(fields)
+        body = [self._packer.pack(header), *payloads]
+        return [self.sign(body), *body]
+
+    def decode(self, frames: Sequence[bytes], accept: frozenset | None = None) -> Message:
+        """Verify and decode ``frames`` (identity already removed).
+
+        Raises :class:`BadMessage` for anything that is not a well-formed,
+        correctly signed message of an accepted type; nothing is unpickled.
+        """
+        if len(frames) < 2:
+            raise BadMessage("too few frames", f"{len(frames)} frame(s)")
+        signature, header_bytes = bytes(frames[0]), frames[1]
+        if len(header_bytes) > MAX_HEADER_BYTES:
+            raise BadMessage("oversize header", f"{len(header_bytes)} bytes")
+        if len(signature) != SIGNATURE_BYTES or not hmac.compare_digest(
+            signature, self.sign(frames[1:])
+        ):
+            raise BadMessage("bad signature")
+        try:
+            header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=True)
+        except Exception as e:
+            raise BadMessage("undecodable header", type(e).__name__) from None
+        if not isinstance(header, dict):
+            raise BadMessage("header is not a map")
+        if header.get("v") != PROTOCOL_VERSION:
+            raise BadMessage("protocol version", f"got {header.get('v')!r}, speak {PROTOCOL_VERSION}")
+        mtype = header.get("type")
+        schema = SCHEMAS.get(mtype) if isinstance(mtype, str) else None
+        if schema is None or (accept is not None and mtype not in accept):
+            raise BadMessage("unexpected type", repr(mtype)[:40])
+        msg_id = header.get("id")
+        if not isinstance(msg_id, str) or not msg_id:
+            raise BadMessage("missing id", mtype)
+        payloads = tuple(frames[2:])
+        if len(payloads) != schema.payloads:
+            raise BadMessage(
+                "wrong frame count", f"{mtype} carries {schema.payloads} payload(s), got {len(payloads)}"
+            )
+        for name, types in schema.fields.items():
+            value = header.get(name)
+            if not isinstance(value, types) or (types is not _BOOL and isinstance(value, bool)):
+                raise BadMessage("bad field", f"{mtype}.{name}")
+        return Message(mtype, msg_id, header, payloads)
+
+
+# -- heartbeat pings ---------------------------------------------------------
+
+_PING = struct.Struct(">Qd")
+PING_MAC_BYTES = 16
+PING_BYTES = _PING.size + PING_MAC_BYTES
+
+
+class PingCodec:
+    """Makes and checks heartbeat pings that bind beat and send time to an engine id."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hashlib.sha256(b"ipcluster-heartbeat" + key).digest()
+
+    def _mac(self, engine: bytes, body: bytes) -> bytes:
+        return hmac.new(self._key, engine + b"\0" + body, hashlib.sha256).digest()[:PING_MAC_BYTES]
+
+    def ping(self, engine: bytes, beat: int, sent: float) -> bytes:
+        body = _PING.pack(beat, sent)
+        return body + self._mac(engine, body)
+
+    def pong(self, engine: bytes, data: bytes) -> tuple[int, float]:
+        """``(beat, sent)`` from an echoed ping; raises BadMessage if it is not ours."""
+        if len(data) != PING_BYTES:
+            raise BadMessage("bad pong", f"{len(data)} bytes")
+        body, mac = data[: _PING.size], data[_PING.size :]
+        if not hmac.compare_digest(mac, self._mac(engine, body)):
+            raise BadMessage("bad pong", "signature")
+        return _PING.unpack(body)
