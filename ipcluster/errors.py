@@ -100,7 +100,7 @@ _BY_NAME = {
 
 def to_wire(exc: BaseException) -> dict:
     """The wire form of an error: its class name and message."""
-    return {"type": type(exc).__name__, "message": str(exc)}
+    return {"type": type(exc).__name__, "message": str(exc), "origin": "ipcluster"}
 
 
 def from_wire(error: object) -> ClusterError:

@@ -38,10 +38,12 @@ SIGNATURE_BYTES = 32
 class BadMessage(Exception):
     """A message failed validation; ``reason`` is a short category for logs."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", header: dict | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        #: The decoded header when the signature was good (so a request can be answered).
+        self.header = header
 
 
 @attr.s(frozen=True, slots=True)
@@ -182,24 +184,25 @@ class Codec:
             raise BadMessage("undecodable header", type(e).__name__) from None
         if not isinstance(header, dict):
             raise BadMessage("header is not a map")
-        if header.get("v") != PROTOCOL_VERSION:
-            raise BadMessage("protocol version", f"got {header.get('v')!r}, speak {PROTOCOL_VERSION}")
+        version = header.get("v")
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            raise BadMessage("protocol version", f"got {version!r}, speak {PROTOCOL_VERSION}")
         mtype = header.get("type")
         schema = SCHEMAS.get(mtype) if isinstance(mtype, str) else None
         if schema is None or (accept is not None and mtype not in accept):
-            raise BadMessage("unexpected type", repr(mtype)[:40])
+            raise BadMessage("unexpected type", repr(mtype)[:40], header)
         msg_id = header.get("id")
         if not isinstance(msg_id, str) or not msg_id:
             raise BadMessage("missing id", mtype)
         payloads = tuple(frames[2:])
         if len(payloads) != schema.payloads:
             raise BadMessage(
-                "wrong frame count", f"{mtype} carries {schema.payloads} payload(s), got {len(payloads)}"
+                "wrong frame count", f"{mtype} carries {schema.payloads} payload(s), got {len(payloads)}", header
             )
         for name, types in schema.fields.items():
             value = header.get(name)
             if not isinstance(value, types) or (types is not _BOOL and isinstance(value, bool)):
-                raise BadMessage("bad field", f"{mtype}.{name}")
+                raise BadMessage("bad field", f"{mtype}.{name}", header)
         return Message(mtype, msg_id, header, payloads)
 
 

@@ -21,10 +21,6 @@ from ipcluster.wire import BadMessage, Codec, Message
 #: ``callback(ok, value)``: value is the reply's value, or an exception when not ok.
 Callback = Callable[[bool, Any], None]
 
-CONTROLLER_ERRORS = frozenset(
-    {"EngineDied", "TaskAborted", "EngineDead", "UnknownEngine", "BadRequest", "ControlTimeout", "ClusterError"}
-)
-
 
 class TaskResult:
     """What came back for a task: value or exception, captured output, engine."""
@@ -50,9 +46,9 @@ def _remote_exception(error: Any, payload: bytes) -> BaseException:
     ename = str(error.get("type", "Exception"))
     evalue = str(error.get("message", ""))
     tb = str(error.get("traceback", "") or "")
+    if error.get("origin") == "ipcluster":  # made by the controller or engine, not by the task
+        return errors.from_wire(error)
     if not payload:
-        if ename in CONTROLLER_ERRORS:
-            return errors.from_wire(error)
         return errors.RemoteError(ename, evalue, tb)
     try:
         exc = pickle.loads(payload)

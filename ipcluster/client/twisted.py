@@ -47,12 +47,17 @@ class TwistedClient:
         return self._call("engines", {}, self.timeout)
 
     def submit(self, fn: Callable, *args: Any, engine: Optional[str] = None, **kwargs: Any) -> defer.Deferred:
-        """Fires with the task's result (or fails with its exception)."""
+        """Fires with the task's result (or fails with its exception).
+
+        The Deferred carries ``task_id``, and once it fires ``stdout`` and
+        ``stderr``: what the task printed.
+        """
         if engine is None:
             return defer.fail(TypeError("submit() needs engine=ENGINE_ID (load-balanced submission is not available yet)"))
         done = defer.Deferred()
 
         def on_result(result: TaskResult) -> None:
+            done.stdout, done.stderr = result.stdout, result.stderr
             if not done.called:
                 (done.callback if result.ok else done.errback)(result.value)
 
@@ -63,6 +68,7 @@ class TwistedClient:
 
         task_id, _, frames = self._core.submit(fn, args, kwargs, str(engine), on_accept, on_result)
         done.task_id = task_id
+        done.stdout = done.stderr = ""
         self._socket.send_frames(frames)
         return done
 

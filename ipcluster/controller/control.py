@@ -156,14 +156,16 @@ class EngineControl:
     def engine_gone(self, error: errors.ClusterError) -> None:
         """The engine died or left: fail what waits on a reply, satisfy exit()."""
         self._gone = error
+        # exit() waiters first: an exit whose ack was overtaken by the engine's
+        # departure has still done what it was asked.
+        waiters, self._gone_waiters = self._gone_waiters, []
+        for w in waiters:
+            w.callback(None)
         pending, self._pending = self._pending, {}
         for p in pending.values():
             if p.timer.active():
                 p.timer.cancel()
             p.deferred.errback(error)
-        waiters, self._gone_waiters = self._gone_waiters, []
-        for w in waiters:
-            w.callback(None)
 
 
 class ControlChannel:

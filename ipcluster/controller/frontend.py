@@ -98,6 +98,11 @@ class ClientFrontEnd:
             msg = self.codec.decode(body, ACCEPTS["client"])
         except BadMessage as e:
             self.drops.drop("client", e.reason, identity, e.detail)
+            request_id = e.header.get("id") if e.header else None
+            if isinstance(request_id, str) and request_id:
+                # Signed by a real client but malformed: tell it, do not leave it waiting.
+                error = errors.BadRequest(f"malformed request: {e}")
+                self.send([identity, *self.codec.encode("reply", {"ref": request_id, "ok": False, "error": errors.to_wire(error)})])
             return
         try:
             result = getattr(self, "_on_" + msg.type)(identity, msg)

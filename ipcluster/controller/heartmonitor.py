@@ -87,17 +87,21 @@ class HeartMonitor:
 
     def tick(self) -> None:
         now = self.clock.seconds()
-        lag = 0.0 if self._last_tick is None else now - self._last_tick - self.period
+        interval = self.period if self._last_tick is None else now - self._last_tick
         self._last_tick = now
         if self.drain is not None:
-            # Read pongs that arrived while we were busy before judging anyone.
+            # Read pongs and control traffic that arrived while we were busy before judging anyone.
             self.drain()
-        if lag > 0.5 * self.period:
+        if interval > 1.5 * self.period:
             self.late_ticks += 1
             self.log.warn(
                 "heart monitor ran {lag:.2f} s late (reactor busy); not counting misses this period",
-                lag=lag,
+                lag=interval - self.period,
             )
+        elif interval < 0.5 * self.period:
+            # LoopingCall snapped back to its schedule right after a late tick:
+            # engines had less than half a period to answer the last ping.
+            pass
         else:
             self._judge(now)
         self.beat += 1

@@ -94,6 +94,10 @@ class Registry:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def _emit(self, event: str, record: EngineRecord, reason: str = "") -> None:
         for listener in list(self._listeners):
             listener(event, record, reason)
@@ -185,6 +189,6 @@ class Registry:
             self._emit(event, record, reason)
 
     def _trim_dead(self) -> None:
-        dead = [r for r in self._engines.values() if r.state == DEAD]
+        dead = sorted((r for r in self._engines.values() if r.state == DEAD), key=lambda r: r.ended_at or 0.0)
         for r in dead[: max(0, len(dead) - self._keep_dead)]:
             del self._engines[r.id]

@@ -17,7 +17,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ipcluster import connection
+from ipcluster import connection, errors
 from ipcluster.connection import CHANNELS, ConnectionInfo
 from ipcluster.controller.control import DEFAULT_TIMEOUT, ControlChannel
 from ipcluster.controller.droplog import DropLog
@@ -26,7 +26,7 @@ from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD, He
 from ipcluster.controller.launcher import LocalEngines
 from ipcluster.controller.registry import EngineRecord, Registry
 from ipcluster.controller.tasks import TaskRouter
-from ipcluster.wire import Codec, PingCodec, new_key
+from ipcluster.wire import BadMessage, Codec, PingCodec, new_key
 
 
 @attr.s(frozen=True)
@@ -110,7 +110,7 @@ class Controller(service.MultiService):
             misses=config.heartbeat_misses,
             busy_after=config.busy_after,
             registration_timeout=config.registration_timeout,
-            drain=lambda: self._drain("heartbeat"),
+            drain=lambda: (self._drain("heartbeat"), self._drain("control")),
         )
         self.control = ControlChannel(
             self.registry,
@@ -169,8 +169,6 @@ class Controller(service.MultiService):
         if len(frames) != 2:
             self.drops.drop("heartbeat", "wrong frame count", frames[0] if frames else b"", f"{len(frames)} frames")
             return
-        from ipcluster.wire import BadMessage
-
         try:
             self.monitor.pong_received(frames[0], frames[1])
         except BadMessage as e:
@@ -251,6 +249,9 @@ class Controller(service.MultiService):
         try:
             yield super().stopService()
         finally:
+            for control in list(self.control.controls.values()):
+                control.engine_gone(errors.NoController("the controller is stopping"))
+            self.control.controls.clear()
             self.drops.stop()
             try:
                 if self.info is not None and connection.read(self.config.connection_file).key == self.key:

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from ipcluster import errors
 from ipcluster.controller.droplog import DropLog
-from ipcluster.controller.registry import LIVE_STATES, EngineRecord, Registry
+from ipcluster.controller.registry import LIVE_STATES, REGISTERING, EngineRecord, Registry
 from ipcluster.wire import ACCEPTS, BadMessage, Codec
 
 Send = Callable[[Sequence[bytes]], bool]
@@ -67,6 +67,8 @@ class TaskRouter:
         record = self.registry.get(engine_id)
         if record is None:
             raise errors.UnknownEngine(f"no engine {engine_id!r}")
+        if record.state == REGISTERING:
+            raise errors.UnknownEngine(f"engine {engine_id} has not joined yet (registering); wait for it to join")
         if record.state not in LIVE_STATES:
             raise errors.EngineDead(f"engine {engine_id} is {record.state}" + (f": {record.reason}" if record.reason else ""))
         frames = self.codec.encode("task", {"task": task_id}, [payload])

@@ -81,7 +81,8 @@ class RouterSocket(ZmqConnection):
                 return
             if n >= limit:
                 self.batches_cut += 1
-                self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+                if self.read_scheduled is None:  # a reply sent meanwhile may have scheduled one
+                    self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
                 return
             try:
                 frames = self._readMultipart()

@@ -119,7 +119,8 @@ class Engine:
             self.queue.close()
             self._stop.set()
             try:
-                out.send_multipart([b"stop"])
+                # NOBLOCK: the control thread may be gone already (PAIR would block).
+                out.send_multipart([b"stop"], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._io.join(10.0)
@@ -334,7 +335,8 @@ class Engine:
                 self._exit_deadline = None
                 _say("exit timeout passed with a task still running; interrupting it")
                 os.kill(os.getpid(), signal.SIGTERM)
-            if now - link.last_contact > silence_limit:
+            if now - link.last_contact > silence_limit and not link.control.poll(0):
+                # (poll: after a long GIL hold by the main thread, read what waits before judging)
                 return f"no word from the controller for {now - link.last_contact:.1f} s"
         return None
 

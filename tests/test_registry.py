@@ -1,0 +1,158 @@
+"""The Registry: engine states, their transitions and the events announcing them."""
+from twisted.trial.unittest import SynchronousTestCase
+
+from ipcluster.controller.registry import ALIVE, BUSY, DEAD, REGISTERING, DuplicateEngine, Registry
+
+
+class RegistryTests(SynchronousTestCase):
+    def setUp(self):
+        self.registry = Registry()
+        self.events = []
+        self.registry.subscribe(lambda event, record, reason: self.events.append((event, record.id, reason)))
+
+    def register(self, engine_id="e1", instance="i1", now=0.0):
+        return self.registry.register(engine_id, instance, "host", 100, now)
+
+    def names(self):
+        return [event for event, _, _ in self.events]
+
+    def test_full_life(self):
+        r = self.register()
+        self.assertEqual(r.state, REGISTERING)
+        self.assertEqual(self.registry.active(), [r])
+        self.assertEqual(self.registry.live(), [])
+
+        self.registry.mark_alive(r, 1.0)
+        self.assertEqual((r.state, r.joined_at), (ALIVE, 1.0))
+        self.assertEqual(self.registry.live(), [r])
+
+        self.registry.mark_busy(r, 2.0, "control silent")
+        self.assertEqual((r.state, r.busy_since), (BUSY, 2.0))
+        self.assertEqual(r.describe(5.0)["busy_for"], 3.0)
+
+        self.registry.mark_alive(r, 7.0)
+        self.assertEqual(r.state, ALIVE)
+        self.assertIsNone(r.busy_since)
+
+        self.registry.mark_dead(r, "heart silent", 9.0)
+        self.assertEqual((r.state, r.reason, r.ended_at), (DEAD, "heart silent", 9.0))
+        self.assertIs(self.registry.get("e1"), r, "a dead record stays until replaced")
+        self.assertEqual(self.registry.active(), [])
+
+        self.assertEqual(self.names(), ["registering", "joined", "busy", "alive", "dead"])
+        self.assertEqual(self.events[2][2], "control silent")
+        self.assertEqual(self.events[3][2], "after busy 5.0 s")
+        self.assertEqual(self.events[4][2], "heart silent")
+
+    def test_transitions_that_do_not_apply_are_silent(self):
+        r = self.register()
+        self.registry.mark_busy(r, 1.0, "registering engines are not busy")
+        self.assertEqual(r.state, REGISTERING)
+        self.registry.mark_alive(r, 1.0)
+        self.registry.mark_alive(r, 2.0)  # already alive
+        self.assertEqual(r.joined_at, 1.0)
+        self.registry.mark_dead(r, "first", 3.0)
+        self.registry.mark_dead(r, "second", 4.0)
+        self.registry.mark_alive(r, 5.0)  # the dead stay dead
+        self.assertEqual((r.state, r.reason), (DEAD, "first"))
+        self.assertEqual(self.names(), ["registering", "joined", "dead"])
+
+    def test_busy_engine_can_die(self):
+        r = self.register()
+        self.registry.mark_alive(r, 1.0)
+        self.registry.mark_busy(r, 1.0, "held")
+        self.registry.mark_dead(r, "gone", 3.0)
+        self.assertEqual(r.state, DEAD)
+        self.assertIsNone(r.busy_since)
+        self.assertEqual(self.names()[-1], "dead")
+
+    def test_left(self):
+        r = self.register()
+        self.registry.mark_alive(r, 1.0)
+        self.registry.remove(r, "exited: stopped", 2.0)
+        self.assertIsNone(self.registry.get("e1"))
+        self.assertEqual(len(self.registry), 0)
+        self.assertEqual(r.state, "left")
+        self.assertEqual(self.events[-1], ("left", "e1", "exited: stopped"))
+
+    def test_purged(self):
+        r = self.register()
+        self.registry.remove(r, "no heartbeat", 10.0, event="purged")
+        self.assertIsNone(self.registry.get("e1"))
+        self.assertEqual(self.names(), ["registering", "purged"])
+
+    def test_removing_a_dead_record_is_silent(self):
+        r = self.register()
+        self.registry.mark_dead(r, "gone", 1.0)
+        self.registry.remove(r, "bye after death", 2.0)
+        self.assertIsNone(self.registry.get("e1"))
+        self.assertEqual(self.names(), ["registering", "dead"])
+
+    def test_duplicate_while_registering(self):
+        r = self.register()
+        self.assertRaises(DuplicateEngine, self.register, instance="i2")
+        self.assertIs(self.registry.get("e1"), r)
+        self.assertEqual(r.state, REGISTERING)
+
+    def test_duplicate_while_alive(self):
+        r = self.register()
+        self.registry.mark_alive(r, 1.0)
+        self.assertRaises(DuplicateEngine, self.register, instance="i2")
+        self.assertIs(self.registry.get("e1"), r)
+        self.assertEqual(r.state, ALIVE)
+        self.assertEqual(self.names(), ["registering", "joined"])
+
+    def test_duplicate_while_busy(self):
+        r = self.register()
+        self.registry.mark_alive(r, 1.0)
+        self.registry.mark_busy(r, 1.0, "held")
+        self.assertRaises(DuplicateEngine, self.register, instance="i2")
+        self.assertEqual(r.state, BUSY)
+
+    def test_same_instance_reregisters(self):
+        old = self.register()
+        self.registry.mark_alive(old, 1.0)
+        new = self.register(now=5.0)
+        self.assertIsNot(new, old)
+        self.assertIs(self.registry.get("e1"), new)
+        self.assertEqual(new.state, REGISTERING)
+        self.assertEqual(old.state, "left")
+        self.assertEqual(len(self.registry), 1)
+        self.assertEqual(self.names(), ["registering", "joined", "left", "registering"])
+        # Late judgements of the old record change nothing.
+        self.registry.mark_dead(old, "stale", 6.0)
+        self.assertEqual(new.state, REGISTERING)
+        self.assertEqual(self.names()[-1], "registering")
+
+    def test_dead_record_replaced(self):
+        old = self.register()
+        self.registry.mark_dead(old, "gone", 1.0)
+        new = self.register(instance="i2", now=2.0)
+        self.assertIs(self.registry.get("e1"), new)
+        self.assertEqual(new.instance, "i2")
+        self.assertEqual(old.state, DEAD)
+        self.assertEqual(self.names(), ["registering", "dead", "registering"])
+
+    def test_keep_dead_trims_oldest(self):
+        self.registry = Registry(keep_dead=2)
+        records = [self.register("e%d" % i) for i in range(4)]
+        for i, r in enumerate(records):
+            self.registry.mark_dead(r, "gone", float(i))
+        self.assertEqual([r.id for r in self.registry], ["e2", "e3"])
+
+    def test_keep_dead_keeps_the_living(self):
+        self.registry = Registry(keep_dead=0)
+        alive, doomed = self.register("a"), self.register("b")
+        self.registry.mark_alive(alive, 1.0)
+        self.registry.mark_dead(doomed, "gone", 2.0)
+        self.assertEqual([r.id for r in self.registry], ["a"])
+
+    def test_unsubscribe(self):
+        seen = []
+        listener = lambda *args: seen.append(args)
+        self.registry.subscribe(listener)
+        self.registry.unsubscribe(listener)
+        self.registry.unsubscribe(listener)  # harmless twice
+        self.register()
+        self.assertEqual(seen, [])
+        self.assertEqual(self.names(), ["registering"])

@@ -1,0 +1,170 @@
+"""RouterSocket's bounded read loop, over real ZeroMQ sockets and a fake reactor (Clock)."""
+import time
+
+import zmq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ipcluster.controller.transport import RouterSocket, make_factory
+
+COUNT = 1000
+BATCH = 100
+DEADLINE = 10.0  # seconds; only reached if something is broken
+
+
+class FakeReactor(Clock):
+    """A Clock that txZMQ can add readers to, and that runs timers like a reactor.
+
+    ``Clock.advance`` also runs calls scheduled *while* it runs, so
+    ``advance(0)`` would chain every ``callLater(0, doRead)`` and read all at
+    once.  A reactor runs those at its next iteration; so does this advance.
+    """
+
+    def addReader(self, reader):
+        pass
+
+    def removeReader(self, reader):
+        pass
+
+    def advance(self, amount):
+        self.rightNow += amount
+        due = sorted((c for c in self.calls if c.getTime() <= self.rightNow), key=lambda c: c.getTime())
+        for call in due:
+            if call.active():
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+class RouterSocketTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = FakeReactor()
+        self.factory = make_factory(self.clock)
+        self.addCleanup(self.close_factory)
+        self.handled = []
+        self.router = RouterSocket(
+            self.factory, "tcp://127.0.0.1:*", self.on_message, max_batch=BATCH, name="test"
+        )
+        self.context = zmq.Context()
+        self.addCleanup(self.context.term)
+        self.dealer = self.context.socket(zmq.DEALER)
+        self.addCleanup(self.dealer.close, 0)
+        self.dealer.setsockopt(zmq.IDENTITY, b"dealer-1")
+        self.dealer.connect(self.router.address)
+
+    def close_factory(self):
+        if self.factory.connections is not None:
+            self.factory.shutdown()
+
+    def on_message(self, frames):
+        self.handled.append(frames)
+
+    def wait_readable(self):
+        poller = zmq.Poller()
+        poller.register(self.router.socket, zmq.POLLIN)
+        self.assertTrue(poller.poll(DEADLINE * 1000), "nothing arrived on the router")
+
+    def push(self, count):
+        for i in range(count):
+            self.dealer.send_multipart([b"%d" % i])
+
+    def read_until(self, count):
+        """Run reads (scheduled ones first) until ``count`` messages are handled; the batch sizes."""
+        batches = []
+        deadline = time.monotonic() + DEADLINE
+        while len(self.handled) < count and time.monotonic() < deadline:
+            before = len(self.handled)
+            if self.clock.getDelayedCalls():
+                self.clock.advance(0)
+            else:
+                self.wait_readable()
+                self.router.doRead()
+            batches.append(len(self.handled) - before)
+        return batches
+
+    def test_address(self):
+        self.assertTrue(self.router.address.startswith("tcp://127.0.0.1:"))
+        self.assertGreater(self.router.port, 0)
+
+    def test_reads_at_most_max_batch_then_yields(self):
+        self.push(COUNT)
+        self.wait_readable()
+        self.router.doRead()
+        self.assertEqual(len(self.handled), BATCH)
+        self.assertEqual(self.router.batches_cut, 1)
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), self.clock.seconds(), "callLater(0, ...)")
+
+        self.clock.advance(0)
+        self.assertEqual(len(self.handled), 2 * BATCH)
+
+        batches = self.read_until(COUNT)
+        self.assertTrue(all(n <= BATCH for n in batches), batches)
+        self.assertEqual(len(self.handled), COUNT)
+        self.assertEqual(self.router.received, COUNT)
+        self.assertEqual([frames for frames in self.handled], [[b"dealer-1", b"%d" % i] for i in range(COUNT)])
+        # Nothing is left over, nothing is read twice.
+        if self.clock.getDelayedCalls():
+            self.clock.advance(0)
+        self.assertEqual(len(self.handled), COUNT)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_explicit_limit(self):
+        self.push(50)
+        self.wait_readable()
+        self.router.doRead(limit=7)
+        self.assertEqual(len(self.handled), 7)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_a_failing_handler_does_not_stop_reading(self):
+        def on_message(frames):
+            if frames[1] == b"3":
+                raise ValueError("handler bug")
+            self.handled.append(frames)
+
+        self.router.on_message = on_message
+        self.push(10)
+        self.read_until(9)
+        self.assertEqual([frames[1] for frames in self.handled], [b"%d" % i for i in range(10) if i != 3])
+        self.assertEqual(self.router.received, 10)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_send_to_unknown_identity_fails(self):
+        self.assertFalse(self.router.send_frames([b"nobody", b"hello"]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_send_to_known_identity(self):
+        self.push(1)
+        self.read_until(1)
+        self.assertTrue(self.router.send_frames([b"dealer-1", b"hello"]))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "a read is scheduled after a send")
+        self.assertTrue(self.dealer.poll(DEADLINE * 1000))
+        self.assertEqual(self.dealer.recv_multipart(), [b"hello"])
+
+    def test_drain_reads_past_max_batch(self):
+        self.push(COUNT)
+        deadline = time.monotonic() + DEADLINE
+        while len(self.handled) < COUNT and time.monotonic() < deadline:
+            self.wait_readable()
+            self.router.drain()
+        self.assertEqual(len(self.handled), COUNT)
+        self.assertEqual(self.router.batches_cut, 0)
+
+    def test_closed_socket(self):
+        self.close_factory()
+        self.assertFalse(self.router.send_frames([b"dealer-1", b"x"]))
+        self.router.drain()  # harmless
+
+    def test_replying_handler_leaves_no_orphaned_read(self):
+        def on_message(frames):
+            self.handled.append(frames)
+            self.router.send_frames([frames[0], b"ack"])
+
+        self.router.on_message = on_message
+        self.push(50)
+        self.wait_readable()
+        self.router.doRead(limit=10)
+        self.assertEqual(len(self.handled), 10)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "one read scheduled, not one per path")
+        self.close_factory()
+        self.assertEqual(self.clock.getDelayedCalls(), [], "shutdown cancels every scheduled read")
