@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from ipcluster import errors
 from ipcluster.controller.registry import ALIVE, BUSY, DEAD
-from tests.cluster import BOUND, connect_client, error_of, event, spawn_engine, start_controller, start_engines, until, within
+from tests.cluster import BOUND, connect_client, error_of, event, spawn, spawn_engine, start_controller, start_engines, until, within
 
 
 def hold_gil(seconds):
@@ -237,3 +238,37 @@ class Errors(unittest.TestCase):
         yield controller.stopService()
         with self.assertRaises(errors.NoController):
             yield TwistedClient.connect(copy, reactor=reactor, timeout=1.0)
+
+
+class BadInput(unittest.TestCase):
+    timeout = 300
+
+    @defer.inlineCallbacks
+    def test_flood_of_garbage_at_every_port(self):
+        """100,000 bad messages at each port: no engine dead, beat() answers, nothing runs."""
+        controller = yield start_controller(self)
+        yield start_engines(self, controller, ["f0", "f1"])
+        client = yield connect_client(self, controller)
+        deaths = []
+        controller.registry.subscribe(lambda ev, rec, why: ev in ("dead", "purged") and deaths.append((rec.id, why)))
+        canary = os.path.abspath(self.mktemp())
+        count = 100_000
+        flood = spawn(
+            self, "flood", [sys.executable, os.path.join(os.path.dirname(__file__), "flood.py"), str(controller.config.connection_file), str(count), canary]
+        )
+        beats = 0
+        while flood.running:
+            # beat() must keep answering while the flood goes on.
+            yield within(client.beat("f0", timeout=20), BOUND, "beat during the flood")
+            beats += 1
+        status = yield flood.ended.addErrback(lambda f: f.value)
+        self.assertEqual(getattr(status, "exitCode", None), 0, flood.output())
+        self.assertEqual(int(flood.out.decode().strip()), 5 * count)
+        # Let the controller read the rest, then check.
+        yield until(lambda: controller.drops.total >= 5 * count * 0.99, what="the controller to read the flood")
+        self.assertGreater(beats, 0)
+        self.assertEqual(deaths, [])
+        self.assertGreater((yield client.beat("f1")), 0)
+        self.assertEqual(sorted(r.id for r in controller.registry), ["f0", "f1"])
+        self.assertFalse(os.path.exists(canary), "a forged task was executed")
+        self.assertEqual((yield client.submit(pow, 2, 8, engine="f1")), 256)

@@ -99,6 +99,8 @@ class Client:
         future: TaskFuture
 
         def on_result(result: TaskResult) -> None:
+            if future.done():
+                return
             future.stdout, future.stderr = result.stdout, result.stderr
             if result.ok:
                 future.set_result(result.value)
@@ -106,7 +108,7 @@ class Client:
                 future.set_exception(result.value)
 
         def on_accept(ok: bool, value: Any) -> None:
-            if not ok:
+            if not ok and not future.done():
                 self._core.forget(task_id=future.task_id)
                 future.set_exception(value)
 
