@@ -221,6 +221,31 @@ class Identity(unittest.TestCase):
         self.assertIn("giving up", procs["lonely"].output())
 
 
+    @defer.inlineCallbacks
+    def test_engine_exits_cleanly_on_sigterm(self):
+        controller = yield start_controller(self)
+        procs = yield start_engines(self, controller, ["t0"])
+        left = event(controller.registry, "left", "t0")
+        procs["t0"].kill(signal.SIGTERM)
+        record, reason = yield left
+        self.assertIn("SIGTERM", reason)
+        status = yield within(procs["t0"].ended.addErrback(lambda f: f.value), BOUND, "the engine to exit")
+        self.assertEqual(getattr(status, "exitCode", None), 0, procs["t0"].output())
+        self.assertIsNone(controller.registry.get("t0"))
+
+    @defer.inlineCallbacks
+    def test_engine_rejoins_a_restarted_controller(self):
+        data_dir = self.mktemp()
+        first = yield start_controller(self, data_dir=data_dir)
+        yield start_engines(self, first, ["phoenix"], "--controller-timeout", "2")
+        yield first.stopService()
+        second = yield start_controller(self, data_dir=data_dir)
+        self.assertNotEqual(first.key, second.key)
+        yield event(second.registry, "joined", "phoenix")
+        client = yield connect_client(self, second)
+        self.assertEqual((yield client.submit(pow, 5, 2, engine="phoenix")), 25)
+
+
 class Errors(unittest.TestCase):
     @defer.inlineCallbacks
     def test_no_controller(self):
