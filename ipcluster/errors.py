@@ -43,6 +43,14 @@ class BadRequest(ClusterError):
     """The controller refused a malformed or invalid request."""
 
 
+class DependencyError(ClusterError):
+    """A task's dependency failed, so the task did not run."""
+
+
+class TaskTimeout(ClusterError):
+    """The task ran longer than its ``timeout`` and was interrupted."""
+
+
 class RemoteError(ClusterError):
     """A task raised on its engine and the exception could not be re-raised as-is.
 
@@ -94,6 +102,8 @@ _BY_NAME = {
         ControlTimeout,
         TaskAborted,
         BadRequest,
+        DependencyError,
+        TaskTimeout,
     )
 }
 

@@ -83,7 +83,10 @@ SCHEMAS: dict[str, Schema] = {
     "connect": Schema(0, {}),
     "welcome": Schema(0, {"ref": _STR, "version": _INT}),
     "engines": Schema(0, {}),
-    "submit": Schema(1, {"task": _STR, "engine": _STR}),
+    "submit": Schema(1, {"task": _STR}),
+    "cancel": Schema(0, {"task": _STR}),
+    "fetch": Schema(0, {"task": _STR}),
+    "purge": Schema(0, {}),
     "control": Schema(0, {"engine": _STR, "verb": _STR, "args": _MAP}),
 }
 
@@ -92,7 +95,7 @@ ACCEPTS = {
     "registration": frozenset({"register"}),
     "control": frozenset({"pong", "reply"}),
     "task": frozenset({"started", "result", "bye"}),
-    "client": frozenset({"connect", "engines", "submit", "control"}),
+    "client": frozenset({"connect", "engines", "submit", "control", "cancel", "fetch", "purge"}),
 }
 
 

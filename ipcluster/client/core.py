@@ -84,17 +84,29 @@ class ClientCore:
         fn: Callable,
         args: tuple,
         kwargs: dict,
-        engine: str,
+        options: dict,
         on_accept: Callback,
         on_result: Callable[[TaskResult], None],
     ) -> tuple[str, str, list]:
-        """``(task_id, msg_id, frames)`` for a direct task; the payload is cloudpickled here."""
+        """``(task_id, msg_id, frames)`` for a task; the payload is cloudpickled here.
+
+        ``options`` are the scheduling fields checked by :func:`submit_options`.
+        """
         payload = cloudpickle.dumps((fn, args, kwargs))
         task_id = uuid.uuid4().hex
+        self.expect(task_id, on_result)
+        fields = dict(options, task=task_id, name=getattr(fn, "__name__", type(fn).__name__)[:200])
+        msg_id, frames = self.request("submit", fields, on_accept, [payload])
+        return task_id, msg_id, frames
+
+    def expect(self, task_id: str, on_result: Callable[[TaskResult], None]) -> None:
+        """Route the result of ``task_id`` to ``on_result`` (for submit and fetch)."""
         with self._lock:
             self._results[task_id] = on_result
-        msg_id, frames = self.request("submit", {"task": task_id, "engine": engine}, on_accept, [payload])
-        return task_id, msg_id, frames
+
+    def expecting(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self._results
 
     def forget(self, msg_id: Optional[str] = None, task_id: Optional[str] = None) -> None:
         with self._lock:
@@ -162,3 +174,47 @@ class _Failed:
         self.value = error
         self.stdout = self.stderr = ""
         self.started = self.finished = None
+
+
+def submit_options(engine=None, engines=None, after=None, retries=None, timeout=None, after_failed=None) -> dict:
+    """The scheduling fields of a submit request, checked on this side for clear errors."""
+    options: dict = {}
+    if engine is not None and engines is not None:
+        raise TypeError("give engine= or engines=, not both")
+    if engine is not None:
+        options["engine"] = str(engine)
+    if engines is not None:
+        if isinstance(engines, str):
+            raise TypeError("engines= takes a list of engine ids")
+        options["engines"] = [str(e) for e in engines]
+    if after:
+        options["after"] = [_task_id(t) for t in after]
+    if retries is not None:
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError("retries must be a whole number >= 0")
+        options["retries"] = retries
+    if timeout is not None:
+        options["timeout"] = float(timeout)
+    if after_failed is not None:
+        if after_failed not in ("fail", "run"):
+            raise ValueError("after_failed must be 'fail' or 'run'")
+        options["after_failed"] = after_failed
+    return options
+
+
+def _task_id(task) -> str:
+    task_id = getattr(task, "task_id", task)
+    if not isinstance(task_id, str):
+        raise TypeError(f"after= takes futures or task ids, not {task!r}")
+    return task_id
+
+
+class ChunkCall:
+    """Runs ``fn`` over a chunk of argument tuples on an engine (``map(chunksize=...)``)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "chunk")
+
+    def __call__(self, chunk: list) -> list:
+        return [self.fn(*args) for args in chunk]

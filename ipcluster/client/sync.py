@@ -9,33 +9,72 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+import concurrent.futures
+from collections import deque
+from concurrent.futures import Executor, Future
 from typing import Any, Callable, Optional
 
 import zmq
 
 from ipcluster import connection, errors
-from ipcluster.client.core import ClientCore, TaskResult
+from ipcluster.client.core import ChunkCall, ClientCore, TaskResult, submit_options
 
 LIVE = ("alive", "busy")
 
 
 class TaskFuture(Future):
-    """A ``concurrent.futures.Future`` for one task, with its id, engine and output."""
+    """A ``concurrent.futures.Future`` for one task, with its id, engine and output.
 
-    def __init__(self, task_id: str, engine: Optional[str]) -> None:
+    It stays pending until the result arrives.  ``cancel()`` asks the
+    controller to remove the task if it has not started.
+    """
+
+    def __init__(self, task_id: str, client: Optional["Client"] = None) -> None:
         super().__init__()
         self.task_id = task_id
-        self.engine = engine
+        self.engine: Optional[str] = None
         self.stdout = ""
         self.stderr = ""
+        self._client = client
+        self._cancelling = False
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} on {self.engine} {self._state.lower()}>"
 
+    def cancel(self) -> bool:
+        if self.done():
+            return self.cancelled()
+        if self._client is None or self._client._closed:
+            return False
+        self._cancelling = True
+        try:
+            removed = self._client._call("cancel", {"task": self.task_id}, self._client.timeout)
+        except errors.ClusterError:
+            removed = False
+        finally:
+            self._cancelling = False
+        if removed:
+            self._client._core.forget(task_id=self.task_id)
+            return super().cancel()
+        return False
 
-class Client:
-    """A connection to a running controller.
+    def _deliver(self, result: TaskResult) -> None:
+        if self.done():
+            return
+        if self._cancelling and isinstance(result.value, errors.TaskAborted):
+            return  # cancel() is about to mark it cancelled
+        self.engine = result.engine
+        self.stdout, self.stderr = result.stdout, result.stderr
+        if not self.set_running_or_notify_cancel():
+            return
+        if result.ok:
+            self.set_result(result.value)
+        else:
+            self.set_exception(result.value)
+
+
+class Client(Executor):
+    """A connection to a running controller; also a ``concurrent.futures.Executor``.
 
     ``Client()`` reads the default connection file (``$IPCLUSTER_DIR`` or
     ``~/.ipcluster``/connection.json); ``Client(path)`` reads the given one.
@@ -86,37 +125,143 @@ class Client:
 
     # -- tasks ---------------------------------------------------------------------
 
-    def submit(self, fn: Callable, *args: Any, engine: Optional[str] = None, **kwargs: Any) -> TaskFuture:
-        """Run ``fn(*args, **kwargs)`` on engine ``engine``; a Future of its result.
+    def submit(
+        self,
+        fn: Callable,
+        *args: Any,
+        engine: Optional[str] = None,
+        engines: Optional[list] = None,
+        after: Optional[list] = None,
+        retries: Optional[int] = None,
+        timeout: Optional[float] = None,
+        after_failed: Optional[str] = None,
+        **kwargs: Any,
+    ) -> TaskFuture:
+        """Run ``fn(*args, **kwargs)`` on an engine; a Future of its result.
+
+        Without ``engine``/``engines`` the task is load-balanced over all
+        engines.  ``engine=`` pins it to one engine, ``engines=[...]`` limits
+        it to some.  ``after=[futures or ids]`` runs it once all of those
+        succeeded (if one failed: DependencyError, or run anyway with
+        ``after_failed="run"``).  ``retries`` (default 1) reruns it elsewhere
+        when its engine dies; ``timeout`` (seconds from its start) interrupts
+        it and fails it with TaskTimeout.
 
         The future's ``stdout``/``stderr`` hold what the task printed.  A task
         that raised re-raises its exception (with the remote traceback as its
         ``__cause__``); KeyboardInterrupt and SystemExit arrive as
-        :class:`~ipcluster.errors.TaskInterrupted`.
+        :class:`~ipcluster.errors.TaskInterrupted`.  These keyword names are
+        taken by submit: pass them to ``fn`` through a wrapper or
+        ``functools.partial``.
         """
-        if engine is None:
-            raise TypeError("submit() needs engine=ENGINE_ID (load-balanced submission is not available yet)")
+        options = submit_options(engine, engines, after, retries, timeout, after_failed)
         future: TaskFuture
-
-        def on_result(result: TaskResult) -> None:
-            if future.done():
-                return
-            future.stdout, future.stderr = result.stdout, result.stderr
-            if result.ok:
-                future.set_result(result.value)
-            else:
-                future.set_exception(result.value)
 
         def on_accept(ok: bool, value: Any) -> None:
             if not ok and not future.done():
                 self._core.forget(task_id=future.task_id)
-                future.set_exception(value)
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(value)
 
-        task_id, _, frames = self._core.submit(fn, args, kwargs, str(engine), on_accept, on_result)
-        future = TaskFuture(task_id, str(engine))
-        future.set_running_or_notify_cancel()
+        task_id, _, frames = self._core.submit(fn, args, kwargs, options, on_accept, lambda r: future._deliver(r))
+        future = TaskFuture(task_id, self)
         self._send(frames)
         return future
+
+    def map(
+        self,
+        fn: Callable,
+        *iterables: Any,
+        timeout: Optional[float] = None,
+        chunksize: int = 1,
+        window: int = 10_000,
+        **options: Any,
+    ):
+        """Like the builtin ``map``, run on the cluster: an ordered, lazy iterator of results.
+
+        Arguments are consumed lazily, with at most ``window`` tasks in
+        flight; ``chunksize`` > 1 sends that many calls in one task.
+        ``options`` are submit's (engines, retries, timeout, ...).  A task's
+        exception is raised when its result is reached.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables)
+        if chunksize > 1:
+            chunked = ChunkCall(fn)
+            calls = ((chunk,) for chunk in _chunks(calls, chunksize))
+            fn = chunked
+        pending: deque = deque()
+        window = max(1, window // chunksize)
+
+        def refill() -> None:
+            while len(pending) < window:
+                try:
+                    args = next(calls)
+                except StopIteration:
+                    return
+                pending.append(self.submit(fn, *args, **options))
+
+        refill()
+
+        def results():
+            try:
+                while pending:
+                    future = pending.popleft()
+                    refill()
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    value = future.result(left)
+                    if chunksize > 1:
+                        yield from value
+                    else:
+                        yield value
+            finally:
+                for future in pending:
+                    future.cancel()
+
+        return results()
+
+    def as_completed(self, futures, timeout: Optional[float] = None, progress: bool = False):
+        """Yield futures as they finish (``concurrent.futures.as_completed``), with a tqdm bar if ``progress``."""
+        futures = list(futures)
+        done = concurrent.futures.as_completed(futures, timeout)
+        if progress:
+            done = _progress(done, len(futures))
+        return done
+
+    def wait(self, futures, timeout: Optional[float] = None, return_when: str = concurrent.futures.ALL_COMPLETED, progress: bool = False):
+        """``concurrent.futures.wait`` on task futures; a tqdm bar if ``progress``."""
+        futures = list(futures)
+        if not progress:
+            return concurrent.futures.wait(futures, timeout, return_when)
+        for _ in self.as_completed(futures, timeout, progress=True):
+            if return_when == concurrent.futures.FIRST_COMPLETED:
+                break
+            if return_when == concurrent.futures.FIRST_EXCEPTION and _.exception() is not None:
+                break
+        return concurrent.futures.wait(futures, 0)
+
+    def fetch(self, task_id: str) -> TaskFuture:
+        """A future for a task submitted earlier, by any client: it works after the submitter left
+        and after a controller restart (results are kept in the task store)."""
+        future = TaskFuture(task_id, self)
+        self._core.expect(task_id, future._deliver)
+        try:
+            self._call("fetch", {"task": task_id}, self.timeout)
+        except errors.ClusterError:
+            self._core.forget(task_id=task_id)
+            raise
+        return future
+
+    def purge(self, older_than: Optional[float] = None) -> int:
+        """Delete stored finished tasks (finished ``older_than`` seconds ago or more); the count."""
+        fields = {} if older_than is None else {"older_than": float(older_than)}
+        return self._call("purge", fields, self.timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Executor API: close the client (tasks already submitted keep running on the cluster)."""
+        self.close()
 
     # -- control verbs ----------------------------------------------------------------
 
@@ -232,3 +377,22 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _chunks(iterable, size: int):
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress(iterable, total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return iterable
+    return tqdm(iterable, total=total, unit="task")

@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer
 
 from ipcluster import connection, errors
-from ipcluster.client.core import ClientCore, TaskResult
+from ipcluster.client.core import ClientCore, TaskResult, submit_options
 
 
 class TwistedClient:
@@ -46,31 +46,59 @@ class TwistedClient:
     def engines(self) -> defer.Deferred:
         return self._call("engines", {}, self.timeout)
 
-    def submit(self, fn: Callable, *args: Any, engine: Optional[str] = None, **kwargs: Any) -> defer.Deferred:
-        """Fires with the task's result (or fails with its exception).
+    def submit(self, fn: Callable, *args: Any, engine: Optional[str] = None, engines=None, after=None,
+               retries: Optional[int] = None, timeout: Optional[float] = None, after_failed: Optional[str] = None,
+               **kwargs: Any) -> defer.Deferred:
+        """Fires with the task's result (or fails with its exception); options as ``Client.submit``.
 
-        The Deferred carries ``task_id``, and once it fires ``stdout`` and
-        ``stderr``: what the task printed.
+        The Deferred carries ``task_id``, and once it fires ``engine``,
+        ``stdout`` and ``stderr``.
         """
-        if engine is None:
-            return defer.fail(TypeError("submit() needs engine=ENGINE_ID (load-balanced submission is not available yet)"))
+        try:
+            options = submit_options(engine, engines, after, retries, timeout, after_failed)
+        except (TypeError, ValueError):
+            return defer.fail()
         done = defer.Deferred()
-
-        def on_result(result: TaskResult) -> None:
-            done.stdout, done.stderr = result.stdout, result.stderr
-            if not done.called:
-                (done.callback if result.ok else done.errback)(result.value)
 
         def on_accept(ok: bool, value: Any) -> None:
             if not ok and not done.called:
                 self._core.forget(task_id=task_id)
                 done.errback(value)
 
-        task_id, _, frames = self._core.submit(fn, args, kwargs, str(engine), on_accept, on_result)
+        task_id, _, frames = self._core.submit(fn, args, kwargs, options, on_accept, lambda r: _deliver(done, r))
         done.task_id = task_id
+        done.engine = None
         done.stdout = done.stderr = ""
         self._socket.send_frames(frames)
         return done
+
+    def map(self, fn: Callable, *iterables: Any, **options: Any) -> defer.Deferred:
+        """Fires with the list of results, in order (fails with the first exception)."""
+        return defer.gatherResults(
+            [self.submit(fn, *args, **options) for args in zip(*iterables)], consumeErrors=True
+        ).addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+
+    def fetch(self, task_id: str) -> defer.Deferred:
+        """The result of a task submitted earlier, by any client (from the task store if it finished)."""
+        done = defer.Deferred()
+        done.task_id = task_id
+        self._core.expect(task_id, lambda r: _deliver(done, r))
+
+        def refused(failure):
+            self._core.forget(task_id=task_id)
+            if not done.called:
+                done.errback(failure)
+
+        self._call("fetch", {"task": task_id}, self.timeout).addErrback(refused)
+        return done
+
+    def cancel(self, task_id: str) -> defer.Deferred:
+        """Remove a task that has not started: fires True if removed (its Deferred fails with TaskAborted)."""
+        return self._call("cancel", {"task": str(task_id)}, self.timeout)
+
+    def purge(self, older_than: Optional[float] = None) -> defer.Deferred:
+        """Delete stored finished tasks; fires with the count."""
+        return self._call("purge", {} if older_than is None else {"older_than": float(older_than)}, self.timeout)
 
     def beat(self, engine: str, timeout: Optional[float] = None) -> defer.Deferred:
         return self._control(engine, "beat", {}, timeout)
@@ -123,3 +151,11 @@ class TwistedClient:
             self._factory.shutdown()
             self._factory = None
         self._core.fail_all(errors.NoController("client closed"))
+
+
+def _deliver(done: defer.Deferred, result: TaskResult) -> None:
+    if done.called:
+        return
+    done.engine = result.engine
+    done.stdout, done.stderr = result.stdout, result.stderr
+    (done.callback if result.ok else done.errback)(result.value)

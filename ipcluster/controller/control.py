@@ -70,8 +70,13 @@ class EngineControl:
         sent = self._clock.seconds()
         return self._call("beat", {}, timeout).addCallback(lambda _: self._clock.seconds() - sent)
 
-    def abort(self, task_id: str, timeout: Optional[float] = None) -> defer.Deferred:
-        return self._call("abort", {"task": str(task_id)}, timeout)
+    def abort(self, task_id: str, timeout: Optional[float] = None, release: bool = False) -> defer.Deferred:
+        """With ``release`` (the scheduler's use), a removed task fires ``"released"``
+        and gets no TaskAborted result: it is about to run elsewhere."""
+        args: dict[str, Any] = {"task": str(task_id)}
+        if release:
+            args["release"] = True
+        return self._call("abort", args, timeout)
 
     def signal(self, signum: int, task_id: Optional[str] = None, timeout: Optional[float] = None) -> defer.Deferred:
         args: dict[str, Any] = {"signum": int(signum)}

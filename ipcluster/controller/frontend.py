@@ -11,7 +11,7 @@ from ipcluster import errors
 from ipcluster.controller.control import VERBS, ControlChannel
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import DuplicateEngine, Registry
-from ipcluster.controller.tasks import TaskRouter
+from ipcluster.controller.scheduler import Scheduler
 from ipcluster.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
 
 Send = Callable[[Sequence[bytes]], bool]
@@ -78,7 +78,7 @@ class ClientFrontEnd:
         self,
         registry: Registry,
         control: ControlChannel,
-        router: TaskRouter,
+        scheduler: Scheduler,
         codec: Codec,
         clock: IReactorTime,
         send: Send,
@@ -86,7 +86,7 @@ class ClientFrontEnd:
     ) -> None:
         self.registry = registry
         self.control = control
-        self.router = router
+        self.scheduler = scheduler
         self.codec = codec
         self.clock = clock
         self.send = send
@@ -128,8 +128,38 @@ class ClientFrontEnd:
         return [record.describe(now) for record in self.registry]
 
     def _on_submit(self, identity: bytes, msg: Message):
-        self.router.submit(identity, msg["task"], msg["engine"], msg.payloads[0])
-        return msg["task"]
+        engine, engines = msg.get("engine"), msg.get("engines")
+        if engine is not None:
+            if not isinstance(engine, str):
+                raise errors.BadRequest("engine must be an engine id")
+            engines = [engine]
+        elif engines is not None and (not isinstance(engines, list) or not all(isinstance(e, str) for e in engines)):
+            raise errors.BadRequest("engines must be a list of engine ids")
+        after = msg.get("after") or []
+        if not isinstance(after, list) or not all(isinstance(t, str) for t in after):
+            raise errors.BadRequest("after must be a list of task ids")
+        name = msg.get("name") or ""
+        return self.scheduler.submit(
+            identity,
+            msg["task"],
+            msg.payloads[0],
+            engines=engines,
+            after=after,
+            retries=msg.get("retries"),
+            timeout=msg.get("timeout"),
+            after_failed=msg.get("after_failed") or "fail",
+            name=name if isinstance(name, str) else "",
+        )
+
+    def _on_cancel(self, identity: bytes, msg: Message):
+        return self.scheduler.cancel(msg["task"])
+
+    def _on_fetch(self, identity: bytes, msg: Message):
+        return self.scheduler.fetch(identity, msg["task"])
+
+    def _on_purge(self, identity: bytes, msg: Message):
+        older_than = _number(msg.fields, "older_than", None)
+        return self.scheduler.store.purge(older_than)
 
     def _on_control(self, identity: bytes, msg: Message):
         verb, args = msg["verb"], msg["args"]

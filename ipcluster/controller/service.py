@@ -25,7 +25,8 @@ from ipcluster.controller.frontend import ClientFrontEnd, Registrar
 from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD, HeartMonitor
 from ipcluster.controller.launcher import LocalEngines
 from ipcluster.controller.registry import EngineRecord, Registry
-from ipcluster.controller.tasks import TaskRouter
+from ipcluster.controller.scheduler import DEFAULT_PREFETCH, Scheduler
+from ipcluster.controller.store import ITaskStore, MemoryTaskStore, SQLiteTaskStore
 from ipcluster.wire import BadMessage, Codec, PingCodec, new_key
 
 
@@ -44,6 +45,10 @@ class ControllerConfig:
     control_timeout: float = attr.ib(default=DEFAULT_TIMEOUT)
     max_message_size: int = attr.ib(default=256 * 1024 * 1024)
     max_batch: int = attr.ib(default=200)
+    prefetch: int = attr.ib(default=DEFAULT_PREFETCH)
+    store: str = attr.ib(default="sqlite")
+    store_max_age: Optional[float] = attr.ib(default=7 * 24 * 3600.0)
+    store_max_tasks: Optional[int] = attr.ib(default=1_000_000)
 
     @property
     def connection_file(self) -> Path:
@@ -121,15 +126,20 @@ class Controller(service.MultiService):
             self.drops,
             config.control_timeout,
         )
-        self.router = TaskRouter(
+        self.store: Optional[ITaskStore] = None
+        self.scheduler = Scheduler(
             self.registry,
             self.codec,
             reactor,
             lambda frames: self._send("task", frames),
             lambda frames: self._send("client", frames),
             self.drops,
+            store=MemoryTaskStore(),  # replaced by the configured store when the controller starts
+            control_for=self.control.control_for,
+            prefetch=config.prefetch,
             on_engine_traffic=self.monitor.control_seen,
         )
+        self.router = self.scheduler  # old name, kept for the status page
         self.local_engines = LocalEngines(reactor, self.registry, str(config.connection_file), config.engines)
         self.registrar = Registrar(
             self.registry,
@@ -143,7 +153,7 @@ class Controller(service.MultiService):
         self.frontend = ClientFrontEnd(
             self.registry,
             self.control,
-            self.router,
+            self.scheduler,
             self.codec,
             reactor,
             lambda frames: self._send("client", frames),
@@ -183,7 +193,7 @@ class Controller(service.MultiService):
             "registration": self.registrar.message_received,
             "heartbeat": self._on_heartbeat,
             "control": self.control.message_received,
-            "task": self.router.message_received,
+            "task": self.scheduler.message_received,
             "client": self.frontend.message_received,
         }
         try:
@@ -232,7 +242,22 @@ class Controller(service.MultiService):
             self.bind()
         super().privilegedStartService()
 
+    def open_store(self) -> ITaskStore:
+        if self.store is None:
+            if self.config.store == "memory":
+                self.store = MemoryTaskStore(max_age=self.config.store_max_age, max_tasks=self.config.store_max_tasks)
+            else:
+                self.config.data_dir.mkdir(parents=True, exist_ok=True)
+                self.store = SQLiteTaskStore(
+                    str(self.config.data_dir / "tasks.sqlite"),
+                    self.reactor,
+                    max_age=self.config.store_max_age,
+                    max_tasks=self.config.store_max_tasks,
+                )
+        return self.store
+
     def startService(self) -> None:
+        self.scheduler.store = self.open_store()
         if not self.sockets:
             self.bind()
         connection.write(self.info, self.config.connection_file)
@@ -252,13 +277,17 @@ class Controller(service.MultiService):
             for control in list(self.control.controls.values()):
                 control.engine_gone(errors.NoController("the controller is stopping"))
             self.control.controls.clear()
-            self.drops.stop()
+            self.scheduler.stop()
             try:
                 if self.info is not None and connection.read(self.config.connection_file).key == self.key:
                     os.unlink(self.config.connection_file)
             except Exception as e:
                 self.log.warn("could not remove connection file: {e}", e=e)
-            self._close_sockets()
+            self._close_sockets()  # no input after this point, so nothing new to log or store
+            self.drops.stop()
+            if self.store is not None:
+                store, self.store = self.store, None
+                yield store.close()
             self.log.info("controller stopped")
 
     # -- logging ---------------------------------------------------------------
@@ -279,3 +308,4 @@ class Controller(service.MultiService):
             self.log.info("engine {engine} left ({where}): {reason}", engine=record.id, where=where, reason=reason)
         elif event == "purged":
             self.log.warn("engine {engine} registration purged: {reason}", engine=record.id, reason=reason)
+

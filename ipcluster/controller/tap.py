@@ -52,6 +52,11 @@ class Options(usage.Options):
          "heartbeat before its registration is purged.", _positive(float)],
         ["control-timeout", None, 10.0, "Default seconds a control command (beat, abort, ...) waits for "
          "its reply.", _positive(float)],
+        ["prefetch", None, 1, "Tasks an engine may hold queued beyond the one it runs (load balancing).", int],
+        ["store", None, "sqlite", "Where task records and results are kept: 'sqlite' (DATA_DIR/tasks.sqlite, "
+         "survives restarts) or 'memory'."],
+        ["store-max-age", None, 7 * 24 * 3600.0, "Seconds a finished task's record is kept.", _positive(float)],
+        ["store-max-tasks", None, 1_000_000, "Most finished task records kept.", _positive(int)],
         ["max-message-size", None, 256 * 1024 * 1024, "Largest message accepted, in bytes; a peer that "
          "sends more is disconnected.", _positive(int)],
     ] + [
@@ -62,6 +67,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["engines"] < 0:
             raise usage.UsageError("--engines must be 0 or more")
+        if self["prefetch"] < 0:
+            raise usage.UsageError("--prefetch must be 0 or more")
+        if self["store"] not in ("sqlite", "memory"):
+            raise usage.UsageError("--store must be 'sqlite' or 'memory'")
 
 
 def makeService(options: Options):
@@ -78,5 +87,9 @@ def makeService(options: Options):
         registration_timeout=options["registration-timeout"],
         control_timeout=options["control-timeout"],
         max_message_size=options["max-message-size"],
+        prefetch=options["prefetch"],
+        store=options["store"],
+        store_max_age=options["store-max-age"],
+        store_max_tasks=options["store-max-tasks"],
     )
     return Controller(config)

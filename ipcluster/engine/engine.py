@@ -391,6 +391,8 @@ class Engine:
         if verb == "abort":
             task_id = args.get("task")
             if self.queue.remove(task_id):
+                if args.get("release"):
+                    return "released"  # the controller runs it elsewhere
                 self._report_dropped(link, task_id, errors.TaskAborted(f"task {task_id} aborted before it ran"))
                 return "aborted"
             current = self.current

@@ -1,0 +1,330 @@
+"""Durable task records: every task's times, engine, status, result or error, output.
+
+``SQLiteTaskStore`` (the default, ``<data dir>/tasks.sqlite``) writes from one
+thread of its own, in batches, so the reactor never waits on the disk; reads
+come back as Deferreds.  Retention is bounded by age and by count, and
+``purge`` deletes on demand.  ``MemoryTaskStore`` is the in-memory provider
+used by tests and by ``--store memory``.
+"""
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+#: Task statuses as stored.
+SUBMITTED, RUNNING, OK, FAILED = "submitted", "running", "ok", "failed"
+
+
+class ITaskStore(Interface):
+    """Where finished (and unfinished) tasks are recorded."""
+
+    max_age = Attribute("Seconds a finished task is kept (None: forever).")
+    max_tasks = Attribute("Most finished tasks kept (None: no limit).")
+
+    def submitted(task_id, name, submitted_at):
+        """Record a new task (fire and forget)."""
+
+    def started(task_id, engine, started_at):
+        """Record that ``engine`` started the task (fire and forget)."""
+
+    def finished(task_id, ok, finished_at, engine, error, result, stdout, stderr):
+        """Record the outcome (fire and forget).  ``error`` is a dict or None."""
+
+    def get(task_id):
+        """Deferred: the task's record as a dict, or None if unknown."""
+
+    def purge(older_than=None):
+        """Deferred: delete finished tasks (those finished ``older_than`` seconds ago or more); the count."""
+
+    def close():
+        """Deferred: flush and close."""
+
+
+def _record(task_id, name, status, submitted_at, started_at, finished_at, engine, error, result, stdout, stderr) -> dict:
+    return {
+        "task": task_id,
+        "name": name,
+        "status": status,
+        "submitted_at": submitted_at,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "engine": engine,
+        "error": error,
+        "result": result,
+        "stdout": stdout,
+        "stderr": stderr,
+    }
+
+
+@implementer(ITaskStore)
+class MemoryTaskStore:
+    """Keeps records in a dict (bounded by ``max_tasks`` finished tasks)."""
+
+    def __init__(self, max_age: Optional[float] = None, max_tasks: Optional[int] = 100_000, clock=time) -> None:
+        self.max_age = max_age
+        self.max_tasks = max_tasks
+        self._clock = clock
+        self.records: "OrderedDict[str, dict]" = OrderedDict()
+
+    def _now(self) -> float:
+        return self._clock.time() if hasattr(self._clock, "time") else self._clock.seconds()
+
+    def submitted(self, task_id, name, submitted_at) -> None:
+        self.records[task_id] = _record(task_id, name, SUBMITTED, submitted_at, None, None, None, None, None, None, None)
+
+    def started(self, task_id, engine, started_at) -> None:
+        r = self.records.get(task_id)
+        if r is not None:
+            r.update(status=RUNNING, engine=engine, started_at=started_at)
+
+    def finished(self, task_id, ok, finished_at, engine, error, result, stdout, stderr) -> None:
+        r = self.records.pop(task_id, None) or _record(task_id, None, None, None, None, None, None, None, None, None, None)
+        r.update(status=OK if ok else FAILED, finished_at=finished_at, engine=engine, error=error, result=result, stdout=stdout, stderr=stderr)
+        self.records[task_id] = r
+        self._trim()
+
+    def _trim(self) -> None:
+        done = [k for k, r in self.records.items() if r["status"] in (OK, FAILED)]
+        if self.max_tasks is not None:
+            for k in done[: max(0, len(done) - self.max_tasks)]:
+                del self.records[k]
+        if self.max_age is not None:
+            limit = self._now() - self.max_age
+            for k in list(self.records):
+                r = self.records[k]
+                if r["status"] in (OK, FAILED) and (r["finished_at"] or 0) < limit:
+                    del self.records[k]
+
+    def get(self, task_id) -> defer.Deferred:
+        r = self.records.get(task_id)
+        return defer.succeed(dict(r) if r is not None else None)
+
+    def purge(self, older_than=None) -> defer.Deferred:
+        limit = None if older_than is None else self._now() - older_than
+        doomed = [
+            k for k, r in self.records.items()
+            if r["status"] in (OK, FAILED) and (limit is None or (r["finished_at"] or 0) <= limit)
+        ]
+        for k in doomed:
+            del self.records[k]
+        return defer.succeed(len(doomed))
+
+    def close(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task TEXT PRIMARY KEY,
+    name TEXT,
+    status TEXT NOT NULL,
+    submitted_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    engine TEXT,
+    error TEXT,
+    result BLOB,
+    stdout TEXT,
+    stderr TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
+"""
+
+_STOP = object()
+
+
+@implementer(ITaskStore)
+class SQLiteTaskStore:
+    """SQLite in WAL mode, written by a thread of its own in batched transactions."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: str,
+        reactor=None,
+        max_age: Optional[float] = 7 * 24 * 3600.0,
+        max_tasks: Optional[int] = 1_000_000,
+        batch_seconds: float = 0.05,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.path = str(path)
+        self.reactor = reactor
+        self.max_age = max_age
+        self.max_tasks = max_tasks
+        self.batch_seconds = batch_seconds
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._closed = False
+        self._ready = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="ipcluster-store", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+
+    # -- writes (fire and forget) ------------------------------------------------
+
+    def submitted(self, task_id, name, submitted_at) -> None:
+        self._queue.put(("submitted", (task_id, name, submitted_at)))
+
+    def started(self, task_id, engine, started_at) -> None:
+        self._queue.put(("started", (engine, started_at, task_id)))
+
+    def finished(self, task_id, ok, finished_at, engine, error, result, stdout, stderr) -> None:
+        import json
+
+        self._queue.put(
+            (
+                "finished",
+                (task_id, OK if ok else FAILED, finished_at, engine, json.dumps(error) if error is not None else None, result, stdout, stderr),
+            )
+        )
+
+    # -- reads -------------------------------------------------------------------
+
+    def _ask(self, op: str, *args) -> defer.Deferred:
+        d = defer.Deferred()
+        if self._closed:
+            return defer.fail(RuntimeError("the task store is closed"))
+        self._queue.put((op, (d, *args)))
+        return d
+
+    def get(self, task_id) -> defer.Deferred:
+        return self._ask("get", task_id)
+
+    def purge(self, older_than=None) -> defer.Deferred:
+        return self._ask("purge", older_than)
+
+    def close(self) -> defer.Deferred:
+        if self._closed:
+            return defer.succeed(None)
+        d = self._ask("close")
+        self._closed = True
+        return d
+
+    # -- the writer thread ------------------------------------------------------------
+
+    def _reply(self, d: defer.Deferred, ok: bool, value: Any) -> None:
+        self.reactor.callFromThread(d.callback if ok else d.errback, value)
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except BaseException as e:
+            self._error = RuntimeError(f"cannot open the task store {self.path}: {e}")
+            self._ready.set()
+            return
+        self._ready.set()
+        last_trim = 0.0
+        try:
+            while True:
+                first = self._queue.get()
+                batch = [first]
+                deadline = time.monotonic() + self.batch_seconds
+                while len(batch) < 5000:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(self._queue.get(timeout=left))
+                    except queue.Empty:
+                        break
+                if self._apply(db, batch):
+                    return
+                if time.monotonic() - last_trim > 60:
+                    last_trim = time.monotonic()
+                    self._trim(db)
+        finally:
+            db.close()
+
+    def _apply(self, db: sqlite3.Connection, batch: list) -> bool:
+        """Run one batch of operations; True when asked to close."""
+        closing = None
+        db.execute("BEGIN")
+        try:
+            for op, args in batch:
+                if op == "submitted":
+                    db.execute(
+                        "INSERT OR REPLACE INTO tasks (task, name, status, submitted_at) VALUES (?, ?, 'submitted', ?)", args
+                    )
+                elif op == "started":
+                    db.execute("UPDATE tasks SET engine=?, started_at=?, status='running' WHERE task=?", args)
+                elif op == "finished":
+                    task_id, status, finished_at, engine, error, result, stdout, stderr = args
+                    cur = db.execute(
+                        "UPDATE tasks SET status=?, finished_at=?, engine=?, error=?, result=?, stdout=?, stderr=? WHERE task=?",
+                        (status, finished_at, engine, error, result, stdout, stderr, task_id),
+                    )
+                    if cur.rowcount == 0:
+                        db.execute(
+                            "INSERT INTO tasks (task, status, finished_at, engine, error, result, stdout, stderr) VALUES (?,?,?,?,?,?,?,?)",
+                            (task_id, status, finished_at, engine, error, result, stdout, stderr),
+                        )
+                elif op == "get":
+                    d, task_id = args
+                    row = db.execute(
+                        "SELECT task, name, status, submitted_at, started_at, finished_at, engine, error, result, stdout, stderr "
+                        "FROM tasks WHERE task=?",
+                        (task_id,),
+                    ).fetchone()
+                    self._reply(d, True, self._row(row))
+                elif op == "purge":
+                    d, older_than = args
+                    if older_than is None:
+                        cur = db.execute("DELETE FROM tasks WHERE status IN ('ok', 'failed')")
+                    else:
+                        cur = db.execute(
+                            "DELETE FROM tasks WHERE status IN ('ok', 'failed') AND finished_at <= ?",
+                            (time.time() - older_than,),
+                        )
+                    self._reply(d, True, cur.rowcount)
+                elif op == "close":
+                    closing = args[0]
+            db.execute("COMMIT")
+        except Exception as e:
+            db.execute("ROLLBACK")
+            self.log.error("task store write failed: {e!r}", e=e)
+            for op, args in batch:
+                if op in ("get", "purge", "close"):
+                    self._reply(args[0], False, e)
+            return closing is not None
+        if closing is not None:
+            self._reply(closing, True, None)
+            return True
+        return False
+
+    @staticmethod
+    def _row(row) -> Optional[dict]:
+        if row is None:
+            return None
+        import json
+
+        r = _record(*row)
+        if r["error"] is not None:
+            r["error"] = json.loads(r["error"])
+        return r
+
+    def _trim(self, db: sqlite3.Connection) -> None:
+        if self.max_age is not None:
+            db.execute("DELETE FROM tasks WHERE status IN ('ok', 'failed') AND finished_at < ?", (time.time() - self.max_age,))
+        if self.max_tasks is not None:
+            (n,) = db.execute("SELECT COUNT(*) FROM tasks WHERE status IN ('ok', 'failed')").fetchone()
+            if n > self.max_tasks:
+                db.execute(
+                    "DELETE FROM tasks WHERE task IN (SELECT task FROM tasks WHERE status IN ('ok', 'failed') "
+                    "ORDER BY finished_at LIMIT ?)",
+                    (n - self.max_tasks,),
+                )
