@@ -31,7 +31,8 @@ import attr
 import msgpack
 
 PROTOCOL_VERSION = 1
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024  # what the controller accepts from its peers
+MAX_REPLY_HEADER_BYTES = 64 * 1024 * 1024  # what clients and engines accept from the controller
 SIGNATURE_BYTES = 32
 
 
@@ -138,10 +139,11 @@ _LEN = struct.Struct(">Q")
 class Codec:
     """Signs, encodes, verifies and decodes envelopes with one key."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, max_header: int = MAX_HEADER_BYTES) -> None:
         if not key:
             raise ValueError("an empty signing key is not allowed")
         self._key = key
+        self.max_header = max_header
         self._packer = msgpack.Packer(use_bin_type=True)
         self.new_id = MessageIds()
 
@@ -175,7 +177,7 @@ class Codec:
         if len(frames) < 2:
             raise BadMessage("too few frames", f"{len(frames)} frame(s)")
         signature, header_bytes = bytes(frames[0]), frames[1]
-        if len(header_bytes) > MAX_HEADER_BYTES:
+        if len(header_bytes) > self.max_header:
             raise BadMessage("oversize header", f"{len(header_bytes)} bytes")
         if len(signature) != SIGNATURE_BYTES or not hmac.compare_digest(
             signature, self.sign(frames[1:])

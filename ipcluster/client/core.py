@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import cloudpickle
 
 from ipcluster import errors
-from ipcluster.wire import BadMessage, Codec, Message
+from ipcluster.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
 
 #: ``callback(ok, value)``: value is the reply's value, or an exception when not ok.
 Callback = Callable[[bool, Any], None]
@@ -66,7 +66,8 @@ class ClientCore:
     """Requests, replies and results, correlated by message and task id."""
 
     def __init__(self, key: bytes) -> None:
-        self.codec = Codec(key)
+        # The controller's replies can be large (engines() of a big cluster).
+        self.codec = Codec(key, max_header=MAX_REPLY_HEADER_BYTES)
         self._lock = threading.Lock()
         self._replies: dict[str, Callback] = {}
         self._results: dict[str, Callable[[TaskResult], None]] = {}

@@ -106,7 +106,8 @@ class HeartMonitor:
             self._judge(now)
         self.beat += 1
         for record in self.registry.active():
-            self.send_heart(record.identity, self.pings.ping(record.identity, self.beat, now))
+            # Each ping carries its own send time: at scale a tick takes a while.
+            self.send_heart(record.identity, self.pings.ping(record.identity, self.beat, self.clock.seconds()))
             if record.state != REGISTERING:
                 self.send_control_ping(record, self.beat)
 

@@ -750,32 +750,52 @@ def manhole_services(
     if not ssh and not telnet:
         return []
 
+    # Every check first, so a mistake leaves nothing behind (not even a host key).
+    if ssh and authorized_keys is None and passwords is None:
+        raise ValueError("--manhole-ssh needs --manhole-authorized-keys or --manhole-passwords")
+    if telnet:
+        interface = endpoint_interface(telnet)
+        if interface is None or not is_loopback(interface):
+            where = "all interfaces" if interface == "" else (interface or "a non-TCP endpoint")
+            raise ValueError(
+                f"--manhole-telnet {telnet!r} would listen on {where}: telnet is plain text and is only "
+                "allowed on a loopback interface (tcp:PORT:interface=127.0.0.1); use --manhole-ssh for "
+                "remote access"
+            )
+        if passwords is None:
+            raise ValueError("--manhole-telnet needs --manhole-passwords (telnet logins always ask for a password)")
+        telnet_endpoint = _server_endpoint(reactor, telnet, "--manhole-telnet")
+        if getattr(telnet_endpoint, "_interface", interface) != interface:  # what Twisted parsed, where it tells
+            raise ValueError(f"--manhole-telnet {telnet!r}: cannot tell which interface it binds")
+    if ssh:
+        ssh_endpoint = _server_endpoint(reactor, ssh, "--manhole-ssh")
+
     password_checker = None
     if passwords is not None:
-        path = Path(passwords).expanduser()
+        password_checker = PasswordFile(passwords)
         try:
-            PasswordFile(path).entries()
+            users = password_checker.entries()
         except OSError as e:
-            raise ValueError(f"--manhole-passwords: cannot read {path}: {e}") from e
-        _private_file_warning(path, "password file")
-        password_checker = PasswordFile(path)
+            raise ValueError(f"--manhole-passwords: cannot read {password_checker.path}: {e}") from e
+        if not users:
+            log.warn("manhole: {path} lists no user with a password", path=str(password_checker.path))
+        _private_file_warning(password_checker.path, "password file")
+    keyfile = None
+    if authorized_keys is not None:
+        keyfile = AuthorizedKeysFile(authorized_keys)
+        try:
+            found = keyfile.keys()
+        except OSError as e:
+            raise ValueError(f"--manhole-authorized-keys: cannot read {keyfile.path}: {e}") from e
+        if not found:
+            log.warn("manhole: {path} lists no usable public key", path=str(keyfile.path))
 
     services: list[service.IService] = []
     realm = _Realm(lambda: make_namespace(controller))
 
     if ssh:
-        if authorized_keys is None and password_checker is None:
-            raise ValueError("--manhole-ssh needs --manhole-authorized-keys or --manhole-passwords")
-        endpoint = _server_endpoint(reactor, ssh, "--manhole-ssh")
         checkers = []
-        if authorized_keys is not None:
-            keyfile = AuthorizedKeysFile(authorized_keys)
-            try:
-                found = keyfile.keys()
-            except OSError as e:
-                raise ValueError(f"--manhole-authorized-keys: cannot read {keyfile.path}: {e}") from e
-            if not found:
-                log.warn("manhole: {path} lists no usable public key", path=str(keyfile.path))
+        if keyfile is not None:
             checkers.append(SSHPublicKeyChecker(keyfile))
         if password_checker is not None:
             checkers.append(password_checker)
@@ -786,28 +806,13 @@ def manhole_services(
         factory.privateKeys = {key.sshType(): key}
         factory.services = {**factory.services, b"ssh-userauth": _UserAuthServer}
         log.info("manhole: SSH host key {fingerprint}", fingerprint=_fingerprint(key))
-        services.append(ManholeService("manhole-ssh", endpoint, ssh, factory))
+        services.append(ManholeService("manhole-ssh", ssh_endpoint, ssh, factory))
 
     if telnet:
-        interface = endpoint_interface(telnet)
-        if interface is None or not is_loopback(interface):
-            where = "all interfaces" if interface == "" else (interface or "a non-TCP endpoint")
-            raise ValueError(
-                f"--manhole-telnet {telnet!r} would listen on {where}: telnet is plain text and is only "
-                "allowed on a loopback interface (tcp:PORT:interface=127.0.0.1); use --manhole-ssh for "
-                "remote access"
-            )
-        if password_checker is None:
-            raise ValueError("--manhole-telnet needs --manhole-passwords (telnet logins always ask for a password)")
-        endpoint = _server_endpoint(reactor, telnet, "--manhole-telnet")
-        bound = getattr(endpoint, "_interface", interface)  # what Twisted parsed, where it tells
-        if bound != interface:
-            raise ValueError(f"--manhole-telnet {telnet!r}: cannot tell which interface it binds")
         telnet_portal = cred_portal.Portal(realm, [password_checker])
         factory = protocol.ServerFactory()
         factory.noisy = False
         factory.protocol = lambda: conch_telnet.TelnetTransport(_TelnetLogin, telnet_portal)
-        services.append(ManholeService("manhole-telnet", endpoint, telnet, factory))
+        services.append(ManholeService("manhole-telnet", telnet_endpoint, telnet, factory))
 
     return services
-

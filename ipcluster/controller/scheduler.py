@@ -246,11 +246,11 @@ class Scheduler:
             return
         engines = [r.id for r in self.registry.live() if r.state == ALIVE]
         for depth in range(self.capacity):
-            for engine_id in engines:
+            for engine_id in list(engines):
                 if len(self.assigned.setdefault(engine_id, OrderedDict())) == depth:
                     task = self._next_for(engine_id)
-                    if task is not None:
-                        self._assign(task, engine_id)
+                    if task is not None and not self._assign(task, engine_id):
+                        engines.remove(engine_id)  # unreachable right now
 
     def _fill(self, engine_id: str) -> None:
         while self._has_room(engine_id):
@@ -259,18 +259,22 @@ class Scheduler:
                 if not self.assigned.get(engine_id):
                     self._steal_for(engine_id)
                 return
-            self._assign(task, engine_id)
+            if not self._assign(task, engine_id):
+                return
 
-    def _assign(self, task: Task, engine_id: str) -> None:
+    def _assign(self, task: Task, engine_id: str) -> bool:
+        """Send ``task`` to the engine; False (task ready again) if it is unreachable."""
         record = self.registry.get(engine_id)
         frames = self.codec.encode("task", {"task": task.id}, [task.payload])
         if record is None or not self.send_engine([record.identity, *frames]):
+            # Gone without a word yet (its death will be noticed): keep the task for others.
             self._make_ready(task, front=True)
-            return
+            return False
         task.state = ASSIGNED
         task.engine = engine_id
         task.attempts += 1
         self.assigned.setdefault(engine_id, OrderedDict())[task.id] = task
+        return True
 
     def _steal_for(self, engine_id: str) -> None:
         """``engine_id`` is idle with nothing ready: move a prefetched task to it."""
@@ -298,10 +302,9 @@ class Scheduler:
                 return
             self.assigned[victim].pop(task.id, None)
             self.stolen += 1
-            if self._has_room(thief) and task.may_run_on(thief):
-                self._assign(task, thief)
-            else:
-                self._make_ready(task, front=True)
+            if not (self._has_room(thief) and task.may_run_on(thief) and self._assign(task, thief)):
+                if task.state != READY:
+                    self._make_ready(task, front=True)
                 self._dispatch()
             self._fill(victim)
 

@@ -57,6 +57,9 @@ class Options(usage.Options):
          "survives restarts) or 'memory'."],
         ["store-max-age", None, 7 * 24 * 3600.0, "Seconds a finished task's record is kept.", _positive(float)],
         ["store-max-tasks", None, 1_000_000, "Most finished task records kept.", _positive(int)],
+        ["web", None, None, "Serve a live status page, JSON (/status.json) and Prometheus metrics (/metrics) "
+         "on this Twisted endpoint, e.g. tcp:8080:interface=127.0.0.1. Read-only and unauthenticated: "
+         "keep it on loopback."],
         ["max-message-size", None, 256 * 1024 * 1024, "Largest message accepted, in bytes; a peer that "
          "sends more is disconnected.", _positive(int)],
     ] + [
@@ -92,4 +95,12 @@ def makeService(options: Options):
         store_max_age=options["store-max-age"],
         store_max_tasks=options["store-max-tasks"],
     )
-    return Controller(config)
+    controller = Controller(config)
+    if options["web"]:
+        from ipcluster.controller.web import web_service
+
+        try:
+            web_service(controller, options["web"]).setServiceParent(controller)
+        except ValueError as e:
+            raise usage.UsageError(f"--web: {e}") from None
+    return controller

@@ -7,12 +7,23 @@ service that serves, from twisted.web:
     a self-contained page (no external assets) that fetches ``status.json``
     every second and shows the engines (id, host, pid, state, heartbeat RTT,
     running task, busy-for, queued tasks), the number of engines in each state,
-    tasks in flight, completed, failed and per second, engines that died or
-    whose registration was purged, and dropped messages by socket and reason.
+    tasks in flight, queued in the controller, completed, failed and per
+    second, engines that died or whose registration was purged, and dropped
+    messages by socket and reason.  Each engine row carries
+    ``data-engine-id`` and ``data-state`` attributes.
 ``/status.json``
     the same data as JSON (see :meth:`StatusView.status`).
 ``/metrics``
-    the same numbers in the Prometheus text exposition format (0.0.4).
+    the same numbers in the Prometheus text exposition format (0.0.4):
+    ``ipcluster_engines{state}``, ``ipcluster_engine_state{engine,state}``,
+    ``ipcluster_engine_heartbeat_rtt_seconds{engine}``,
+    ``ipcluster_engine_busy_seconds{engine}``,
+    ``ipcluster_engine_queued_tasks{engine}``, ``ipcluster_tasks{state}``,
+    ``ipcluster_tasks_in_flight``, ``ipcluster_tasks_queued_on_engines``,
+    ``ipcluster_tasks_completed_total``, ``ipcluster_tasks_failed_total``,
+    ``ipcluster_tasks_retried_total``, ``ipcluster_tasks_stolen_total``,
+    ``ipcluster_tasks_per_second``, ``ipcluster_engine_failures_total{event}``,
+    ``ipcluster_dropped_messages_total{socket,reason}``.
 
 Security: these pages are **read-only and unauthenticated**.  They answer only
 GET and HEAD, run no control verb and never show the cluster's key or
@@ -51,6 +62,7 @@ from ipcluster.controller.registry import ALIVE, BUSY, DEAD, LIVE_STATES, REGIST
 
 STATES = (REGISTERING, ALIVE, BUSY, DEAD)
 FAILURE_EVENTS = ("dead", "purged")
+TASK_STATES = ("waiting", "ready", "assigned", "running")  # the scheduler's unfinished states
 SAMPLE_PERIOD = 1.0
 
 __all__ = ["web_service", "WebService", "StatusView"]
@@ -62,8 +74,10 @@ __all__ = ["web_service", "WebService", "StatusView"]
 class StatusView:
     """What the pages show, computed from a live controller.
 
-    ``controller`` needs ``.registry``, ``.router`` (``.tasks``,
-    ``.completed``, ``.failed``), ``.drops`` (``.totals``) and ``.config``;
+    ``controller`` needs ``.registry``, ``.scheduler`` or ``.router`` (with
+    ``.tasks``, ``.completed``, ``.failed``; ``.assigned``, ``.retried``,
+    ``.stolen`` and task states when it has them), ``.drops`` (``.totals``)
+    and ``.config``;
     ``clock`` is an ``IReactorTime`` (the times in the registry come from it).
     Call :meth:`sample` every second (``WebService`` does) and :meth:`watch`
     to record engine failures as they happen.
@@ -108,9 +122,14 @@ class StatusView:
             }
         )
 
+    @property
+    def tasks(self):
+        """The controller's task keeper: its scheduler, or (before it had one) its router."""
+        scheduler = getattr(self.controller, "scheduler", None)
+        return scheduler if scheduler is not None else self.controller.router
+
     def _finished(self) -> int:
-        router = self.controller.router
-        return router.completed + router.failed
+        return self.tasks.completed + self.tasks.failed
 
     def sample(self) -> None:
         """Remember the task and drop counters now (for rates and recent drops)."""
@@ -162,7 +181,10 @@ class StatusView:
             counts[record.state] = counts.get(record.state, 0) + 1
             if record.state in LIVE_STATES:
                 queued += record.queued
-        router = controller.router
+        router = self.tasks
+        assigned = getattr(router, "assigned", None) or {}
+        for info in engines:
+            info["assigned"] = len(assigned.get(info["id"], ())) if info["state"] != DEAD else 0
         drops_then = self._since(now - self.drops_window)[2]
         totals = controller.drops.totals
         drops = [
@@ -181,10 +203,12 @@ class StatusView:
             "engines": engines,
             "counts": counts,
             "tasks": {
-                "in_flight": len(router.tasks),
-                "queued": queued,
+                **self._task_states(router),
+                "queued_on_engines": queued,
                 "completed": router.completed,
                 "failed": router.failed,
+                "retried": getattr(router, "retried", 0),
+                "stolen": getattr(router, "stolen", 0),
                 "per_second": self.tasks_per_second(now),
                 "rate_window": self.rate_window,
             },
@@ -194,6 +218,15 @@ class StatusView:
             "drops_total": sum(totals.values()),
             "drops_window": self.drops_window,
         }
+
+    @staticmethod
+    def _task_states(router) -> dict:
+        """Unfinished tasks: ``in_flight`` (sent to an engine) and, with the scheduler,
+        ``waiting`` (dependencies unmet) and ``ready`` (queued in the controller)."""
+        by_state = Counter(getattr(task, "state", "in_flight") for task in router.tasks.values())
+        states = {state: by_state.get(state, 0) for state in TASK_STATES}
+        in_flight = by_state.get("in_flight", 0) + states["assigned"] + states["running"]
+        return {"in_flight": in_flight, "waiting": states["waiting"], "ready": states["ready"], "by_state": states}
 
     def metrics(self) -> str:
         """The Prometheus text exposition (format 0.0.4)."""
@@ -215,12 +248,20 @@ class StatusView:
                    [({"engine": e["id"]}, e["queued"]) for e in live])
         out.family("ipcluster_tasks_in_flight", "gauge", "Tasks sent to engines whose results have not come back.",
                    [({}, tasks["in_flight"])])
-        out.family("ipcluster_tasks_queued", "gauge", "Tasks queued on engines, summed over live engines.",
-                   [({}, tasks["queued"])])
+        out.family("ipcluster_tasks", "gauge",
+                   "Unfinished tasks by state: waiting (dependencies unmet), ready (queued in the controller), "
+                   "assigned (sent to an engine), running.",
+                   [({"state": state}, n) for state, n in tasks["by_state"].items()])
+        out.family("ipcluster_tasks_queued_on_engines", "gauge", "Tasks queued on engines, as they last reported, "
+                   "summed over live engines.", [({}, tasks["queued_on_engines"])])
         out.family("ipcluster_tasks_completed_total", "counter", "Tasks that returned a result.",
                    [({}, tasks["completed"])])
         out.family("ipcluster_tasks_failed_total", "counter",
                    "Tasks that raised, or failed because their engine died.", [({}, tasks["failed"])])
+        out.family("ipcluster_tasks_retried_total", "counter", "Tasks rerun because their engine died.",
+                   [({}, tasks["retried"])])
+        out.family("ipcluster_tasks_stolen_total", "counter", "Prefetched tasks moved to an idle engine.",
+                   [({}, tasks["stolen"])])
         out.family("ipcluster_tasks_per_second", "gauge",
                    f"Tasks finished (completed or failed) per second over the last {self.rate_window:g} s.",
                    [({}, tasks["per_second"])])
@@ -291,13 +332,14 @@ header .conn { margin-left: auto; font-size: 13px; }
 .conn.lost { color: #ffb3ad; }
 .conn.lost::before { background: #f85149; }
 main { padding: 18px 24px 28px; max-width: 1400px; }
-.cards { display: grid; grid-template-columns: 2fr repeat(4, 1fr); gap: 12px; margin-bottom: 20px; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
+.cards { display: grid; grid-template-columns: 2.3fr repeat(5, 1fr); gap: 12px; margin-bottom: 20px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 12px 12px 14px; }
 .card .label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .card .value { font-size: 26px; font-weight: 600; font-variant-numeric: tabular-nums; }
-.card .sub { color: var(--muted); font-size: 12px; }
+.card .sub { color: var(--muted); font-size: 12px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .card.failed .value.nonzero { color: var(--dead); }
-.chips { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
+.chips { display: flex; flex-wrap: wrap; gap: 5px; margin-top: 6px; }
+.chips .state { font-size: 11.5px; padding: 1px 8px 1px 6px; gap: 5px; }
 section { margin-bottom: 22px; }
 h2 { font-size: 15px; margin: 0 0 8px; font-weight: 600; }
 h2 .hint { color: var(--muted); font-weight: 400; font-size: 12px; margin-left: 6px; }
@@ -325,7 +367,7 @@ td.empty { color: var(--muted); text-align: center; padding: 14px; }
 .cols { display: grid; grid-template-columns: 3fr 2fr; gap: 16px; }
 footer { color: var(--muted); font-size: 12px; padding: 0 24px 20px; }
 footer a { color: inherit; }
-@media (max-width: 900px) { .cards { grid-template-columns: 1fr 1fr; } .cols { grid-template-columns: 1fr; } }
+@media (max-width: 1000px) { .cards { grid-template-columns: 1fr 1fr 1fr; } .cols { grid-template-columns: 1fr; } }
 """
 
 _SCRIPT = """
@@ -380,7 +422,10 @@ function render(s) {
     ...STATES.map(st => el("span", {class: "state " + st, data: {count: st}}, counts[st] + " " + st)));
   const t = s.tasks;
   text("tasks-in-flight", t.in_flight);
-  text("tasks-queued", t.queued + " queued on engines");
+  text("tasks-retried", t.retried ? t.retried + " retried after an engine died" : "errors, dead engines");
+  text("tasks-on-engines", t.queued_on_engines + " queued on engines");
+  text("tasks-queued", t.ready + t.waiting);
+  text("tasks-waiting", t.ready + " ready \u00b7 " + t.waiting + " waiting");
   text("tasks-completed", t.completed);
   text("tasks-failed", t.failed);
   document.getElementById("tasks-failed").classList.toggle("nonzero", t.failed > 0);
@@ -451,11 +496,13 @@ _BODY = """
     <div class="card"><div class="label">Engines</div><div class="value" id="engines-total">\u2013</div>
       <div class="chips" id="engine-counts"></div></div>
     <div class="card"><div class="label">Tasks in flight</div><div class="value" id="tasks-in-flight">\u2013</div>
-      <div class="sub" id="tasks-queued"></div></div>
+      <div class="sub" id="tasks-on-engines"></div></div>
+    <div class="card" title="tasks in the controller: ready to run, or waiting for the tasks they depend on"><div class="label">Queued</div><div class="value" id="tasks-queued">\u2013</div>
+      <div class="sub" id="tasks-waiting"></div></div>
     <div class="card"><div class="label">Completed</div><div class="value" id="tasks-completed">\u2013</div>
       <div class="sub">tasks that returned</div></div>
     <div class="card failed"><div class="label">Failed</div><div class="value" id="tasks-failed">\u2013</div>
-      <div class="sub">raised, or engine died</div></div>
+      <div class="sub" id="tasks-retried">errors, dead engines</div></div>
     <div class="card"><div class="label">Tasks / s</div><div class="value" id="tasks-rate">\u2013</div>
       <div class="sub" id="rate-window"></div></div>
   </div>
@@ -529,7 +576,6 @@ class _ReadOnly(resource.Resource):
 
 
 class _Page(_ReadOnly):
-
     def render_GET(self, request):
         _common_headers(request, b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", PAGE_CSP)

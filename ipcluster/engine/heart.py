@@ -79,7 +79,7 @@ class Heart:
         if self._thread is None:
             return True
         try:
-            self._ctl.send(b"TERMINATE")
+            self._ctl.send(b"TERMINATE", zmq.NOBLOCK)  # never block: the thread may be gone
         except zmq.ZMQError:
             pass
         self._thread.join(timeout)
