@@ -22,7 +22,7 @@ class ResultTests(SynchronousTestCase):
         self.core = ClientCore(KEY)
         self.controller = Codec(KEY)
         self.results = []
-        self.task_id, _, _ = self.core.submit(abs, (-1,), {}, {"engine": "e1"}, lambda ok, value: None, self.results.append)
+        self.task_id, _ = self.core.submit(abs, (-1,), {}, {"engine": "e1"}, self.results.append)
 
     def deliver(self, ok, payload=b"", error=None, out=b"", err=b"", task=None):
         fields = {"task": task or self.task_id, "engine": "e1", "ok": ok}

@@ -86,19 +86,18 @@ class ClientCore:
         args: tuple,
         kwargs: dict,
         options: dict,
-        on_accept: Callback,
         on_result: Callable[[TaskResult], None],
-    ) -> tuple[str, str, list]:
-        """``(task_id, msg_id, frames)`` for a task; the payload is cloudpickled here.
+    ) -> tuple[str, list]:
+        """``(task_id, frames)`` for a task; the payload is cloudpickled here.
 
         ``options`` are the scheduling fields checked by :func:`submit_options`.
+        There is no reply: a refused task fails through ``on_result``.
         """
         payload = cloudpickle.dumps((fn, args, kwargs))
         task_id = uuid.uuid4().hex
         self.expect(task_id, on_result)
         fields = dict(options, task=task_id, name=getattr(fn, "__name__", type(fn).__name__)[:200])
-        msg_id, frames = self.request("submit", fields, on_accept, [payload])
-        return task_id, msg_id, frames
+        return task_id, self.codec.encode("submit", fields, [payload])
 
     def expect(self, task_id: str, on_result: Callable[[TaskResult], None]) -> None:
         """Route the result of ``task_id`` to ``on_result`` (for submit and fetch)."""

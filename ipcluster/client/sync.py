@@ -156,14 +156,7 @@ class Client(Executor):
         """
         options = submit_options(engine, engines, after, retries, timeout, after_failed)
         future: TaskFuture
-
-        def on_accept(ok: bool, value: Any) -> None:
-            if not ok and not future.done():
-                self._core.forget(task_id=future.task_id)
-                if future.set_running_or_notify_cancel():
-                    future.set_exception(value)
-
-        task_id, _, frames = self._core.submit(fn, args, kwargs, options, on_accept, lambda r: future._deliver(r))
+        task_id, frames = self._core.submit(fn, args, kwargs, options, lambda r: future._deliver(r))
         future = TaskFuture(task_id, self)
         self._send(frames)
         return future

@@ -59,13 +59,7 @@ class TwistedClient:
         except (TypeError, ValueError):
             return defer.fail()
         done = defer.Deferred()
-
-        def on_accept(ok: bool, value: Any) -> None:
-            if not ok and not done.called:
-                self._core.forget(task_id=task_id)
-                done.errback(value)
-
-        task_id, _, frames = self._core.submit(fn, args, kwargs, options, on_accept, lambda r: _deliver(done, r))
+        task_id, frames = self._core.submit(fn, args, kwargs, options, lambda r: _deliver(done, r))
         done.task_id = task_id
         done.engine = None
         done.stdout = done.stderr = ""

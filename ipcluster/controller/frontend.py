@@ -98,11 +98,16 @@ class ClientFrontEnd:
             msg = self.codec.decode(body, ACCEPTS["client"])
         except BadMessage as e:
             self.drops.drop("client", e.reason, identity, e.detail)
-            request_id = e.header.get("id") if e.header else None
-            if isinstance(request_id, str) and request_id:
-                # Signed by a real client but malformed: tell it, do not leave it waiting.
-                error = errors.BadRequest(f"malformed request: {e}")
-                self.send([identity, *self.codec.encode("reply", {"ref": request_id, "ok": False, "error": errors.to_wire(error)})])
+            header = e.header or {}
+            # Signed by a real client but malformed: tell it, do not leave it waiting.
+            error = errors.BadRequest(f"malformed request: {e}")
+            if header.get("type") == "submit" and isinstance(header.get("task"), str):
+                self._refuse_task(identity, header["task"], error)
+            elif isinstance(header.get("id"), str) and header["id"]:
+                self._error(identity, Message("reply", header["id"], header), error)
+            return
+        if msg.type == "submit":
+            self._submit(identity, msg)
             return
         try:
             result = getattr(self, "_on_" + msg.type)(identity, msg)
@@ -126,6 +131,30 @@ class ClientFrontEnd:
     def _on_engines(self, identity: bytes, msg: Message):
         now = self.clock.seconds()
         return [record.describe(now) for record in self.registry]
+
+    def _submit(self, identity: bytes, msg: Message) -> None:
+        """Submits get no reply when accepted (that would double the traffic of small
+        tasks); a refused one fails like a task, with a result carrying the error."""
+        task_id = msg["task"]
+        try:
+            accepted = self._on_submit(identity, msg)
+        except errors.ClusterError as e:
+            self._refuse_task(identity, task_id, e)
+            return
+
+        def refused(failure):
+            if not failure.check(errors.ClusterError):
+                self.log.failure("submit of task {task} failed", failure, task=task_id)
+                failure = errors.ClusterError(f"the controller failed to accept task {task_id}: {failure.value!r}")
+            else:
+                failure = failure.value
+            self._refuse_task(identity, task_id, failure)
+
+        accepted.addErrback(refused)
+
+    def _refuse_task(self, identity: bytes, task_id: str, error: Exception) -> None:
+        fields = {"task": task_id, "ok": False, "error": errors.to_wire(error)}
+        self.send([identity, *self.codec.encode("result", fields, [b"", b"", b""])])
 
     def _on_submit(self, identity: bytes, msg: Message):
         engine, engines = msg.get("engine"), msg.get("engines")

@@ -8,6 +8,8 @@ used by tests and by ``--store memory``.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import queue
 import sqlite3
 import threading
@@ -138,8 +140,6 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
 """
 
-_STOP = object()
-
 
 @implementer(ITaskStore)
 class SQLiteTaskStore:
@@ -163,6 +163,8 @@ class SQLiteTaskStore:
         self.max_tasks = max_tasks
         self.batch_seconds = batch_seconds
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._pending: list = []
+        self._flush_call = None
         self._closed = False
         self._ready = threading.Event()
         self._error: Optional[BaseException] = None
@@ -172,31 +174,41 @@ class SQLiteTaskStore:
         if self._error is not None:
             raise self._error
 
-    # -- writes (fire and forget) ------------------------------------------------
+    # -- writes (fire and forget): gathered on the reactor, handed over once a batch ---------
+
+    def _write(self, op: str, args: tuple) -> None:
+        self._pending.append((op, args))
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(self.batch_seconds, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._queue.put(batch)
 
     def submitted(self, task_id, name, submitted_at) -> None:
-        self._queue.put(("submitted", (task_id, name, submitted_at)))
+        self._write("submitted", (task_id, name, submitted_at))
 
     def started(self, task_id, engine, started_at) -> None:
-        self._queue.put(("started", (engine, started_at, task_id)))
+        self._write("started", (engine, started_at, task_id))
 
     def finished(self, task_id, ok, finished_at, engine, error, result, stdout, stderr) -> None:
-        import json
-
-        self._queue.put(
-            (
-                "finished",
-                (task_id, OK if ok else FAILED, finished_at, engine, json.dumps(error) if error is not None else None, result, stdout, stderr),
-            )
+        self._write(
+            "finished",
+            (task_id, OK if ok else FAILED, finished_at, engine, json.dumps(error) if error is not None else None, result, stdout, stderr),
         )
 
     # -- reads -------------------------------------------------------------------
 
     def _ask(self, op: str, *args) -> defer.Deferred:
-        d = defer.Deferred()
         if self._closed:
             return defer.fail(RuntimeError("the task store is closed"))
-        self._queue.put((op, (d, *args)))
+        d = defer.Deferred()
+        self._flush()  # a read sees every write made before it
+        self._queue.put([(op, (d, *args))])
         return d
 
     def get(self, task_id) -> defer.Deferred:
@@ -228,18 +240,13 @@ class SQLiteTaskStore:
             self._ready.set()
             return
         self._ready.set()
-        last_trim = 0.0
+        last_trim = time.monotonic()
         try:
             while True:
-                first = self._queue.get()
-                batch = [first]
-                deadline = time.monotonic() + self.batch_seconds
-                while len(batch) < 5000:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
+                batch = self._queue.get()
+                while len(batch) < 20_000:  # take what else is waiting, in order
                     try:
-                        batch.append(self._queue.get(timeout=left))
+                        batch.extend(self._queue.get_nowait())
                     except queue.Empty:
                         break
                 if self._apply(db, batch):
@@ -250,49 +257,48 @@ class SQLiteTaskStore:
         finally:
             db.close()
 
+    _WRITES = {
+        "submitted": "INSERT OR REPLACE INTO tasks (task, name, status, submitted_at) VALUES (?, ?, 'submitted', ?)",
+        "started": "UPDATE tasks SET engine=?, started_at=?, status='running' WHERE task=?",
+        "finished": (
+            "INSERT INTO tasks (task, status, finished_at, engine, error, result, stdout, stderr) VALUES (?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(task) DO UPDATE SET status=excluded.status, finished_at=excluded.finished_at, "
+            "engine=excluded.engine, error=excluded.error, result=excluded.result, stdout=excluded.stdout, "
+            "stderr=excluded.stderr"
+        ),
+    }
+
     def _apply(self, db: sqlite3.Connection, batch: list) -> bool:
-        """Run one batch of operations; True when asked to close."""
+        """Run one batch of operations in one transaction; True when asked to close."""
         closing = None
         db.execute("BEGIN")
         try:
-            for op, args in batch:
-                if op == "submitted":
-                    db.execute(
-                        "INSERT OR REPLACE INTO tasks (task, name, status, submitted_at) VALUES (?, ?, 'submitted', ?)", args
-                    )
-                elif op == "started":
-                    db.execute("UPDATE tasks SET engine=?, started_at=?, status='running' WHERE task=?", args)
-                elif op == "finished":
-                    task_id, status, finished_at, engine, error, result, stdout, stderr = args
-                    cur = db.execute(
-                        "UPDATE tasks SET status=?, finished_at=?, engine=?, error=?, result=?, stdout=?, stderr=? WHERE task=?",
-                        (status, finished_at, engine, error, result, stdout, stderr, task_id),
-                    )
-                    if cur.rowcount == 0:
-                        db.execute(
-                            "INSERT INTO tasks (task, status, finished_at, engine, error, result, stdout, stderr) VALUES (?,?,?,?,?,?,?,?)",
-                            (task_id, status, finished_at, engine, error, result, stdout, stderr),
-                        )
-                elif op == "get":
-                    d, task_id = args
-                    row = db.execute(
-                        "SELECT task, name, status, submitted_at, started_at, finished_at, engine, error, result, stdout, stderr "
-                        "FROM tasks WHERE task=?",
-                        (task_id,),
-                    ).fetchone()
-                    self._reply(d, True, self._row(row))
-                elif op == "purge":
-                    d, older_than = args
-                    if older_than is None:
-                        cur = db.execute("DELETE FROM tasks WHERE status IN ('ok', 'failed')")
-                    else:
-                        cur = db.execute(
-                            "DELETE FROM tasks WHERE status IN ('ok', 'failed') AND finished_at <= ?",
-                            (time.time() - older_than,),
-                        )
-                    self._reply(d, True, cur.rowcount)
-                elif op == "close":
-                    closing = args[0]
+            for op, rows in itertools.groupby(batch, key=lambda item: item[0]):
+                sql = self._WRITES.get(op)
+                if sql is not None:
+                    db.executemany(sql, [args for _, args in rows])
+                    continue
+                for _, args in rows:
+                    if op == "get":
+                        d, task_id = args
+                        row = db.execute(
+                            "SELECT task, name, status, submitted_at, started_at, finished_at, engine, error, result, "
+                            "stdout, stderr FROM tasks WHERE task=?",
+                            (task_id,),
+                        ).fetchone()
+                        self._reply(d, True, self._row(row))
+                    elif op == "purge":
+                        d, older_than = args
+                        if older_than is None:
+                            cur = db.execute("DELETE FROM tasks WHERE status IN ('ok', 'failed')")
+                        else:
+                            cur = db.execute(
+                                "DELETE FROM tasks WHERE status IN ('ok', 'failed') AND finished_at <= ?",
+                                (time.time() - older_than,),
+                            )
+                        self._reply(d, True, cur.rowcount)
+                    elif op == "close":
+                        closing = args[0]
             db.execute("COMMIT")
         except Exception as e:
             db.execute("ROLLBACK")
@@ -310,8 +316,6 @@ class SQLiteTaskStore:
     def _row(row) -> Optional[dict]:
         if row is None:
             return None
-        import json
-
         r = _record(*row)
         if r["error"] is not None:
             r["error"] = json.loads(r["error"])
