@@ -70,21 +70,27 @@ class Balancing(unittest.TestCase):
         self.assertEqual(values, list(range(6)))
         self.assertFalse(long.called, "short tasks waited for the long one")
         self.assertEqual({t.engine for t in short}, {"b"})
-        self.assertGreaterEqual(self.controller.scheduler.stolen, 0)
         yield self.client.signal("a", signal.SIGINT, task=long.task_id)
         yield error_of(long, "the interrupted long task")
 
     @defer.inlineCallbacks
     def test_stealing_moves_a_prefetched_task(self):
-        """Balanced: 'a' gets a long task and (prefetch) a short one; idle 'b' steals the short one."""
-        first = self.client.submit(nap, 30, "long", engines=["a"])
-        yield until(lambda: self.controller.registry.get("a").running_task == first.task_id, what="the long task to start")
-        queued = self.client.submit(nap, 0.1, "short", engines=["a", "b"])
-        # 'b' is idle, so the short task goes there directly or is stolen from 'a'.
-        self.assertEqual((yield within(queued, BOUND, "the short task")), "short")
-        self.assertEqual(queued.engine, "b")
-        yield self.client.signal("a", signal.SIGINT, task=first.task_id)
-        yield error_of(first, "the interrupted long task")
+        """'a' runs a long task; a short one lands in its prefetch slot because 'b' is full;
+        once 'b' is idle it steals the short one."""
+        scheduler = self.controller.scheduler
+        long = self.client.submit(nap, 30, "long", engine="a")
+        yield until(lambda: self.controller.registry.get("a").running_task == long.task_id, what="the long task to start")
+        b_tasks = [self.client.submit(nap, 1.0, i, engine="b") for i in range(2)]  # fills b: 1 running + 1 prefetched
+        yield until(lambda: len(scheduler.assigned["b"]) == 2, what="b to be full")
+        short = self.client.submit(nap, 0.1, "short")
+        yield until(lambda: short.task_id in scheduler.assigned["a"], what="the short task in a's prefetch slot")
+        self.assertEqual((yield within(short, BOUND, "the short task")), "short")
+        self.assertEqual(short.engine, "b")
+        self.assertEqual(scheduler.stolen, 1)
+        self.assertFalse(long.called)
+        yield defer.gatherResults(b_tasks)
+        yield self.client.signal("a", signal.SIGINT, task=long.task_id)
+        yield error_of(long, "the interrupted long task")
 
     @defer.inlineCallbacks
     def test_timeout_interrupts_and_engine_survives(self):
