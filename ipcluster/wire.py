@@ -148,11 +148,12 @@ class Codec:
         self.new_id = MessageIds()
 
     def sign(self, frames: Iterable[bytes]) -> bytes:
-        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        parts = []
         for frame in frames:
-            mac.update(_LEN.pack(len(frame)))
-            mac.update(frame)
-        return mac.digest()
+            parts.append(_LEN.pack(len(frame)))
+            parts.append(frame)
+        # hmac.digest is the one-shot C path: several times faster than hmac.new + update.
+        return hmac.digest(self._key, b"".join(parts), "sha256")
 
     def encode(
         self,
@@ -225,7 +226,7 @@ class PingCodec:
         self._key = hashlib.sha256(b"ipcluster-heartbeat" + key).digest()
 
     def _mac(self, engine: bytes, body: bytes) -> bytes:
-        return hmac.new(self._key, engine + b"\0" + body, hashlib.sha256).digest()[:PING_MAC_BYTES]
+        return hmac.digest(self._key, engine + b"\0" + body, "sha256")[:PING_MAC_BYTES]
 
     def ping(self, engine: bytes, beat: int, sent: float) -> bytes:
         body = _PING.pack(beat, sent)
