@@ -150,8 +150,11 @@ class Scheduler:
             for dep, record in zip(unknown, records):
                 if record is None:
                     raise errors.BadRequest(f"unknown dependency {dep!r}: no such task")
-                if record["status"] in ("ok", "failed"):
-                    outcomes[dep] = record["status"] == "ok"
+                if record["status"] not in ("ok", "failed"):
+                    raise errors.BadRequest(
+                        f"dependency {dep!r} was {record['status']} when the controller stopped; it will never finish"
+                    )
+                outcomes[dep] = record["status"] == "ok"
             if task_id in self.tasks:
                 raise errors.BadRequest(f"task id {task_id!r} is already in flight")
             return self._accept(task, after, outcomes)
@@ -197,9 +200,7 @@ class Scheduler:
                 task.unmet.add(dep)
                 self.dependents.setdefault(dep, set()).add(task.id)
                 continue
-            ok = self.recent.get(dep, outcomes.get(dep))
-            if ok is None:  # stored, but neither ok nor failed: cannot happen once finished
-                raise errors.BadRequest(f"dependency {dep!r} is in an unknown state")
+            ok = self.recent[dep] if dep in self.recent else outcomes[dep]
             if not ok and not task.run_after_failed:
                 failed_dep = dep
         if failed_dep is not None:
@@ -218,6 +219,9 @@ class Scheduler:
             (self.ready.appendleft if front else self.ready.append)(task.id)
         else:
             for engine_id in task.engines:
+                record = self.registry.get(engine_id)
+                if record is None or record.state not in ACTIVE_STATES:
+                    continue  # its queue would never be read
                 q = self.ready_on.setdefault(engine_id, deque())
                 (q.appendleft if front else q.append)(task.id)
 
@@ -488,7 +492,8 @@ class Scheduler:
         elif event in ("dead", "left", "purged"):
             held = self.assigned.pop(record.id, OrderedDict())
             self.ready_on.pop(record.id, None)
-            for task in held.values():
+            # Reversed: each retried task goes to the front, so they keep their order.
+            for task in reversed(held.values()):
                 if task.state == DONE:
                     continue
                 if task.timer is not None and task.timer.active():

@@ -271,6 +271,7 @@ class SQLiteTaskStore:
     def _apply(self, db: sqlite3.Connection, batch: list) -> bool:
         """Run one batch of operations in one transaction; True when asked to close."""
         closing = None
+        answered: set = set()
         db.execute("BEGIN")
         try:
             for op, rows in itertools.groupby(batch, key=lambda item: item[0]):
@@ -287,6 +288,7 @@ class SQLiteTaskStore:
                             (task_id,),
                         ).fetchone()
                         self._reply(d, True, self._row(row))
+                        answered.add(id(d))
                     elif op == "purge":
                         d, older_than = args
                         if older_than is None:
@@ -297,6 +299,7 @@ class SQLiteTaskStore:
                                 (time.time() - older_than,),
                             )
                         self._reply(d, True, cur.rowcount)
+                        answered.add(id(d))
                     elif op == "close":
                         closing = args[0]
             db.execute("COMMIT")
@@ -304,7 +307,7 @@ class SQLiteTaskStore:
             db.execute("ROLLBACK")
             self.log.error("task store write failed: {e!r}", e=e)
             for op, args in batch:
-                if op in ("get", "purge", "close"):
+                if op in ("get", "purge", "close") and id(args[0]) not in answered:
                     self._reply(args[0], False, e)
             return closing is not None
         if closing is not None:
