@@ -18,6 +18,7 @@ import zmq
 
 from ipcluster import connection, errors
 from ipcluster.client.core import ChunkCall, ClientCore, TaskResult, submit_options
+from ipcluster.zmqfast import recv_frames, send_frames
 
 LIVE = ("alive", "busy")
 
@@ -313,7 +314,7 @@ class Client(Executor):
         if self._closed:
             raise errors.NoController("this client is closed")
         with self._pipe_lock:
-            self._pipe_in.send_multipart(frames)
+            send_frames(self._pipe_in, frames, 0)
 
     def _io_main(self) -> None:
         dealer = self._context.socket(zmq.DEALER)
@@ -333,19 +334,19 @@ class Client(Executor):
                     frames = pipe.recv_multipart()
                     if frames == [b"close"]:
                         break
-                    dealer.send_multipart(frames)
+                    send_frames(dealer, frames, 0)
                     while True:  # forward everything queued, then read
                         try:
-                            frames = pipe.recv_multipart(zmq.NOBLOCK)
+                            frames = recv_frames(pipe)
                         except zmq.Again:
                             break
                         if frames == [b"close"]:
                             return
-                        dealer.send_multipart(frames)
+                        send_frames(dealer, frames, 0)
                 if dealer in events:
                     while True:
                         try:
-                            frames = dealer.recv_multipart(zmq.NOBLOCK)
+                            frames = recv_frames(dealer)
                         except zmq.Again:
                             break
                         self._core.received(frames)

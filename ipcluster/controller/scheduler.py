@@ -346,13 +346,18 @@ class Scheduler:
             return
         if msg.type == "started":
             task.state = RUNNING if task.state == ASSIGNED else task.state
-            task.started_at = self.clock.seconds()
+            running_for = msg.get("running_for")
+            if not isinstance(running_for, (int, float)) or isinstance(running_for, bool) or not 0 <= running_for < 60:
+                running_for = 0.0
+            task.started_at = self.clock.seconds() - running_for
             if record is not None:
                 record.running_task = task.id
                 record.task_started_at = task.started_at
             self.store.started(task.id, engine_id, task.started_at)
             if task.timeout is not None and task.state == RUNNING:
-                task.timer = self.clock.callLater(task.timeout, self._timed_out, task)
+                task.timer = self.clock.callLater(
+                    max(0.0, task.timeout - (self.clock.seconds() - task.started_at)), self._timed_out, task
+                )
             return
         # result: the slot is free whatever happens to the task
         del held[task.id]
@@ -360,6 +365,9 @@ class Scheduler:
             record.running_task = None
             record.task_started_at = None
         if task.state != DONE:
+            if task.started_at is None:  # finished before the engine reported it started
+                task.started_at = self.clock.seconds()
+                self.store.started(task.id, engine_id, msg.get("started") or task.started_at)
             error = msg.get("error")
             ok = bool(msg["ok"])
             fields = {k: msg.get(k) for k in ("ok", "error", "started", "finished") if msg.get(k) is not None}

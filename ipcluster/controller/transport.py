@@ -17,6 +17,8 @@ import zmq
 from twisted.logger import Logger
 from txzmq import ZmqConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory
 
+from ipcluster.zmqfast import readable, recv_frames, send_frames
+
 DEFAULT_MAX_BATCH = 200
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
@@ -77,7 +79,7 @@ class RouterSocket(ZmqConnection):
         limit = self.max_batch if limit is None else limit
         n = 0
         while self.factory is not None:
-            if not self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+            if not readable(self.socket):
                 return
             if n >= limit:
                 self.batches_cut += 1
@@ -85,7 +87,7 @@ class RouterSocket(ZmqConnection):
                     self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
                 return
             try:
-                frames = self._readMultipart()
+                frames = recv_frames(self.socket)
             except zmq.ZMQError as e:
                 if e.errno == zmq.EAGAIN:
                     continue
@@ -108,7 +110,7 @@ class RouterSocket(ZmqConnection):
         if self.factory is None:
             return False
         try:
-            self.socket.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self.socket, frames)
         except zmq.ZMQError as e:
             if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 return False
