@@ -34,7 +34,8 @@ class Twistd(unittest.TestCase):
         out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=BOUND).stdout
         self.assertIn("ipcluster", out)
         helptext = subprocess.run([TWISTD, "ipcluster", "--help"], capture_output=True, text=True, timeout=BOUND).stdout
-        for option in ("--engines", "--ip", "--data-dir", "--heartbeat-period", "--heartbeat-misses", "--client-port"):
+        for option in ("--engines", "--ip", "--data-dir", "--heartbeat-period", "--heartbeat-misses", "--client-port",
+                       "--prefetch", "--store", "--web", "--manhole-ssh", "--manhole-telnet", "--manhole-authorized-keys"):
             self.assertIn(option, helptext)
 
     @defer.inlineCallbacks

@@ -226,7 +226,9 @@ class Controller(service.MultiService):
 
     # -- service ---------------------------------------------------------------
 
-    def privilegedStartService(self) -> None:
+    def check_data_dir(self) -> None:
+        """Raise AlreadyRunning or OSError (with a clear message) if the data dir cannot be ours."""
+        data_dir = self.config.data_dir
         path = self.config.connection_file
         if path.exists():
             try:
@@ -235,9 +237,19 @@ class Controller(service.MultiService):
                 old = None
             if old is not None and old.controller_pid != os.getpid() and _pid_alive(old.controller_pid):
                 raise AlreadyRunning(
-                    f"a controller (pid {old.controller_pid}) already runs with data dir {self.config.data_dir}; "
+                    f"a controller (pid {old.controller_pid}) already runs with data dir {data_dir}; "
                     "stop it first or pass another --data-dir"
                 )
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            probe = data_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise OSError(f"data dir {data_dir} is not usable: {e.strerror or e}") from None
+
+    def privilegedStartService(self) -> None:
+        self.check_data_dir()
         if not self.sockets:
             self.bind()
         super().privilegedStartService()

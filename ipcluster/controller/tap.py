@@ -60,6 +60,13 @@ class Options(usage.Options):
         ["web", None, None, "Serve a live status page, JSON (/status.json) and Prometheus metrics (/metrics) "
          "on this Twisted endpoint, e.g. tcp:8080:interface=127.0.0.1. Read-only and unauthenticated: "
          "keep it on loopback."],
+        ["manhole-ssh", None, None, "Serve an interactive Python console into the running controller over "
+         "SSH on this endpoint, e.g. tcp:2222:interface=127.0.0.1. Needs --manhole-authorized-keys "
+         "(and/or --manhole-passwords). Full access to the controller: keep it private."],
+        ["manhole-telnet", None, None, "The same console over telnet; loopback interfaces only, and it "
+         "asks for a password from --manhole-passwords."],
+        ["manhole-authorized-keys", None, None, "OpenSSH authorized_keys file for manhole SSH logins."],
+        ["manhole-passwords", None, None, "File of user:password lines for manhole logins."],
         ["max-message-size", None, 256 * 1024 * 1024, "Largest message accepted, in bytes; a peer that "
          "sends more is disconnected.", _positive(int)],
     ] + [
@@ -77,7 +84,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options):
-    from ipcluster.controller.service import Controller, ControllerConfig
+    from ipcluster.controller.service import AlreadyRunning, Controller, ControllerConfig
 
     config = ControllerConfig(
         data_dir=options["data-dir"] or default_data_dir(),
@@ -96,11 +103,29 @@ def makeService(options: Options):
         store_max_tasks=options["store-max-tasks"],
     )
     controller = Controller(config)
+    try:
+        controller.check_data_dir()
+    except (AlreadyRunning, OSError) as e:
+        raise SystemExit(f"twistd ipcluster: {e}") from None
+    from ipcluster.controller.manhole import manhole_services
+
+    try:
+        for svc in manhole_services(
+            controller,
+            ssh=options["manhole-ssh"],
+            telnet=options["manhole-telnet"],
+            authorized_keys=options["manhole-authorized-keys"],
+            passwords=options["manhole-passwords"],
+            data_dir=config.data_dir,
+        ):
+            svc.setServiceParent(controller)
+    except ValueError as e:
+        raise SystemExit(f"twistd ipcluster: {e}") from None
     if options["web"]:
         from ipcluster.controller.web import web_service
 
         try:
             web_service(controller, options["web"]).setServiceParent(controller)
         except ValueError as e:
-            raise usage.UsageError(f"--web: {e}") from None
+            raise SystemExit(f"twistd ipcluster: --web: {e}") from None
     return controller
