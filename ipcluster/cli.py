@@ -418,7 +418,7 @@ def start_daemon(dd: DataDir, engines: int, timeout: float, out: TextIO, progres
     except OSError:
         log_offset = 0
     argv = twistd_argv(dd, engines, daemon=True, ip=ip, web=web, extra=extra)
-    bar = Progress(progress, f"Starting a cluster with {engines} engine(s) in {dd} ")
+    bar = Progress(progress, f"Starting a cluster with {engines} engine(s) in {dd}")
 
     def fail(message: str) -> CLIError:
         bar.done(" failed")
@@ -677,7 +677,7 @@ def cmd_engines(args) -> int:
                 started.append((eid, proc))
                 with open(dd.engine_pids, "a") as f:
                     f.write(f"{proc.pid} {eid}\n")
-        bar = Progress(sys.stderr, f"Starting {len(ids)} engine(s) ")
+        bar = Progress(sys.stderr, f"Starting {len(ids)} engine(s)")
         deadline = time.monotonic() + args.timeout
         while True:
             live = {e["id"] for e in client.engines() if e["state"] in LIVE}

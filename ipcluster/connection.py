@@ -99,7 +99,8 @@ def read(path: str | os.PathLike | None = None) -> ConnectionInfo:
     except FileNotFoundError:
         raise NoController(
             f"no connection file at {p}: is a controller running? "
-            "Start one with `twistd -n ipcluster --engines 2`, or pass the file's path."
+            "Start one with `ipcluster start --daemon` (or `twistd -n ipcluster --engines 2`), "
+            "or pass the file's path."
         ) from None
     except (OSError, json.JSONDecodeError) as e:
         raise NoController(f"cannot read connection file {p}: {e}") from None

@@ -241,21 +241,24 @@ class SQLiteTaskStore:
             return
         self._ready.set()
         last_trim = time.monotonic()
+        closing = None
         try:
-            while True:
+            while closing is None:
                 batch = self._queue.get()
                 while len(batch) < 20_000:  # take what else is waiting, in order
                     try:
                         batch.extend(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                if self._apply(db, batch):
-                    return
-                if time.monotonic() - last_trim > 60:
+                closing = self._apply(db, batch)
+                if closing is None and time.monotonic() - last_trim > 60:
                     last_trim = time.monotonic()
                     self._trim(db)
         finally:
-            db.close()
+            db.close()  # checkpoints the WAL and removes it
+            if closing is not None:
+                # Only now: once close() fires, the process may exit at once.
+                self._reply(closing, True, None)
 
     _WRITES = {
         "submitted": "INSERT OR REPLACE INTO tasks (task, name, status, submitted_at) VALUES (?, ?, 'submitted', ?)",
@@ -268,8 +271,8 @@ class SQLiteTaskStore:
         ),
     }
 
-    def _apply(self, db: sqlite3.Connection, batch: list) -> bool:
-        """Run one batch of operations in one transaction; True when asked to close."""
+    def _apply(self, db: sqlite3.Connection, batch: list) -> Optional[defer.Deferred]:
+        """Run one batch of operations in one transaction; the close request's Deferred, if any."""
         closing = None
         answered: set = set()
         db.execute("BEGIN")
@@ -307,13 +310,10 @@ class SQLiteTaskStore:
             db.execute("ROLLBACK")
             self.log.error("task store write failed: {e!r}", e=e)
             for op, args in batch:
-                if op in ("get", "purge", "close") and id(args[0]) not in answered:
+                if op in ("get", "purge") and id(args[0]) not in answered:
                     self._reply(args[0], False, e)
-            return closing is not None
-        if closing is not None:
-            self._reply(closing, True, None)
-            return True
-        return False
+            return closing
+        return closing
 
     @staticmethod
     def _row(row) -> Optional[dict]:

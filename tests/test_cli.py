@@ -1,0 +1,405 @@
+"""The ``ipcluster`` command, driven as a user drives it: subprocesses, their output and exit codes.
+
+Every test works in its own data directory and, at cleanup, stops whatever
+cluster it left there and kills every process named in it, so a failing test
+leaves nothing running.  Waits are bounded polls, never fixed sleeps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from ipcluster import cli
+from tests.cluster import BOUND
+
+IPCLUSTER = [sys.executable, "-m", "ipcluster.cli"]
+LIVE = ("alive", "busy")
+CONSOLE_SCRIPT = Path(sys.executable).parent / "ipcluster"
+
+
+def ipcluster(*args: str, env: dict | None = None, timeout: float = 2 * BOUND) -> subprocess.CompletedProcess:
+    """Run ``ipcluster ARGS`` to completion (bounded); its CompletedProcess with text output."""
+    full_env = dict(os.environ)
+    full_env.pop("IPCLUSTER_DIR", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [*IPCLUSTER, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+def poll(fn, seconds: float = BOUND, interval: float = 0.05, what: str = "a condition"):
+    """Call ``fn`` until it returns something truthy; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(BOUND)
+    return proc.pid
+
+
+class CLITestCase(unittest.TestCase):
+    timeout = 300
+
+    def data_dir(self) -> Path:
+        """A fresh data directory whose cluster is torn down at cleanup, whatever happens."""
+        path = Path(self.mktemp()).absolute()
+        self.addCleanup(self.tear_down_cluster, path)
+        return path
+
+    def tear_down_cluster(self, path: Path) -> None:
+        dd = cli.DataDir(path)
+        pids = set()
+        if path.is_dir():
+            with_controller = dd.controller_pid() is not None
+            if with_controller:
+                try:
+                    ipcluster("stop", "--data-dir", str(path), "--timeout", "20", timeout=BOUND)
+                except subprocess.TimeoutExpired:
+                    pass
+            pids.update(pid for pid, _ in dd.read_engine_pids())
+            pid = dd.read_pidfile()
+            info = dd.read_connection()
+            pids.update(p for p in (pid, info and info.controller_pid) if p)
+        pids.update(cli.engine_processes(dd.connection_file))
+        mine = [p for p in pids if p != os.getpid() and (cli._looks_like(p, cli.CONTROLLER_MARKERS) or cli._looks_like(p, cli.ENGINE_MARKERS))]
+        for pid in mine:
+            for signum in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        poll(lambda: not any(cli.pid_alive(p) for p in mine), what=f"processes {mine} to die")
+
+    def assert_exit(self, result: subprocess.CompletedProcess, code: int) -> None:
+        self.assertEqual(
+            result.returncode, code,
+            f"exit code {result.returncode}, wanted {code}\n--- stdout:\n{result.stdout}\n--- stderr:\n{result.stderr}",
+        )
+
+    def assert_clear_error(self, result: subprocess.CompletedProcess, *phrases: str) -> None:
+        """Exit code 1, an ``ipcluster: error:`` line containing the phrases, and no traceback."""
+        self.assert_exit(result, 1)
+        self.assertIn("ipcluster: error:", result.stderr)
+        for phrase in phrases:
+            self.assertIn(phrase, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def status_json(self, path: Path) -> list[dict]:
+        result = ipcluster("status", "--json", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        return json.loads(result.stdout)
+
+    def start(self, path: Path, engines: int = 2, *extra: str) -> subprocess.CompletedProcess:
+        result = ipcluster("start", "--daemon", "-n", str(engines), "--data-dir", str(path), *extra)
+        self.assert_exit(result, 0)
+        return result
+
+
+class Help(CLITestCase):
+    def test_help(self):
+        result = ipcluster("--help")
+        self.assert_exit(result, 0)
+        for command in ("start", "stop", "status", "engines", "run"):
+            self.assertIn(command, result.stdout)
+        for command, options in {
+            "start": ("--daemon", "-n", "--data-dir", "--ip", "--web", "--timeout"),
+            "stop": ("--data-dir", "--timeout"),
+            "status": ("--data-dir", "--json"),
+            "engines": ("--data-dir", "-n"),
+            "run": ("--data-dir", "-n", "script"),
+        }.items():
+            result = ipcluster(command, "--help")
+            self.assert_exit(result, 0)
+            for option in options:
+                self.assertIn(option, result.stdout, f"`ipcluster {command} --help` does not mention {option}")
+
+    def test_no_command_is_a_usage_error(self):
+        result = ipcluster()
+        self.assert_exit(result, 2)
+        self.assertIn("usage: ipcluster", result.stderr)
+
+    def test_console_script(self):
+        if not CONSOLE_SCRIPT.exists():
+            raise unittest.SkipTest(f"no {CONSOLE_SCRIPT}: install the project (pip install -e .)")
+        if "ipcluster.cli" not in CONSOLE_SCRIPT.read_text(errors="replace"):
+            raise unittest.SkipTest(f"{CONSOLE_SCRIPT} belongs to another package (ipyparallel also has an `ipcluster`)")
+        result = subprocess.run([str(CONSOLE_SCRIPT), "--version"], capture_output=True, text=True, timeout=BOUND)
+        self.assert_exit(result, 0)
+        self.assertIn("ipcluster", result.stdout)
+
+
+class Lifecycle(CLITestCase):
+    def test_start_status_engines_stop(self):
+        path = self.data_dir()
+        conn = path / "connection.json"
+
+        # start --daemon: returns once the controller and its 2 engines are up.
+        result = self.start(path, 2)
+        self.assertIn("2 engine(s)", result.stdout)
+        self.assertIn(str(conn), result.stdout)
+        self.assertIn(str(path / "ipcluster.log"), result.stdout)
+        self.assertIn("ipcluster stop", result.stdout)
+        self.assertEqual(os.stat(conn).st_mode & 0o777, 0o600)
+        controller = int((path / "ipcluster.pid").read_text())
+        self.assertTrue(cli.pid_alive(controller))
+        self.assertEqual(json.loads(conn.read_text())["controller_pid"], controller)
+
+        # status: a table with both engines alive, and the counts.
+        result = ipcluster("status", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        header, *rows = [line for line in result.stdout.splitlines() if re.match(r"^(ID|e\d|x\d)\s", line)]
+        for column in ("ID", "HOST", "PID", "STATE", "RTT(ms)", "TASK", "BUSY-FOR", "QUEUED"):
+            self.assertIn(column, header)
+        self.assertEqual(sorted(row.split()[0] for row in rows), ["e0", "e1"])
+        # alive, or busy if this noisy machine held an engine's interpreter for a while
+        self.assertTrue(all(row.split()[3] in LIVE for row in rows), result.stdout)
+        self.assertRegex(result.stdout, r"(?m)^2 engine\(s\): \d (alive|busy)")
+        self.assertIn(f"controller pid {controller}", result.stdout)
+
+        engines = self.status_json(path)
+        self.assertEqual(sorted(e["id"] for e in engines), ["e0", "e1"])
+        self.assertLessEqual({e["state"] for e in engines}, set(LIVE))
+        for key in ("host", "pid", "rtt", "running_task", "busy_for", "queued"):
+            self.assertIn(key, engines[0])
+        engine_pids = {e["pid"] for e in engines}
+
+        # A second start in the same data dir is refused, and changes nothing.
+        result = ipcluster("start", "--daemon", "-n", "1", "--data-dir", str(path))
+        self.assert_clear_error(result, "already", str(controller))
+        self.assertEqual(int((path / "ipcluster.pid").read_text()), controller)
+        self.assertEqual(len(self.status_json(path)), 2)
+
+        # engines -n 1: a third engine, alive, recorded for stop.
+        result = ipcluster("engines", "-n", "1", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertIn("x0", result.stdout)
+        added = {eid: pid for pid, eid in cli.DataDir(path).read_engine_pids()}
+        self.assertEqual(list(added), ["x0"])
+        result = ipcluster("status", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertRegex(result.stdout, r"(?m)^x0\s+\S+\s+%d\s+(alive|busy)\s" % added["x0"])
+        self.assertRegex(result.stdout, r"(?m)^3 engine\(s\): \d (alive|busy)")
+        engines = self.status_json(path)
+        self.assertLessEqual({e["state"] for e in engines}, set(LIVE))
+        engine_pids |= {e["pid"] for e in engines}
+        self.assertEqual(len(engine_pids), 3)
+
+        # stop: everything exits, the connection and pid files are gone.
+        result = ipcluster("stop", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertIn("Stopped", result.stdout)
+        self.assertFalse(conn.exists())
+        self.assertFalse((path / "ipcluster.pid").exists())
+        self.assertFalse((path / "engines.pids").exists())
+        self.assertFalse(cli.pid_alive(controller), "the controller outlived stop")
+        self.assertEqual([p for p in engine_pids if cli.pid_alive(p)], [], "engines outlived stop")
+        self.assertIn("controller stopped", (path / "ipcluster.log").read_text())
+
+        # Now there is no cluster: status, stop and engines say so.
+        self.assert_clear_error(ipcluster("status", "--data-dir", str(path)), "no cluster is running", str(path))
+        self.assert_clear_error(ipcluster("stop", "--data-dir", str(path)), "no cluster is running")
+        self.assert_clear_error(ipcluster("engines", "-n", "1", "--data-dir", str(path)), "no cluster is running")
+
+        # And the data dir can be used again.
+        self.start(path, 0)
+        self.assert_exit(ipcluster("stop", "--data-dir", str(path)), 0)
+
+    def test_foreground_start_stopped_by_stop(self):
+        path = self.data_dir()
+        log = open(Path(self.mktemp()).absolute(), "w+")
+        self.addCleanup(log.close)
+        env = dict(os.environ)
+        env.pop("IPCLUSTER_DIR", None)
+        proc = subprocess.Popen([*IPCLUSTER, "start", "-n", "1", "--data-dir", str(path)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+        def reap():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(BOUND)
+
+        self.addCleanup(reap)
+
+        def one_alive():
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"`ipcluster start` exited with {proc.returncode}:\n{log.read()}")
+            if not (path / "connection.json").exists():
+                return False
+            result = ipcluster("status", "--json", "--data-dir", str(path))
+            return result.returncode == 0 and [e for e in json.loads(result.stdout) if e["state"] in LIVE]
+
+        alive = poll(one_alive, what="the foreground cluster's engine")
+        self.assertEqual(alive[0]["id"], "e0")
+        # The foreground process is twistd itself (exec'd), so its pid is in the pid file.
+        self.assertEqual(int((path / "ipcluster.pid").read_text()), proc.pid)
+
+        self.assert_exit(ipcluster("stop", "--data-dir", str(path)), 0)
+        proc.wait(BOUND)
+        log.seek(0)
+        output = log.read()
+        self.assertIn("Server Shut Down.", output)  # the log went to the terminal (stdout)
+        self.assertIn("engine e0 joined", output)
+        self.assertFalse((path / "connection.json").exists())
+        self.assertFalse(cli.pid_alive(alive[0]["pid"]))
+
+
+class Run(CLITestCase):
+    SCRIPT = textwrap.dedent(
+        """
+        import os, sys
+        from ipcluster import Client
+
+        with Client() as client:
+            engines = client.wait_for_engines(2, timeout=60)
+            print("engines:", len(engines))
+            print("result:", client.submit(pow, 2, 10).result(60))
+            print("args:", sys.argv[1:])
+            print("pids:", " ".join(str(e["pid"]) for e in engines))
+            print("data dir:", os.environ["IPCLUSTER_DIR"])
+        sys.stdout.flush()
+        sys.exit(3)
+        """
+    )
+
+    def script(self, text: str) -> str:
+        path = Path(self.mktemp()).absolute().with_suffix(".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
+
+    def test_run_returns_the_scripts_exit_code(self):
+        path = self.data_dir()
+        result = ipcluster("run", "-n", "2", "--data-dir", str(path), self.script(self.SCRIPT), "one", "--two")
+        self.assert_exit(result, 3)
+        self.assertIn("engines: 2", result.stdout)
+        self.assertIn("result: 1024", result.stdout)
+        self.assertIn("args: ['one', '--two']", result.stdout)
+        self.assertIn(f"data dir: {path}", result.stdout)
+        # The cluster is gone again: connection file, controller and engines.
+        self.assertFalse((path / "connection.json").exists())
+        self.assertFalse((path / "ipcluster.pid").exists())
+        pids = [int(p) for p in re.search(r"pids: (.*)", result.stdout).group(1).split()]
+        self.assertEqual([p for p in pids if cli.pid_alive(p)], [])
+        self.assertEqual(cli.engine_processes(path / "connection.json"), {})
+
+    def test_run_in_a_temporary_data_dir(self):
+        script = self.script(
+            "import os, ipcluster\n"
+            "print(os.environ['IPCLUSTER_DIR'])\n"
+            "ipcluster.Client().close()\n"
+        )
+        result = ipcluster("run", "-n", "0", script)
+        temporary = Path(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else None
+        if temporary is not None:
+            self.addCleanup(self.tear_down_cluster, temporary)
+        self.assert_exit(result, 0)
+        self.assertIn("ipcluster-run-", str(temporary))
+        self.assertFalse(temporary.exists(), "the temporary data dir was not removed")
+
+    def test_run_stops_the_cluster_when_the_script_fails(self):
+        path = self.data_dir()
+        result = ipcluster("run", "-n", "1", "--data-dir", str(path), self.script("raise RuntimeError('boom')\n"))
+        self.assert_exit(result, 1)
+        self.assertIn("RuntimeError: boom", result.stderr)
+        self.assertFalse((path / "connection.json").exists())
+        self.assertEqual(cli.engine_processes(path / "connection.json"), {})
+
+    def test_run_refuses_a_data_dir_in_use(self):
+        path = self.data_dir()
+        self.start(path, 0)
+        controller = int((path / "ipcluster.pid").read_text())
+        result = ipcluster("run", "--data-dir", str(path), self.script("print('ran')\n"))
+        self.assert_clear_error(result, "already")
+        self.assertNotIn("ran", result.stdout)
+        self.assertTrue(cli.pid_alive(controller), "run stopped a cluster it did not start")
+        self.assert_exit(ipcluster("stop", "--data-dir", str(path)), 0)
+
+    def test_run_missing_script(self):
+        result = ipcluster("run", "--data-dir", str(self.data_dir()), "no-such-script.py")
+        self.assert_clear_error(result, "no such script")
+
+
+class Errors(CLITestCase):
+    def test_no_cluster(self):
+        path = self.data_dir()
+        for command in (["status"], ["status", "--json"], ["stop"], ["engines", "-n", "1"]):
+            result = ipcluster(*command, "--data-dir", str(path))
+            self.assert_clear_error(result, "no cluster is running", str(path))
+            self.assertEqual(result.stdout, "")
+
+    def test_ipcluster_dir_is_the_default(self):
+        path = self.data_dir()
+        result = ipcluster("status", env={"IPCLUSTER_DIR": str(path)})
+        self.assert_clear_error(result, "no cluster is running", str(path))
+
+    def test_unusable_data_dir(self):
+        afile = Path(self.mktemp()).absolute()
+        afile.parent.mkdir(parents=True, exist_ok=True)
+        afile.write_text("not a directory\n")
+        for path in (afile / "sub", afile):
+            result = ipcluster("start", "--daemon", "-n", "0", "--data-dir", str(path))
+            self.assert_clear_error(result, "unusable", str(path))
+        result = ipcluster("run", "-n", "0", "--data-dir", str(afile / "sub"), __file__)
+        self.assert_clear_error(result, "unusable")
+
+    def test_stale_files_of_a_killed_cluster(self):
+        path = self.data_dir()
+        self.start(path, 0)
+        info = json.loads((path / "connection.json").read_text())
+        # As if the controller had been killed -9: its files stay behind, naming a dead pid.
+        gone = dead_pid()
+        info["controller_pid"] = gone
+        controller = int((path / "ipcluster.pid").read_text())
+        os.kill(controller, signal.SIGKILL)
+        poll(lambda: not cli.pid_alive(controller), what="the controller to die")
+        (path / "connection.json").write_text(json.dumps(info))
+        (path / "ipcluster.pid").write_text(str(gone))
+
+        self.assert_clear_error(ipcluster("status", "--data-dir", str(path)), "no cluster is running", "stale")
+        # start cleans up after the dead cluster.
+        self.start(path, 1)
+        self.assertEqual([e["state"] in LIVE for e in self.status_json(path)], [True])
+        self.assert_exit(ipcluster("stop", "--data-dir", str(path)), 0)
+
+    def test_twistd_fails_to_start(self):
+        path = self.data_dir()
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = ipcluster("start", "--daemon", "-n", "1", "--data-dir", str(path), "--", "--client-port", str(port))
+        self.assert_exit(result, 1)
+        self.assertIn("failed to start", result.stderr)
+        self.assertIn("Address already in use", result.stderr)
+        self.assertIn(f"last lines of {path / 'ipcluster.log'}", result.stderr)
+        self.assertFalse((path / "connection.json").exists())
+        self.assertFalse((path / "ipcluster.pid").exists())
+        self.assertEqual(cli.engine_processes(path / "connection.json"), {})
+
+    def test_bad_twistd_option(self):
+        path = self.data_dir()
+        result = ipcluster("start", "--daemon", "--data-dir", str(path), "--", "--no-such-option")
+        self.assert_exit(result, 1)
+        self.assertIn("no-such-option", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
