@@ -71,7 +71,7 @@ class ConnectionInfo:
 def write(info: ConnectionInfo, path: Path) -> None:
     """Write ``info`` to ``path`` atomically, readable by its owner only (0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".connection-", suffix=".tmp")
     try:
         os.fchmod(fd, 0o600)

@@ -128,6 +128,13 @@ class Control(unittest.TestCase):
         self.assertEqual((yield self.client.submit(pow, 3, 3, engine="c0")), 27)
 
     @defer.inlineCallbacks
+    def test_bad_signal_number_is_refused_and_engine_survives(self):
+        with self.assertRaises(errors.BadRequest):
+            yield self.client.signal("c0", 100)
+        self.assertGreater((yield self.client.beat("c0")), 0)
+        self.assertEqual(self.controller.registry.get("c0").state, "alive")
+
+    @defer.inlineCallbacks
     def test_abort_drops_queued_task(self):
         first = self.client.submit(nap, 30, engine="c0")
         second = self.client.submit(pow, 2, 5, engine="c0")

@@ -277,7 +277,7 @@ class Client(Executor):
 
     def exit(self, engine: str, timeout: float = 5.0) -> None:
         """Ask an engine to exit; returns once it has left."""
-        return self._control(engine, "exit", {"timeout": float(timeout)}, timeout + 2 * self.timeout)
+        return self._control(engine, "exit", {"timeout": float(timeout)}, 2 * timeout + 2 * self.timeout)
 
     def reset(self, engine: str, timeout: Optional[float] = None) -> int:
         """Clear the engine's namespace and queue; the number of queued tasks dropped."""

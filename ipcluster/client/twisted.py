@@ -108,7 +108,7 @@ class TwistedClient:
 
     def exit(self, engine: str, timeout: float = 5.0) -> defer.Deferred:
         return self._call(
-            "control", {"engine": str(engine), "verb": "exit", "args": {"timeout": float(timeout)}}, timeout + 2 * self.timeout
+            "control", {"engine": str(engine), "verb": "exit", "args": {"timeout": float(timeout)}}, 2 * timeout + 3 * self.timeout
         )
 
     def reset(self, engine: str, timeout: Optional[float] = None) -> defer.Deferred:

@@ -52,8 +52,8 @@ class Registrar:
             self.drops.drop("registration", e.reason, identity, e.detail)
             return
         engine_id = msg["engine"]
-        if not engine_id or len(engine_id) > 128 or not engine_id.isprintable():
-            self._reply(identity, msg, "rejected", engine=engine_id[:128], reason="engine id must be 1-128 printable characters")
+        if not engine_id or len(engine_id.encode()) > 128 or not engine_id.isprintable():
+            self._reply(identity, msg, "rejected", engine=engine_id[:128], reason="engine id must be 1-128 bytes of printable text")
             return
         try:
             self.registry.register(

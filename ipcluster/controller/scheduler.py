@@ -347,7 +347,7 @@ class Scheduler:
         if msg.type == "started":
             task.state = RUNNING if task.state == ASSIGNED else task.state
             running_for = msg.get("running_for")
-            if not isinstance(running_for, (int, float)) or isinstance(running_for, bool) or not 0 <= running_for < 60:
+            if not isinstance(running_for, (int, float)) or isinstance(running_for, bool) or not 0 <= running_for < 86400:
                 running_for = 0.0
             task.started_at = self.clock.seconds() - running_for
             if record is not None:

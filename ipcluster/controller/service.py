@@ -9,6 +9,7 @@ the local engine launcher.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +37,7 @@ class ControllerConfig:
 
     data_dir: Path = attr.ib(factory=connection.default_data_dir, converter=lambda p: Path(p).expanduser())
     ip: str = attr.ib(default="127.0.0.1")
+    location: Optional[str] = attr.ib(default=None)
     ports: dict = attr.ib(factory=dict)
     engines: int = attr.ib(default=0)
     heartbeat_period: float = attr.ib(default=DEFAULT_PERIOD)
@@ -212,11 +214,19 @@ class Controller(service.MultiService):
             self._close_sockets()
             raise
         self.info = ConnectionInfo(
-            ip=self.config.ip,
+            ip=self.advertised_address(),
             ports={channel: sock.port for channel, sock in self.sockets.items()},
             key=self.key,
             controller_pid=os.getpid(),
         )
+
+    def advertised_address(self) -> str:
+        """The address written to the connection file: where engines and clients connect."""
+        if self.config.location:
+            return self.config.location
+        if self.config.ip in ("0.0.0.0", "*", "::", ""):
+            return socket.getfqdn()
+        return self.config.ip
 
     def _close_sockets(self) -> None:
         if self._factory is not None:
@@ -241,7 +251,7 @@ class Controller(service.MultiService):
                     "stop it first or pass another --data-dir"
                 )
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             probe = data_dir / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -259,7 +269,7 @@ class Controller(service.MultiService):
             if self.config.store == "memory":
                 self.store = MemoryTaskStore(max_age=self.config.store_max_age, max_tasks=self.config.store_max_tasks)
             else:
-                self.config.data_dir.mkdir(parents=True, exist_ok=True)
+                self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self.store = SQLiteTaskStore(
                     str(self.config.data_dir / "tasks.sqlite"),
                     self.reactor,

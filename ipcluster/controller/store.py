@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -231,6 +232,9 @@ class SQLiteTaskStore:
 
     def _run(self) -> None:
         try:
+            # Results and captured output are private: create the file 0600 (SQLite gives
+            # its -wal and -shm files the same mode).
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

@@ -41,6 +41,8 @@ class Options(usage.Options):
          "an engine whose process exits is reported dead at once. 0: engines join on their own.", int],
         ["ip", None, "127.0.0.1", "Interface to listen on. Use 0.0.0.0 or a host address to accept "
          "engines from other hosts (traffic is signed, not encrypted)."],
+        ["location", None, None, "Address written to the connection file, where engines and clients "
+         "connect (default: --ip, or this host's name when --ip is 0.0.0.0)."],
         ["data-dir", "d", None, f"Directory for connection.json (default: $IPCLUSTER_DIR or "
          f"~/.ipcluster, here {default_data_dir()})."],
         ["heartbeat-period", None, DEFAULT_PERIOD, "Seconds between heartbeats.", _positive(float)],
@@ -67,8 +69,8 @@ class Options(usage.Options):
          "asks for a password from --manhole-passwords."],
         ["manhole-authorized-keys", None, None, "OpenSSH authorized_keys file for manhole SSH logins."],
         ["manhole-passwords", None, None, "File of user:password lines for manhole logins."],
-        ["max-message-size", None, 256 * 1024 * 1024, "Largest message accepted, in bytes; a peer that "
-         "sends more is disconnected.", _positive(int)],
+        ["max-message-size", None, 256 * 1024 * 1024, "Largest message frame accepted, in bytes (a task's "
+         "pickled function and arguments are one frame); a peer that sends more is disconnected.", _positive(int)],
     ] + [
         [f"{channel}-port", None, 0, f"TCP port of the {channel} socket (0: any free port).", _port]
         for channel in CHANNELS
@@ -89,6 +91,7 @@ def makeService(options: Options):
     config = ControllerConfig(
         data_dir=options["data-dir"] or default_data_dir(),
         ip=options["ip"],
+        location=options["location"],
         ports={channel: options[f"{channel}-port"] for channel in CHANNELS},
         engines=options["engines"],
         heartbeat_period=options["heartbeat-period"],

@@ -32,7 +32,7 @@ from ipcluster import connection, errors
 from ipcluster.engine import namespace
 from ipcluster.engine.heart import Heart
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
-from ipcluster.wire import BadMessage, Codec, Message
+from ipcluster.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
 from ipcluster.zmqfast import recv_frames, send_frames
 
 EXIT_OK = 0
@@ -44,7 +44,8 @@ class EngineStop(BaseException):
 
 
 def _say(text: str) -> None:
-    print(f"ipcluster-engine: {text}", file=sys.stderr, flush=True)
+    # sys.__stderr__: a running task's stderr is redirected into its captured output.
+    print(f"ipcluster-engine: {text}", file=sys.__stderr__, flush=True)
 
 
 #: A task is reported ``started`` to the controller only once it has run this
@@ -246,6 +247,7 @@ class Engine:
             self._request_main_exit("control thread failed")
         finally:
             if link is not None:
+                self._on_wake(wake, link)  # forward the last results before saying bye
                 link.close(bye=self.exit_reason or "stopped")
             wake.close(0)
 
@@ -267,7 +269,7 @@ class Engine:
         except errors.NoController as e:
             self._wait(wake, deadline, str(e))
             return None
-        codec = Codec(info.key)
+        codec = Codec(info.key, max_header=MAX_REPLY_HEADER_BYTES)
         reg = self.context.socket(zmq.DEALER)
         reg.setsockopt(zmq.LINGER, 0)
         reg.connect(info.address("registration"))
@@ -398,6 +400,9 @@ class Engine:
                 reply = {"ref": msg.id, "ok": True, "value": value}
             except errors.ClusterError as e:
                 reply = {"ref": msg.id, "ok": False, "error": errors.to_wire(e)}
+            except Exception as e:  # a bad argument must not take the control thread down
+                error = errors.BadRequest(f"{msg['verb']} failed on engine {self.id}: {e!r}")
+                reply = {"ref": msg.id, "ok": False, "error": errors.to_wire(error)}
             send_frames(link.control, link.codec.encode("reply", reply), 0)
         elif msg.type == "unknown":
             return f"the controller does not know this engine ({msg['reason']})"
