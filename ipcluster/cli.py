@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from ipcluster import __version__, connection, errors
+from ipcluster.connection import pid_alive
 
 PIDFILE = "ipcluster.pid"
 LOGFILE = "ipcluster.log"
@@ -52,27 +53,6 @@ class CLIError(Exception):
 
 
 # -- processes -------------------------------------------------------------------
-
-
-def _proc_stat_state(pid: int) -> Optional[str]:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def pid_alive(pid: Optional[int]) -> bool:
-    """Whether a process with this pid exists (a zombie counts as gone)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _proc_stat_state(pid) != "Z"
 
 
 def _cmdline(pid: int) -> Optional[bytes]:

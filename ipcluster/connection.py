@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import attr
 
@@ -17,6 +17,23 @@ from ipcluster.errors import NoController
 #: The sockets a controller binds, in the order they are documented.
 CHANNELS = ("registration", "heartbeat", "control", "task", "client")
 CONNECTION_FILE = "connection.json"
+
+
+def pid_alive(pid: Optional[int]) -> bool:
+    """Whether a process with this pid exists on this host (a zombie counts as gone)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(0)
 
 
 def default_data_dir() -> Path:

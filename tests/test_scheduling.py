@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from ipcluster import errors
-from tests.cluster import BOUND, connect_client, error_of, event, spawn_engine, start_controller, start_engines, until, within
+from tests.cluster import BOUND, connect_client, error_of, spawn_engine, start_controller, start_engines, until, within
 
 
 def nap(seconds, value=None):

@@ -20,7 +20,7 @@ from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.registry import ACTIVE_STATES, EngineRecord, Registry
 from ipcluster.interfaces import IEngineControl
-from ipcluster.wire import ACCEPTS, BadMessage, Codec, Message
+from ipcluster.wire import ACCEPTS, Codec, Message
 
 DEFAULT_TIMEOUT = 10.0
 VERBS = ("beat", "abort", "signal", "exit", "reset")
@@ -219,12 +219,10 @@ class ControlChannel:
         self.send([record.identity, *self.codec.encode("ping", {"beat": beat})])
 
     def message_received(self, frames: list) -> None:
-        identity, body = frames[0], frames[1:]
-        try:
-            msg = self.codec.decode(body, ACCEPTS["control"])
-        except BadMessage as e:
-            self.drops.drop("control", e.reason, identity, e.detail)
+        received = self.drops.decode(self.codec, "control", frames, ACCEPTS["control"])
+        if received is None:
             return
+        identity, msg = received
         engine_id = identity.decode("utf-8", "replace")
         record = self.registry.get(engine_id)
         if record is None or record.state not in ACTIVE_STATES:

@@ -12,6 +12,8 @@ from typing import Optional
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ipcluster.wire import BadMessage
+
 
 class DropLog:
     """Counts and logs dropped messages with a per-window rate limit."""
@@ -44,6 +46,15 @@ class DropLog:
             )
         else:
             self._suppressed[(channel, reason)] += 1
+
+    def decode(self, codec, channel: str, frames: list, accept: frozenset):
+        """``(identity, message)`` from a ROUTER's frames, or None (the message dropped and logged)."""
+        identity = frames[0]
+        try:
+            return identity, codec.decode(frames[1:], accept)
+        except BadMessage as e:
+            self.drop(channel, e.reason, identity, e.detail)
+            return None
 
     def flush(self) -> None:
         """Close the window: one summary line for what was not logged one by one."""

@@ -45,12 +45,10 @@ class Registrar:
         self.is_local = is_local
 
     def message_received(self, frames: list) -> None:
-        identity, body = frames[0], frames[1:]
-        try:
-            msg = self.codec.decode(body, ACCEPTS["registration"])
-        except BadMessage as e:
-            self.drops.drop("registration", e.reason, identity, e.detail)
+        received = self.drops.decode(self.codec, "registration", frames, ACCEPTS["registration"])
+        if received is None:
             return
+        identity, msg = received
         engine_id = msg["engine"]
         if not engine_id or len(engine_id.encode()) > 128 or not engine_id.isprintable():
             self._reply(identity, msg, "rejected", engine=engine_id[:128], reason="engine id must be 1-128 bytes of printable text")

@@ -41,7 +41,7 @@ from ipcluster import errors
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import ACTIVE_STATES, ALIVE, LIVE_STATES, EngineRecord, Registry
 from ipcluster.controller.store import ITaskStore
-from ipcluster.wire import ACCEPTS, BadMessage, Codec
+from ipcluster.wire import ACCEPTS, Codec
 
 Send = Callable[[Sequence[bytes]], bool]
 
@@ -323,12 +323,10 @@ class Scheduler:
 
     def message_received(self, frames: list) -> None:
         """A message from an engine on the task socket: ``started``, ``result`` or ``bye``."""
-        identity, body = frames[0], frames[1:]
-        try:
-            msg = self.codec.decode(body, ACCEPTS["task"])
-        except BadMessage as e:
-            self.drops.drop("task", e.reason, identity, e.detail)
+        received = self.drops.decode(self.codec, "task", frames, ACCEPTS["task"])
+        if received is None:
             return
+        identity, msg = received
         engine_id = identity.decode("utf-8", "replace")
         record = self.registry.get(engine_id)
         if record is not None and record.state in LIVE_STATES:

@@ -61,18 +61,6 @@ class AlreadyRunning(Exception):
     """Another controller is running with the same data directory."""
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _MonitorService(service.Service):
     def __init__(self, monitor: HeartMonitor) -> None:
         self.monitor = monitor
@@ -245,7 +233,7 @@ class Controller(service.MultiService):
                 old = connection.read(path)
             except Exception:
                 old = None
-            if old is not None and old.controller_pid != os.getpid() and _pid_alive(old.controller_pid):
+            if old is not None and old.controller_pid != os.getpid() and connection.pid_alive(old.controller_pid):
                 raise AlreadyRunning(
                     f"a controller (pid {old.controller_pid}) already runs with data dir {data_dir}; "
                     "stop it first or pass another --data-dir"
