@@ -633,22 +633,6 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
     return proc.stdout.readline().decode("utf-8", "replace").strip()
 
 
-def raise_client_header_limit() -> int:
-    """Let this process's Client read an engines() reply for 1,000 engines; returns the old limit.
-
-    The controller puts a reply's value in the msgpack *header*, and
-    ``Codec.decode`` refuses headers over ``wire.MAX_HEADER_BYTES`` (64 KiB), so
-    ``client.engines()`` times out once about 480 engines are registered (each
-    engine's description is ~134 bytes).  This raises the limit in this
-    benchmark process only (the client side); the controller is untouched.
-    """
-    from ipcluster import wire
-
-    old = wire.MAX_HEADER_BYTES
-    wire.MAX_HEADER_BYTES = max(old, 16 * 1024 * 1024)
-    return old
-
-
 def cpu_level(root: Path, n: int, procs: int, window: float, warmup: float) -> dict:
     ctl = Controller(root, f"cpu-{n}", engines=0).start()
     helpers = []
@@ -811,27 +795,15 @@ def print_report(res: dict) -> None:
                 f"{r['late_ticks_in_window']:>4} {sum(r['events_in_window'].values()):>6} "
                 f"{r['not_alive_after_window']:>4}  {'yes' if r['ok'] else 'NO'}"
             )
-        lim = res.get("client_header_limit")
-        if lim and lim["raised_to"] != lim["was"]:
-            print(f"   NOTE: engines() replies for many engines exceed wire.MAX_HEADER_BYTES ({lim['was']} bytes); "
-                  f"this process's client")
-            print(f"         limit was raised to {lim['raised_to']} bytes so that part 3 can check 1,000 engines.")
         print("   (% core: controller user+system CPU seconds per wall second x 100; helpers %: the simulated")
         print("    engines' processes, same machine; late: monitor ticks the controller ran late, which judge")
         print("    nobody; events: dead/busy/purged/left/registering lines in the controller log during the")
         print("    window; dead: engines not alive, or re-registered, after the window; ok: events = dead = 0;")
-        print("    rtt: engines() rtt fields after the window -- every ping carries the tick's start time and")
-        print("    pongs are read only after the tick has sent all pings, so at scale this rtt is mostly the")
-        print("    duration of the monitor's tick)")
+        print("    rtt: engines() rtt fields after the window; pongs are read only after the tick has sent")
+        print("    all its pings, so at scale this rtt includes the time the monitor's tick takes)")
     print()
     print(f"total runtime {res['runtime_s']:.1f} s; load average (1/5/15 min) at start "
           f"{env['loadavg_at_start']}, at end {env['loadavg_at_end']}")
-
-
-def _header_limit() -> int:
-    from ipcluster import wire
-
-    return wire.MAX_HEADER_BYTES
 
 
 def environment() -> dict:
@@ -950,7 +922,6 @@ def main(argv=None) -> int:
                 }
         if "cpu" in parts:
             res["cpu"] = []
-            res["client_header_limit"] = {"was": raise_client_header_limit(), "raised_to": _header_limit()}
             for n in [int(x) for x in args.cpu_engines.split(",") if x.strip()]:
                 print(f"controller CPU with {n} simulated engines ({args.cpu_window:g} s window) ...",
                       file=sys.stderr, flush=True)
