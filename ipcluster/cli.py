@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -616,7 +617,10 @@ def cmd_status(args) -> int:
     dd = _data_dir(args)
     client = _connect(dd)
     try:
-        engines = client.engines()
+        # e2 before e10: numbers in ids sort as numbers
+        engines = sorted(
+            client.engines(), key=lambda e: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(e["id"]))]
+        )
         pid = client.info.controller_pid
     except errors.ClusterError as e:
         raise CLIError(f"the controller in {dd} did not answer: {e}") from None
