@@ -142,3 +142,28 @@ class ReplyTests(SynchronousTestCase):
         [(ok, value)] = self.replies
         self.assertFalse(ok)
         self.assertIs(type(value), errors.UnknownEngine)
+
+
+class SeveralWaiters(SynchronousTestCase):
+    """A task submitted here and fetched here too: both futures get the result."""
+
+    def test_submit_and_fetch_both_get_the_result(self):
+        core = ClientCore(KEY)
+        controller = Codec(KEY)
+        submitted, fetched = [], []
+        task_id, _ = core.submit(abs, (-1,), {}, {}, submitted.append)
+        core.expect(task_id, fetched.append)
+        core.received(controller.encode("result", {"task": task_id, "ok": True}, [pickle.dumps(1), b"", b""]))
+        self.assertEqual([r.value for r in submitted], [1])
+        self.assertEqual([r.value for r in fetched], [1])
+
+    def test_forgetting_one_waiter_keeps_the_other(self):
+        core = ClientCore(KEY)
+        controller = Codec(KEY)
+        submitted, fetched = [], []
+        task_id, _ = core.submit(abs, (-1,), {}, {}, submitted.append)
+        core.expect(task_id, fetched.append)
+        core.forget(task_id=task_id, on_result=fetched.append)
+        core.received(controller.encode("result", {"task": task_id, "ok": True}, [pickle.dumps(1), b"", b""]))
+        self.assertEqual([r.value for r in submitted], [1])
+        self.assertEqual(fetched, [])

@@ -1641,3 +1641,48 @@ class ControllerRestartTests(TestCase):
         else:
             self.fail("a dependency on an unknown task was accepted")
         self.assertNotIn("orphan", scheduler.tasks)
+
+
+# =====================================================================================
+# Regressions found in review
+# =====================================================================================
+
+
+class ReviewRegressionTests(Fixture):
+    def test_no_stealing_from_a_busy_engine(self):
+        """A busy engine answers a release only after it timed out: the task would be lost."""
+        a, b = self.engine("a"), self.engine("b")
+        self.submit("long", engines=["a"])
+        self.submit("b1", engines=["b"])
+        self.submit("b2", engines=["b"])
+        self.submit("short")  # only a has room: prefetched behind "long"
+        self.assertIn("short", self.held("a"))
+        self.registry.mark_busy(a, self.clock.seconds(), "GIL held")
+        self.result("b", "b1")
+        self.result("b", "b2")  # b is idle now, nothing ready
+        self.assertEqual(self.controls.get("a", FakeControl("a")).aborts, [], "asked a busy engine to release")
+        self.assertIn("short", self.held("a"))
+        self.assertFalse(self.successResultOf(self.scheduler.cancel("short")), "cancel on a busy engine")
+
+    def test_restricted_task_reaches_an_engine_that_joins_later(self):
+        self.engine("e0")
+        self.submit("hold", engines=["e0"])
+        self.submit("hold2", engines=["e0"])
+        self.submit("t", engines=["e0", "e1"])  # ready, queued for e0 only: e1 does not exist yet
+        self.engine("e1")
+        self.assertEqual(self.sent("e1"), ["t"])
+
+    def test_restricted_task_survives_the_death_of_one_of_its_engines(self):
+        e0 = self.engine("e0")
+        self.submit("hold", engines=["e0"], retries=0)
+        self.submit("hold2", engines=["e0"], retries=0)
+        self.submit("t", engines=["e0", "e1"])
+        e1 = self.engine("e1", alive=False)  # registering: may run it once it joins
+        self.die(e0)
+        self.registry.mark_alive(e1, self.clock.seconds())
+        self.assertEqual(self.sent("e1"), ["t"])
+
+    def test_infinite_or_nan_timeout_refused(self):
+        self.engine("e1")
+        for bad in (float("nan"), float("inf")):
+            self.refused("t", errors.BadRequest, timeout=bad)

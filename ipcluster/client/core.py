@@ -70,7 +70,7 @@ class ClientCore:
         self.codec = Codec(key, max_header=MAX_REPLY_HEADER_BYTES)
         self._lock = threading.Lock()
         self._replies: dict[str, Callback] = {}
-        self._results: dict[str, Callable[[TaskResult], None]] = {}
+        self._results: dict[str, list] = {}  # task id -> callbacks waiting for its result
         self.dropped = 0
 
     def request(self, mtype: str, fields: dict, on_reply: Callback, payloads: Sequence[bytes] = ()) -> tuple[str, list]:
@@ -100,20 +100,21 @@ class ClientCore:
         return task_id, self.codec.encode("submit", fields, [payload])
 
     def expect(self, task_id: str, on_result: Callable[[TaskResult], None]) -> None:
-        """Route the result of ``task_id`` to ``on_result`` (for submit and fetch)."""
+        """Route the result of ``task_id`` to ``on_result`` too (submit and any fetches)."""
         with self._lock:
-            self._results[task_id] = on_result
+            self._results.setdefault(task_id, []).append(on_result)
 
-    def expecting(self, task_id: str) -> bool:
-        with self._lock:
-            return task_id in self._results
-
-    def forget(self, msg_id: Optional[str] = None, task_id: Optional[str] = None) -> None:
+    def forget(self, msg_id: Optional[str] = None, task_id: Optional[str] = None, on_result=None) -> None:
+        """Stop waiting for a reply, or for a task's result (only ``on_result``'s wait, if given)."""
         with self._lock:
             if msg_id is not None:
                 self._replies.pop(msg_id, None)
             if task_id is not None:
-                self._results.pop(task_id, None)
+                waiting = self._results.get(task_id, [])
+                if on_result is not None and on_result in waiting:
+                    waiting.remove(on_result)
+                if on_result is None or not waiting:
+                    self._results.pop(task_id, None)
 
     def expire(self, msg_id: str, error: BaseException) -> None:
         """No reply came in time: fail the waiter."""
@@ -128,8 +129,9 @@ class ClientCore:
             results, self._results = self._results, {}
         for callback in replies.values():
             callback(False, error)
-        for task_id, on_result in results.items():
-            on_result(_Failed(task_id, error))
+        for task_id, waiting in results.items():
+            for on_result in waiting:
+                on_result(_Failed(task_id, error))
 
     def received(self, frames: Sequence[bytes]) -> None:
         """Handle one message from the controller."""
@@ -151,15 +153,16 @@ class ClientCore:
                 callback(False, errors.from_wire(msg.get("error")))
         elif msg.type == "result":
             with self._lock:
-                on_result = self._results.pop(msg["task"], None)
-            if on_result is None:
+                waiting = self._results.pop(msg["task"], None)
+            if not waiting:
                 self.dropped += 1
                 return
             try:
                 result = TaskResult(msg)
             except Exception as e:
                 result = _Failed(msg["task"], errors.ClusterError(f"could not decode the result: {e!r}"))
-            on_result(result)
+            for on_result in waiting:
+                on_result(result)
         else:
             self.dropped += 1
 

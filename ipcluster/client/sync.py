@@ -38,6 +38,7 @@ class TaskFuture(Future):
         self.stderr = ""
         self._client = client
         self._cancelling = False
+        self._callback = self._deliver  # what the client core calls with the result
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} on {self.engine} {self._state.lower()}>"
@@ -55,7 +56,7 @@ class TaskFuture(Future):
         finally:
             self._cancelling = False
         if removed:
-            self._client._core.forget(task_id=self.task_id)
+            self._client._core.forget(task_id=self.task_id, on_result=self._callback)
             return super().cancel()
         return False
 
@@ -94,6 +95,17 @@ class Client(Executor):
         self._pipe_in.bind(self._pipe_address)
         self._pipe_lock = threading.Lock()
         self._closed = False
+        self._dealer = self._context.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.LINGER, 0)
+        try:
+            self._dealer.connect(self.info.address("client"))
+        except zmq.ZMQError as e:
+            self._dealer.close(0)
+            self._pipe_in.close(0)
+            self._context.term()
+            raise errors.NoController(
+                f"cannot connect to {self.info.address('client')} (connection file {self.info.path}): {e}"
+            ) from None
         self._thread = threading.Thread(target=self._io_main, name="ipcluster-client", daemon=True)
         self._ready = threading.Event()
         self._thread.start()
@@ -157,8 +169,12 @@ class Client(Executor):
         """
         options = submit_options(engine, engines, after, retries, timeout, after_failed)
         future: TaskFuture
-        task_id, frames = self._core.submit(fn, args, kwargs, options, lambda r: future._deliver(r))
+        def deliver(result: TaskResult) -> None:
+            future._deliver(result)
+
+        task_id, frames = self._core.submit(fn, args, kwargs, options, deliver)
         future = TaskFuture(task_id, self)
+        future._callback = deliver
         self._send(frames)
         return future
 
@@ -244,7 +260,7 @@ class Client(Executor):
         try:
             self._call("fetch", {"task": task_id}, self.timeout)
         except errors.ClusterError:
-            self._core.forget(task_id=task_id)
+            self._core.forget(task_id=task_id, on_result=future._callback)
             raise
         return future
 
@@ -317,9 +333,7 @@ class Client(Executor):
             send_frames(self._pipe_in, frames, 0)
 
     def _io_main(self) -> None:
-        dealer = self._context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(self.info.address("client"))
+        dealer = self._dealer  # made (and connected) in __init__, used only here from now on
         pipe = self._context.socket(zmq.PAIR)
         pipe.setsockopt(zmq.LINGER, 0)
         pipe.connect(self._pipe_address)

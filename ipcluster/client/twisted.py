@@ -76,10 +76,13 @@ class TwistedClient:
         """The result of a task submitted earlier, by any client (from the task store if it finished)."""
         done = defer.Deferred()
         done.task_id = task_id
-        self._core.expect(task_id, lambda r: _deliver(done, r))
+        def deliver(result: TaskResult) -> None:
+            _deliver(done, result)
+
+        self._core.expect(task_id, deliver)
 
         def refused(failure):
-            self._core.forget(task_id=task_id)
+            self._core.forget(task_id=task_id, on_result=deliver)
             if not done.called:
                 done.errback(failure)
 

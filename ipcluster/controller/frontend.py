@@ -235,8 +235,8 @@ def _number(args: dict, name: str, default):
     value = args.get(name, default)
     if value is None:
         return default
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise errors.BadRequest(f"{name} must be a non-negative number")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+        raise errors.BadRequest(f"{name} must be a non-negative, finite number")
     return float(value)
 
 

@@ -71,8 +71,15 @@ class HeartMonitor:
 
     # -- lifecycle -----------------------------------------------------------
 
+    def _safe_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:
+            # Never let one bad tick end liveness checking for good.
+            self.log.failure("heart monitor tick failed")
+
     def start(self) -> None:
-        self._loop = LoopingCall(self.tick)
+        self._loop = LoopingCall(self._safe_tick)
         self._loop.clock = self.clock
         self._loop.start(self.period, now=True).addErrback(
             lambda f: self.log.failure("heart monitor loop stopped", f)

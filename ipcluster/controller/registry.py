@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Callable, Iterator, Optional
 
 import attr
+from twisted.logger import Logger
 
 REGISTERING = "registering"
 ALIVE = "alive"
@@ -86,6 +87,8 @@ class Registry:
     ``left`` or ``purged``.
     """
 
+    log = Logger()
+
     def __init__(self, keep_dead: int = 1000) -> None:
         self._engines: OrderedDict[str, EngineRecord] = OrderedDict()
         self._listeners: list[Listener] = []
@@ -100,7 +103,11 @@ class Registry:
 
     def _emit(self, event: str, record: EngineRecord, reason: str = "") -> None:
         for listener in list(self._listeners):
-            listener(event, record, reason)
+            try:
+                listener(event, record, reason)
+            except Exception:
+                # One listener's bug must not keep the others (or the caller) from the news.
+                self.log.failure("listener failed on {event} of engine {engine}", event=event, engine=record.id)
 
     # -- queries -------------------------------------------------------------
 

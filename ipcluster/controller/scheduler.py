@@ -170,7 +170,9 @@ class Scheduler:
             retries = DEFAULT_RETRIES
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise errors.BadRequest("retries must be a whole number >= 0")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        if timeout is not None and (
+            not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout < float("inf")
+        ):
             raise errors.BadRequest("timeout must be a positive number of seconds")
         if after_failed not in ("fail", "run"):
             raise errors.BadRequest("after_failed must be 'fail' or 'run'")
@@ -285,12 +287,18 @@ class Scheduler:
         if self.control_for is None:
             return
         for victim, held in self.assigned.items():
-            if victim == engine_id or len(held) < 2:
+            if victim == engine_id or len(held) < 2 or not self._answers(victim):
                 continue
             for task in reversed(held.values()):
                 if task.state == ASSIGNED and not task.releasing and task.may_run_on(engine_id):
                     self._release(task, victim, engine_id)
                     return
+
+    def _answers(self, engine_id: str) -> bool:
+        """Whether the engine's control thread answers now: a busy one would answer late, after
+        the release had timed out, and the released task would be lost between the two."""
+        record = self.registry.get(engine_id)
+        return record is not None and record.state == ALIVE
 
     def _release(self, task: Task, victim: str, thief: str) -> None:
         task.releasing = True
@@ -314,8 +322,7 @@ class Scheduler:
 
         def failed(f):
             task.releasing = False
-            if not f.check(errors.ClusterError):
-                self.log.failure("releasing task {task} from {engine}", f, task=task.id, engine=victim)
+            self._log_control_failure(f, "releasing task", task.id, victim)
 
         d.addCallbacks(answered, failed)
 
@@ -380,7 +387,9 @@ class Scheduler:
         self._fail(task, errors.TaskTimeout(f"task {task.id} ran longer than its timeout of {task.timeout:g} s on engine {engine_id}"))
         if self.control_for is not None and engine_id is not None:
             try:
-                self.control_for(engine_id).signal(signal.SIGINT, task.id).addErrback(lambda f: None)
+                self.control_for(engine_id).signal(signal.SIGINT, task.id).addErrback(
+                    self._log_control_failure, "interrupting timed-out task", task.id, engine_id
+                )
             except errors.ClusterError:
                 pass
 
@@ -435,7 +444,7 @@ class Scheduler:
             self._drop_waiting(task)
             self._fail(task, errors.TaskAborted(f"task {task_id} was cancelled"))
             return defer.succeed(True)
-        if task.state != ASSIGNED or self.control_for is None:
+        if task.state != ASSIGNED or self.control_for is None or not self._answers(task.engine):
             return defer.succeed(False)
         engine_id = task.engine
         try:
@@ -451,7 +460,17 @@ class Scheduler:
             self._fill(engine_id)
             return True
 
-        return d.addCallbacks(answered, lambda f: False)
+        def refused(failure):
+            self._log_control_failure(failure, "cancelling task", task_id, engine_id)
+            return False
+
+        return d.addCallbacks(answered, refused)
+
+    def _log_control_failure(self, failure, doing: str, task_id: str, engine_id: Optional[str]) -> None:
+        if failure.check(errors.ClusterError):
+            self.log.warn("{doing} {task} on engine {engine}: {why}", doing=doing, task=task_id, engine=engine_id, why=failure.value)
+        else:
+            self.log.failure("{doing} {task} on engine {engine}", failure, doing=doing, task=task_id, engine=engine_id)
 
     def _drop_waiting(self, task: Task) -> None:
         for dep in task.unmet:
@@ -493,6 +512,11 @@ class Scheduler:
     def _registry_event(self, event: str, record: EngineRecord, reason: str) -> None:
         if event in ("joined", "alive"):
             self.assigned.setdefault(record.id, OrderedDict())
+            if event == "joined":
+                # Restricted tasks made ready before this engine existed may run here too.
+                mine = [t.id for t in self.tasks.values() if t.state == READY and t.engines and record.id in t.engines]
+                if mine:
+                    self.ready_on.setdefault(record.id, deque()).extend(mine)
             self._fill(record.id)
             self._dispatch()
         elif event in ("dead", "left", "purged"):

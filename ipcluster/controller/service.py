@@ -158,7 +158,11 @@ class Controller(service.MultiService):
 
     def _send(self, channel: str, frames) -> bool:
         sock = self.sockets.get(channel)
-        return sock.send_frames(frames) if sock is not None else False
+        sent = sock.send_frames(frames) if sock is not None else False
+        if not sent and channel == "client" and sock is not None:
+            # Results stay in the task store: the client can fetch them.
+            self.drops.drop("client", "reply undeliverable (client gone, or not reading)", frames[0])
+        return sent
 
     def _drain(self, channel: str) -> None:
         sock = self.sockets.get(channel)

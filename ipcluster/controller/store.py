@@ -76,6 +76,7 @@ class MemoryTaskStore:
         self.max_tasks = max_tasks
         self._clock = clock
         self.records: "OrderedDict[str, dict]" = OrderedDict()
+        self.finished_ids: "OrderedDict[str, None]" = OrderedDict()
 
     def _now(self) -> float:
         return self._clock.time() if hasattr(self._clock, "time") else self._clock.seconds()
@@ -91,20 +92,23 @@ class MemoryTaskStore:
     def finished(self, task_id, ok, finished_at, engine, error, result, stdout, stderr) -> None:
         r = self.records.pop(task_id, None) or _record(task_id, None, None, None, None, None, None, None, None, None, None)
         r.update(status=OK if ok else FAILED, finished_at=finished_at, engine=engine, error=error, result=result, stdout=stdout, stderr=stderr)
+        self.finished_ids[task_id] = None
         self.records[task_id] = r
         self._trim()
 
     def _trim(self) -> None:
-        done = [k for k, r in self.records.items() if r["status"] in (OK, FAILED)]
-        if self.max_tasks is not None:
-            for k in done[: max(0, len(done) - self.max_tasks)]:
-                del self.records[k]
-        if self.max_age is not None:
-            limit = self._now() - self.max_age
-            for k in list(self.records):
-                r = self.records[k]
-                if r["status"] in (OK, FAILED) and (r["finished_at"] or 0) < limit:
-                    del self.records[k]
+        """Drop the oldest finished records: ``finished_ids`` is in finishing order, so this
+        costs only what it removes (the reactor calls it for every finished task)."""
+        limit = None if self.max_age is None else self._now() - self.max_age
+        while self.finished_ids:
+            oldest = next(iter(self.finished_ids))
+            record = self.records.get(oldest)
+            too_many = self.max_tasks is not None and len(self.finished_ids) > self.max_tasks
+            too_old = limit is not None and record is not None and (record["finished_at"] or 0) < limit
+            if not (too_many or too_old or record is None):
+                break
+            del self.finished_ids[oldest]
+            self.records.pop(oldest, None)
 
     def get(self, task_id) -> defer.Deferred:
         r = self.records.get(task_id)
@@ -118,6 +122,7 @@ class MemoryTaskStore:
         ]
         for k in doomed:
             del self.records[k]
+            self.finished_ids.pop(k, None)
         return defer.succeed(len(doomed))
 
     def close(self) -> defer.Deferred:
@@ -235,6 +240,9 @@ class SQLiteTaskStore:
             # Results and captured output are private: create the file 0600 (SQLite gives
             # its -wal and -shm files the same mode).
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            for suffix in ("", "-wal", "-shm"):  # also files made before they were private
+                if os.path.exists(self.path + suffix):
+                    os.chmod(self.path + suffix, 0o600)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -254,10 +262,17 @@ class SQLiteTaskStore:
                         batch.extend(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                closing = self._apply(db, batch)
-                if closing is None and time.monotonic() - last_trim > 60:
-                    last_trim = time.monotonic()
-                    self._trim(db)
+                try:
+                    closing = self._apply(db, batch)
+                    if closing is None and time.monotonic() - last_trim > 60:
+                        last_trim = time.monotonic()
+                        self._trim(db)
+                except Exception as e:  # e.g. "database is locked", a full disk: keep serving
+                    self.log.error("task store: {e!r}", e=e)
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
         finally:
             db.close()  # checkpoints the WAL and removes it
             if closing is not None:
@@ -279,8 +294,8 @@ class SQLiteTaskStore:
         """Run one batch of operations in one transaction; the close request's Deferred, if any."""
         closing = None
         answered: set = set()
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN")
             for op, rows in itertools.groupby(batch, key=lambda item: item[0]):
                 sql = self._WRITES.get(op)
                 if sql is not None:
@@ -311,8 +326,12 @@ class SQLiteTaskStore:
                         closing = args[0]
             db.execute("COMMIT")
         except Exception as e:
-            db.execute("ROLLBACK")
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
             self.log.error("task store write failed: {e!r}", e=e)
+            closing = next((args[0] for op, args in batch if op == "close"), None)
             for op, args in batch:
                 if op in ("get", "purge") and id(args[0]) not in answered:
                     self._reply(args[0], False, e)

@@ -21,6 +21,8 @@ from ipcluster.zmqfast import readable, recv_frames, send_frames
 
 DEFAULT_MAX_BATCH = 200
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+DEFAULT_RCVHWM = 100_000  # messages queued per peer
+DEFAULT_SNDHWM = 1_000_000
 
 
 def make_factory(reactor) -> ZmqFactory:
@@ -58,6 +60,10 @@ class RouterSocket(ZmqConnection):
         self.batches_cut = 0
         self.received = 0
         super().__init__(factory)
+        # Bounded queues (txZMQ leaves them unlimited): a flooding peer is throttled by TCP
+        # back-pressure, and a peer that does not read gets EAGAIN, not all our memory.
+        self.socket.setsockopt(zmq.RCVHWM, DEFAULT_RCVHWM)
+        self.socket.setsockopt(zmq.SNDHWM, DEFAULT_SNDHWM)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)

@@ -54,6 +54,19 @@ def _say(text: str) -> None:
 ANNOUNCE_AFTER = 0.02
 
 
+def _describe(e: BaseException) -> dict:
+    """A task's exception as text; never raises, even if the exception's __str__ does."""
+    try:
+        message = str(e)
+    except Exception:
+        message = f"<{type(e).__name__}: str() failed>"
+    try:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    except Exception:
+        tb = ""
+    return {"type": type(e).__name__, "message": message, "traceback": tb}
+
+
 class _Running:
     __slots__ = ("id", "started", "announced")
 
@@ -120,6 +133,9 @@ class Engine:
                 except KeyboardInterrupt:
                     # Arrived just outside the task it was meant for.
                     _say(f"an interrupt arrived after task {task.id} ended; ignored")
+                except Exception:
+                    # A bug here must cost one task, not the engine (and then the next engine).
+                    _say(f"could not report task {task.id}:\n{traceback.format_exc()}")
         except EngineStop as e:
             if not self.exit_reason:
                 self.exit_reason = str(e) or "stopped"
@@ -159,10 +175,9 @@ class Engine:
             self._stopping = True
             raise EngineStop("SIGINT")
 
-    def _main_codec(self) -> Optional[Codec]:
-        key = self._key
-        if key is None:
-            return None
+    def _main_codec(self) -> Codec:
+        key = self._key  # set at registration, before any task can arrive
+        assert key is not None
         codec = self._main_codecs.get(key)
         if codec is None:
             self._main_codecs = {key: Codec(key)}
@@ -171,14 +186,13 @@ class Engine:
 
     def _execute(self, task: QueuedTask, out: zmq.Socket) -> None:
         codec = self._main_codec()
-        if codec is None:
-            return
-        self.current = _Running(task.id)
         stdout, stderr = io.StringIO(), io.StringIO()
         started = time.time()
         fields: dict = {"task": task.id, "started": started}
         try:
             try:
+                # Inside the try: an interrupt from here on is this task's error, never lost.
+                self.current = _Running(task.id)
                 with redirect_stdout(stdout), redirect_stderr(stderr):
                     fn, args, kwargs = cloudpickle.loads(task.payload)
                     value = fn(*args, **kwargs)
@@ -190,11 +204,7 @@ class Engine:
             raise
         except BaseException as e:  # the task's own failure, KeyboardInterrupt included
             fields["ok"] = False
-            fields["error"] = {
-                "type": type(e).__name__,
-                "message": str(e),
-                "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
-            }
+            fields["error"] = _describe(e)
             try:
                 payload = cloudpickle.dumps(e)
             except Exception:
