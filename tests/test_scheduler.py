@@ -1651,7 +1651,8 @@ class ControllerRestartTests(TestCase):
 class ReviewRegressionTests(Fixture):
     def test_no_stealing_from_a_busy_engine(self):
         """A busy engine answers a release only after it timed out: the task would be lost."""
-        a, b = self.engine("a"), self.engine("b")
+        a = self.engine("a")
+        self.engine("b")
         self.submit("long", engines=["a"])
         self.submit("b1", engines=["b"])
         self.submit("b2", engines=["b"])
