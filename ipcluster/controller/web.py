@@ -86,6 +86,7 @@ class StatusView:
     def __init__(self, controller, clock, rate_window: float = 10.0, drops_window: float = 60.0, keep_failures: int = 50) -> None:
         self.controller = controller
         self.clock = clock
+        self._cached: Optional[tuple] = None  # (when, status)
         self.rate_window = rate_window
         self.drops_window = drops_window
         self.failures: deque = deque(maxlen=keep_failures)
@@ -156,12 +157,25 @@ class StatusView:
 
     # -- reading -----------------------------------------------------------------
 
+    #: Requests within this many seconds share one computed status: polling the page
+    #: (or /metrics) hard must not cost the reactor a walk over every engine and task each time.
+    cache_seconds = 0.25
+
     def status(self) -> dict:
-        """Everything the page shows, as plain JSON-able data.
+        """Everything the page shows, as plain JSON-able data (cached for ``cache_seconds``).
 
         Times are the reactor clock's seconds (Unix time on a real reactor);
         durations and RTTs are in seconds.
         """
+        now = self.clock.seconds()
+        cached = self._cached
+        if cached is not None and 0 <= now - cached[0] < self.cache_seconds:
+            return cached[1]
+        status = self._compute_status()
+        self._cached = (now, status)
+        return status
+
+    def _compute_status(self) -> dict:
         controller = self.controller
         now = self.clock.seconds()
         counts = dict.fromkeys(STATES, 0)
