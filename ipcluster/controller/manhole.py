@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import hmac
 import inspect
-import ipaddress
 import os
 import pydoc
 import signal as _signal
@@ -64,8 +63,9 @@ from twisted.cred import portal as cred_portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
-from twisted.protocols import policies
 from zope.interface import implementer
+
+from ipcluster.controller.listening import ConnectionTracker, endpoint_interface, is_loopback
 
 HOST_KEY_FILE = "manhole_host_key"
 TELNET_MAX_FAILURES = 3
@@ -74,49 +74,6 @@ log = Logger()
 
 
 # -- configuration checks -------------------------------------------------------
-
-
-def _split_description(description: str) -> list[str]:
-    """Split an endpoint description on unescaped colons (``\\:`` escapes one)."""
-    parts, current, escaped = [], [], False
-    for ch in description:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
-def endpoint_interface(description: str) -> Optional[str]:
-    """The interface a ``tcp:``/``tcp6:`` endpoint description binds ("" = all); None if not TCP."""
-    parts = _split_description(description)
-    if parts[0].lower() not in ("tcp", "tcp6"):
-        return None
-    positional = [p for p in parts[1:] if "=" not in p]
-    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    # Positional order for tcp is port, interface, backlog.
-    interface = positional[1] if len(positional) > 1 else ""
-    return keywords.get("interface", interface)
-
-
-def is_loopback(interface: str) -> bool:
-    """True for ``localhost``, 127.x.x.x and ::1."""
-    if interface.strip("[]").lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(interface.strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def _server_endpoint(reactor, description: str, option: str):
@@ -611,32 +568,6 @@ def make_namespace(controller) -> dict:
 # -- the listening services ---------------------------------------------------------
 
 
-class _TrackingFactory(policies.WrappingFactory):
-    """Wraps a server factory to know its open connections and hang them all up."""
-
-    noisy = False
-
-    def __init__(self, wrapped) -> None:
-        super().__init__(wrapped)
-        self._all_gone: list[defer.Deferred] = []
-
-    def unregisterProtocol(self, p) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._all_gone = self._all_gone, []
-            for d in waiters:
-                d.callback(None)
-
-    def disconnect_all(self) -> defer.Deferred:
-        if not self.protocols:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._all_gone.append(d)
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-        return d
-
-
 class ManholeService(service.Service):
     """Listens on one endpoint with one manhole factory.
 
@@ -649,7 +580,7 @@ class ManholeService(service.Service):
         self.setName(name)
         self.description = description
         self._endpoint = endpoint
-        self._factory = _TrackingFactory(factory)
+        self._factory = ConnectionTracker(factory)
         self.port = None
         self._listening: Optional[defer.Deferred] = None
         self._failure = None

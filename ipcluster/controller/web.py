@@ -54,10 +54,10 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from ipcluster.controller.listening import ConnectionTracker, is_loopback
 from ipcluster.controller.registry import ALIVE, BUSY, DEAD, LIVE_STATES, REGISTERING
 
 STATES = (REGISTERING, ALIVE, BUSY, DEAD)
@@ -631,37 +631,7 @@ class _Site(server.Site):
         """No access log: an open page polls twice a second."""
 
 
-class _Connections(WrappingFactory):
-    """Tracks open HTTP connections so that stopping the service closes them all."""
-
-    noisy = False
-
-    def __init__(self, wrapped) -> None:
-        super().__init__(wrapped)
-        self._closed_waiters: list = []
-
-    def unregisterProtocol(self, p) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._closed_waiters = self._closed_waiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def close_all(self) -> defer.Deferred:
-        if not self.protocols:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._closed_waiters.append(d)
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-        return d
-
-
 # -- the service ---------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    return host == "::1" or host.startswith("127.") or host.startswith("::ffff:127.")
 
 
 class WebService(service.Service):
@@ -685,7 +655,7 @@ class WebService(service.Service):
         self.view = StatusView(controller, reactor)
         self.site = _Site(_root(self.view))
         self.site.displayTracebacks = False
-        self.factory = _Connections(self.site)
+        self.factory = ConnectionTracker(self.site)
         self.port: Optional[int] = None
         self.address = None
         self._listening_port = None
@@ -720,7 +690,7 @@ class WebService(service.Service):
             host = getattr(self.address, "host", None)
             self.log.info("status page on {endpoint} (http://{host}:{port}/)", endpoint=self.endpoint_description,
                           host=host, port=self.port)
-            if host is not None and not _is_loopback(host):
+            if host is not None and not is_loopback(host):
                 self.log.warn("the status page is unauthenticated and listens on {host}, not on loopback", host=host)
             self._answer(self.port)
 
@@ -760,7 +730,7 @@ class WebService(service.Service):
         self._listening_port = None
         self.port = None
         self._outcome = None
-        stopping.append(self.factory.close_all())
+        stopping.append(self.factory.disconnect_all())
         return defer.gatherResults(stopping, consumeErrors=True).addCallback(lambda _: None)
 
 
