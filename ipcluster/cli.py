@@ -835,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the engines and their state",
         description=(
             "Show every engine the controller knows: id, host, pid, state (registering,\n"
-            "alive, busy, dead, left), heartbeat round trip in ms, the task it runs and for\n"
+            "alive, busy, dead), heartbeat round trip in ms, the task it runs and for\n"
             "how long, how long it has been busy (its Python thread not answering), and\n"
             "how many tasks are queued on it; then counts by state.\n"
             "Exit code 1 if no cluster runs in the data directory."
