@@ -135,6 +135,13 @@ class View(unittest.TestCase):
             self.clock.advance(1.0)
             self.view.sample()
 
+    def test_status_is_cached_briefly(self):
+        first = self.view.status()
+        self.controller.router.completed = 5
+        self.assertIs(self.view.status(), first, "a request right after another recomputed the status")
+        self.clock.advance(self.view.cache_seconds)
+        self.assertEqual(self.view.status()["tasks"]["completed"], 5)
+
     def test_tasks_per_second_over_the_window(self):
         self.assertEqual(self.view.status()["tasks"]["per_second"], 0.0)
         self.controller.router.completed = 20
@@ -272,6 +279,8 @@ class LiveData(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
+        # These tests look right after a change; the short status cache has its own test.
+        self.patch(StatusView, "cache_seconds", 0)
         self.controller = yield start_controller(self)
         self.procs = yield start_engines(self, self.controller, ["e0", "e1"])
         self.client = yield connect_client(self, self.controller)
