@@ -92,3 +92,28 @@ def _alive(pid):
     # A zombie is as good as gone.
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(")")[-1].split()[0] != "Z"
+
+
+class ControllerGone(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_pending_futures_fail_when_the_controller_goes_away(self):
+        from tests.cluster import start_controller, start_engines
+
+        controller = yield start_controller(self)
+        yield start_engines(self, controller, ["g0"], "--controller-timeout", "2", "--reconnect-timeout", "5")
+        path = str(controller.config.connection_file)
+        client = yield threads.deferToThread(Client, path, 10.0, 3.0)
+        self.addCleanup(lambda: threads.deferToThread(client.close))
+
+        def nap(seconds):
+            import time
+
+            time.sleep(seconds)
+
+        future = yield threads.deferToThread(client.submit, nap, 60)
+        yield controller.stopService()
+        exc = yield threads.deferToThread(future.exception, BOUND)
+        self.assertIsInstance(exc, errors.NoController)
+        self.assertIn("has not answered", str(exc))

@@ -99,6 +99,11 @@ class ClientCore:
         fields = dict(options, task=task_id, name=getattr(fn, "__name__", type(fn).__name__)[:200])
         return task_id, self.codec.encode("submit", fields, [payload])
 
+    def waiting(self) -> bool:
+        """Whether anything waits for the controller (a reply or a task's result)."""
+        with self._lock:
+            return bool(self._replies or self._results)
+
     def expect(self, task_id: str, on_result: Callable[[TaskResult], None]) -> None:
         """Route the result of ``task_id`` to ``on_result`` too (submit and any fetches)."""
         with self._lock:

@@ -84,9 +84,14 @@ class Client(Executor):
     controller answers within ``timeout`` seconds.
     """
 
-    def __init__(self, connection_file: Optional[str] = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, connection_file: Optional[str] = None, timeout: float = 10.0, controller_timeout: float = 20.0
+    ) -> None:
         self.info = connection.read(connection_file)
         self.timeout = timeout
+        #: While something waits for the controller, it is probed every few seconds; after this
+        #: long without a word from it, every pending future fails with NoController.
+        self.controller_timeout = controller_timeout
         self._core = ClientCore(self.info.key)
         self._context = zmq.Context()
         self._pipe_address = f"inproc://ipcluster-client-{uuid.uuid4().hex}"
@@ -97,6 +102,8 @@ class Client(Executor):
         self._closed = False
         self._dealer = self._context.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
+        # Never block the I/O thread on a controller that is gone: it must stay free to notice.
+        self._dealer.setsockopt(zmq.SNDHWM, 0)
         try:
             self._dealer.connect(self.info.address("client"))
         except zmq.ZMQError as e:
@@ -341,9 +348,26 @@ class Client(Executor):
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(pipe, zmq.POLLIN)
+        heard = probed = time.monotonic()
+        probe_every = min(5.0, self.controller_timeout / 3)
         try:
             while True:
-                events = dict(poller.poll())
+                events = dict(poller.poll(500))
+                now = time.monotonic()
+                if dealer in events or not self._core.waiting():
+                    heard = now
+                elif now - heard > self.controller_timeout:
+                    self._core.fail_all(
+                        errors.NoController(
+                            f"the controller at {self.info.address('client')} has not answered for "
+                            f"{now - heard:.0f} s"
+                        )
+                    )
+                    heard = now
+                elif now - heard > probe_every and now - probed > probe_every:
+                    probed = now
+                    _, frames = self._core.request("connect", {}, lambda ok, value: None)
+                    send_frames(dealer, frames)
                 if pipe in events:
                     frames = pipe.recv_multipart()
                     if frames == [b"close"]:
