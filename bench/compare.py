@@ -78,6 +78,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from benchstats import pct  # noqa: E402  (bench/ is on sys.path)
+
 SYSTEMS = ("ipcluster", "ipyparallel", "dask")
 LABELS = {"ipcluster": "ipcluster", "ipyparallel": "ipyparallel", "dask": "dask"}
 SHORT = {"ipcluster": "ipc", "ipyparallel": "ipp", "dask": "dask"}
@@ -130,17 +132,6 @@ def bounded(seconds: float, what: str):
         signal.signal(signal.SIGALRM, old)
     if fired:
         raise PhaseTimeout(f"{what} did not finish within {seconds:g} s")
-
-
-def pct(values, p: float) -> float:
-    """The p-th percentile (0-100), linear interpolation between order statistics."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def _descendants() -> list:

@@ -94,6 +94,8 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from benchstats import pct  # noqa: E402  (bench/ is on sys.path)
+
 VENV_BIN = Path(sys.executable).parent
 TWISTD = VENV_BIN / "twistd"
 ENGINE = VENV_BIN / "ipcluster-engine"
@@ -388,17 +390,6 @@ class Controller:
 # =============================================================================
 # statistics and waiting
 # =============================================================================
-
-
-def pct(values, p: float) -> float:
-    """The p-th percentile (0-100), linear interpolation between order statistics."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def summary(values) -> dict:
