@@ -51,7 +51,7 @@ What is measured
    (``bench/heartbeat.py --hearts N --connection-file F``), ``--procs``
    processes (default 4).  Each helper registers its N engines with distinct
    ids exactly as ``ipcluster/engine/engine.py`` does (a DEALER on the
-   registration socket sends ``register`` via ``ipcluster.wire.Codec`` and
+   registration socket sends ``register`` via ``ipcluster.transport.wire.Codec`` and
    waits for ``registered``), then starts one real ``Heart`` per engine (native
    echo thread) and one DEALER per engine on the control socket, which a single
    ``zmq.Poller`` loop serves: ``ping`` -> ``pong {beat, instance, queued}``.
@@ -115,7 +115,7 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
 
     from ipcluster import connection
     from ipcluster.engine.heart import Heart
-    from ipcluster.wire import BadMessage, Codec
+    from ipcluster.transport.wire import BadMessage, Codec
 
     stop = [False]
 
@@ -433,7 +433,7 @@ def raw_heart_rtt(count: int, warmup: int = 200) -> dict:
     import zmq
 
     from ipcluster.engine.heart import Heart
-    from ipcluster.wire import PingCodec, new_key
+    from ipcluster.transport.wire import PingCodec, new_key
 
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)

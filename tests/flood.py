@@ -14,7 +14,7 @@ import cloudpickle
 import zmq
 
 from ipcluster import connection
-from ipcluster.wire import Codec
+from ipcluster.transport.wire import Codec
 
 
 def touch(path):

@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipcluster import errors
 from ipcluster.client.core import ClientCore
-from ipcluster.wire import Codec
+from ipcluster.transport.wire import Codec
 
 KEY = b"k" * 32
 

@@ -9,7 +9,7 @@ from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.registry import ALIVE, BUSY, Registry
 from ipcluster.interfaces import IEngineControl
-from ipcluster.wire import Codec, PingCodec
+from ipcluster.transport.wire import Codec, PingCodec
 
 KEY = b"k" * 32
 

@@ -4,7 +4,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.registry import ALIVE, BUSY, DEAD, REGISTERING, Registry
-from ipcluster.wire import BadMessage, PingCodec
+from ipcluster.transport.wire import BadMessage, PingCodec
 
 KEY = b"k" * 32
 PERIOD = 0.5

@@ -20,7 +20,7 @@ from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from ipcluster.controller import manhole
+from ipcluster.manhole import service as manhole
 from tests.cluster import BOUND, start_controller, start_engines, until, within
 
 ANSI = re.compile(rb"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[@-~])")

@@ -19,11 +19,11 @@ from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.frontend import ClientFrontEnd
 from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.registry import Registry
-from ipcluster.controller.scheduler import (
+from ipcluster.scheduler.scheduler import (
     ASSIGNED, DEFAULT_RETRIES, READY, RUNNING, WAITING, Scheduler,
 )
-from ipcluster.controller.store import MemoryTaskStore, SQLiteTaskStore
-from ipcluster.wire import Codec, PingCodec
+from ipcluster.store.sqlite import MemoryTaskStore, SQLiteTaskStore
+from ipcluster.transport.wire import Codec, PingCodec
 
 KEY = b"k" * 32
 

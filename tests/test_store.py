@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from ipcluster.controller import store as store_module
-from ipcluster.controller.store import ITaskStore, MemoryTaskStore, SQLiteTaskStore
+from ipcluster.store import sqlite as store_module
+from ipcluster.store.sqlite import ITaskStore, MemoryTaskStore, SQLiteTaskStore
 
 ERROR = {"type": "ValueError", "message": "bad value", "traceback": "Traceback ...", "origin": "ipcluster"}
 

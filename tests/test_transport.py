@@ -5,7 +5,7 @@ import zmq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipcluster.controller.transport import RouterSocket, make_factory
+from ipcluster.transport.reactor import RouterSocket, make_factory
 
 COUNT = 1000
 BATCH = 100

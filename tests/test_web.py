@@ -21,7 +21,7 @@ from ipcluster import errors
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import Registry
 from ipcluster.controller.service import ControllerConfig
-from ipcluster.controller.web import StatusView, web_service
+from ipcluster.web.service import StatusView, web_service
 from tests.cluster import BOUND, Process, connect_client, error_of, event, start_controller, start_engines, until, within
 
 CHROMIUM = "/usr/bin/chromium"

@@ -2,8 +2,8 @@
 import msgpack
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipcluster import wire
-from ipcluster.wire import ACCEPTS, MAX_HEADER_BYTES, BadMessage, Codec, PingCodec
+from ipcluster.transport import wire
+from ipcluster.transport.wire import ACCEPTS, MAX_HEADER_BYTES, BadMessage, Codec, PingCodec
 
 KEY = b"k" * 32
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import cloudpickle
 
 from ipcluster import errors
-from ipcluster.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
+from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
 
 #: ``callback(ok, value)``: value is the reply's value, or an exception when not ok.
 Callback = Callable[[bool, Any], None]

@@ -18,7 +18,7 @@ import zmq
 
 from ipcluster import connection, errors
 from ipcluster.client.core import ChunkCall, ClientCore, TaskResult, submit_options
-from ipcluster.zmqfast import recv_frames, send_frames
+from ipcluster.transport.zmqfast import recv_frames, send_frames
 
 LIVE = ("alive", "busy")
 

@@ -13,7 +13,7 @@ class TwistedClient:
     """Use :meth:`connect`; every verb returns a ``Deferred``."""
 
     def __init__(self, info: connection.ConnectionInfo, reactor, timeout: float) -> None:
-        from ipcluster.controller.transport import DealerSocket, make_factory
+        from ipcluster.transport.reactor import DealerSocket, make_factory
 
         self.info = info
         self.reactor = reactor

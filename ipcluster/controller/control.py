@@ -20,7 +20,7 @@ from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.registry import ACTIVE_STATES, EngineRecord, Registry
 from ipcluster.interfaces import IEngineControl
-from ipcluster.wire import ACCEPTS, Codec, Message
+from ipcluster.transport.wire import ACCEPTS, Codec, Message
 
 DEFAULT_TIMEOUT = 10.0
 VERBS = ("beat", "abort", "signal", "exit", "reset")

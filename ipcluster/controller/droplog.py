@@ -12,7 +12,7 @@ from typing import Optional
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from ipcluster.wire import BadMessage
+from ipcluster.transport.wire import BadMessage
 
 
 class DropLog:

@@ -11,8 +11,8 @@ from ipcluster import errors
 from ipcluster.controller.control import VERBS, ControlChannel
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import DuplicateEngine, Registry
-from ipcluster.controller.scheduler import Scheduler
-from ipcluster.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
+from ipcluster.scheduler.scheduler import Scheduler
+from ipcluster.transport.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
 
 Send = Callable[[Sequence[bytes]], bool]
 

@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ipcluster.controller.registry import ALIVE, BUSY, REGISTERING, EngineRecord, Registry
-from ipcluster.wire import BadMessage, PingCodec
+from ipcluster.transport.wire import BadMessage, PingCodec
 
 DEFAULT_PERIOD = 0.5
 DEFAULT_MISSES = 3

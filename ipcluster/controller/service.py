@@ -24,11 +24,11 @@ from ipcluster.controller.control import DEFAULT_TIMEOUT, ControlChannel
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.frontend import ClientFrontEnd, Registrar
 from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD, HeartMonitor
-from ipcluster.controller.launcher import LocalEngines
+from ipcluster.launchers.local import LocalEngines
 from ipcluster.controller.registry import EngineRecord, Registry
-from ipcluster.controller.scheduler import DEFAULT_PREFETCH, Scheduler
-from ipcluster.controller.store import ITaskStore, MemoryTaskStore, SQLiteTaskStore
-from ipcluster.wire import BadMessage, Codec, PingCodec, new_key
+from ipcluster.scheduler.scheduler import DEFAULT_PREFETCH, Scheduler
+from ipcluster.store.sqlite import ITaskStore, MemoryTaskStore, SQLiteTaskStore
+from ipcluster.transport.wire import BadMessage, Codec, PingCodec, new_key
 
 
 @attr.s(frozen=True)
@@ -180,7 +180,7 @@ class Controller(service.MultiService):
 
     def bind(self) -> None:
         """Bind every socket (on the configured or random ports)."""
-        from ipcluster.controller.transport import RouterSocket, make_factory
+        from ipcluster.transport.reactor import RouterSocket, make_factory
 
         self._factory = make_factory(self.reactor)
         handlers = {

@@ -110,7 +110,7 @@ def makeService(options: Options):
         controller.check_data_dir()
     except (AlreadyRunning, OSError) as e:
         raise SystemExit(f"twistd ipcluster: {e}") from None
-    from ipcluster.controller.manhole import manhole_services
+    from ipcluster.manhole.service import manhole_services
 
     try:
         for svc in manhole_services(
@@ -125,7 +125,7 @@ def makeService(options: Options):
     except ValueError as e:
         raise SystemExit(f"twistd ipcluster: {e}") from None
     if options["web"]:
-        from ipcluster.controller.web import web_service
+        from ipcluster.web.service import web_service
 
         try:
             web_service(controller, options["web"]).setServiceParent(controller)

@@ -32,8 +32,8 @@ from ipcluster import connection, errors
 from ipcluster.engine import namespace
 from ipcluster.engine.heart import Heart
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
-from ipcluster.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
-from ipcluster.zmqfast import recv_frames, send_frames
+from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
+from ipcluster.transport.zmqfast import recv_frames, send_frames
 
 EXIT_OK = 0
 EXIT_CONTROLLER_LOST = 3

@@ -57,7 +57,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from ipcluster.controller.listening import ConnectionTracker, is_loopback
+from ipcluster.listening import ConnectionTracker, is_loopback
 from ipcluster.controller.registry import ALIVE, BUSY, DEAD, LIVE_STATES, REGISTERING
 
 STATES = (REGISTERING, ALIVE, BUSY, DEAD)

@@ -40,8 +40,8 @@ from twisted.logger import Logger
 from ipcluster import errors
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import ACTIVE_STATES, ALIVE, LIVE_STATES, EngineRecord, Registry
-from ipcluster.controller.store import ITaskStore
-from ipcluster.wire import ACCEPTS, Codec
+from ipcluster.store.sqlite import ITaskStore
+from ipcluster.transport.wire import ACCEPTS, Codec
 
 Send = Callable[[Sequence[bytes]], bool]
 

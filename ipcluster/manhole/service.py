@@ -65,7 +65,7 @@ from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ipcluster.controller.listening import ConnectionTracker, endpoint_interface, is_loopback
+from ipcluster.listening import ConnectionTracker, endpoint_interface, is_loopback
 
 HOST_KEY_FILE = "manhole_host_key"
 TELNET_MAX_FAILURES = 3

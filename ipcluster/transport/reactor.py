@@ -17,7 +17,7 @@ import zmq
 from twisted.logger import Logger
 from txzmq import ZmqConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory
 
-from ipcluster.zmqfast import readable, recv_frames, send_frames
+from ipcluster.transport.zmqfast import readable, recv_frames, send_frames
 
 DEFAULT_MAX_BATCH = 200
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024

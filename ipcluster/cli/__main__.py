@@ -1,0 +1,5 @@
+import sys
+
+from ipcluster.cli import main
+
+sys.exit(main())
