@@ -9,7 +9,7 @@ from zope.interface import Attribute, Interface
 
 
 class IEngineControl(Interface):
-    """Commands to one engine over its control channel.
+    """Commands to one engine over its control channel (the verbs of ``ipcluster.verbs``).
 
     They bypass the engine's task queue, so they are answered while the engine
     runs a task (unless its interpreter is held by a C call: then the engine is
@@ -26,12 +26,14 @@ class IEngineControl(Interface):
         Fires with the round-trip time in seconds.
         """
 
-    def abort(task_id, timeout=None):
+    def abort(task_id, timeout=None, release=False):
         """Remove a queued task from the engine.
 
         Fires with ``"aborted"`` (removed; its future fails with TaskAborted),
         ``"running"`` (it is running; use ``signal`` to interrupt it) or
-        ``"unknown"`` (not queued there: finished, or never sent).
+        ``"unknown"`` (not queued there: finished, or never sent).  With
+        ``release`` (the scheduler's use, never a client's) a removed task fires
+        ``"released"`` and gets no TaskAborted result: it is about to run elsewhere.
         """
 
     def signal(signum, task_id=None, timeout=None):
@@ -56,3 +58,91 @@ class IEngineControl(Interface):
         Fires with the number of queued tasks dropped.
         """
 
+
+class ITaskStore(Interface):
+    """Where finished (and unfinished) tasks are recorded."""
+
+    max_age = Attribute("Seconds a finished task is kept (None: forever).")
+    max_tasks = Attribute("Most finished tasks kept (None: no limit).")
+
+    def submitted(task_id, name, submitted_at):
+        """Record a new task (fire and forget)."""
+
+    def started(task_id, engine, started_at):
+        """Record that ``engine`` started the task (fire and forget)."""
+
+    def finished(task_id, ok, finished_at, engine, error, result, stdout, stderr):
+        """Record the outcome (fire and forget).  ``error`` is a dict or None."""
+
+    def get(task_id):
+        """Deferred: the task's record as a dict, or None if unknown."""
+
+    def purge(older_than=None):
+        """Deferred: delete finished tasks (those finished ``older_than`` seconds ago or more); the count."""
+
+    def close():
+        """Deferred: flush and close."""
+
+
+class ILauncher(Interface):
+    """Starts engine processes somewhere and watches them.
+
+    The local launcher starts them on this host; others (SSH, batch systems)
+    start them elsewhere.  Engines started by a launcher register like any
+    other; the launcher only knows their processes.
+    """
+
+    def start(engine_ids):
+        """Start one engine per id.  Deferred: fires with the ids started once their processes run."""
+
+    def stop(timeout=5.0):
+        """Stop every engine this launcher started (SIGTERM, then SIGKILL after ``timeout``).
+
+        Deferred: fires with None once all have ended.
+        """
+
+    def signal(engine_id, signum):
+        """Send ``signum`` to one engine's process; True if it was running."""
+
+    def running():
+        """``{engine_id: pid}`` of the engines whose processes run now."""
+
+    def ended(engine_id):
+        """Why that engine's process ended (``"killed by signal 9"``, ...), or None if it runs or is unknown."""
+
+    def is_local(engine_id):
+        """Whether ``engine_id`` names a process this launcher started (and watches)."""
+
+
+class IStatusSource(Interface):
+    """What the operator surfaces read of a running controller.
+
+    The status page, the manhole and the ``engines`` request read the
+    controller only through this, never through the scheduler's or the
+    registry's internals.  Every method is cheap enough to call once a
+    second; none changes anything.
+    """
+
+    def now():
+        """The controller's clock, in seconds (Unix time on a real reactor)."""
+
+    def engines():
+        """Every known engine as a plain dict (``EngineRecord.describe`` plus ``assigned``,
+        ``local``, ``joined_at``, ``ended_at``, ``last_pong_ago``), in natural id order."""
+
+    def tasks():
+        """Task counters as a plain dict: ``in_flight``, ``waiting``, ``ready``, ``by_state``,
+        ``queued_on_engines``, ``completed``, ``failed``, ``retried``, ``stolen``."""
+
+    def drops():
+        """``{(socket, reason): count}`` of bad input dropped since the controller started."""
+
+    def controller():
+        """The controller itself: ``pid``, ``ip``, ``ports``, ``heartbeat_period``,
+        ``heartbeat_misses``, ``data_dir``."""
+
+    def subscribe(listener):
+        """Call ``listener(event, engine_description, reason)`` at each engine event."""
+
+    def unsubscribe(listener):
+        """Stop calling ``listener``."""

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ipcluster.controller.registry import ALIVE, BUSY, REGISTERING, EngineRecord, Registry
+from ipcluster.controller.registry import ALIVE, BUSY, REGISTERING, EngineEvent, EngineRecord, Registry
 from ipcluster.transport.wire import BadMessage, PingCodec
 
 DEFAULT_PERIOD = 0.5
@@ -127,7 +127,7 @@ class HeartMonitor:
                         record,
                         f"no heartbeat within {self.registration_timeout:g} s of registering",
                         now,
-                        event="purged",
+                        event=EngineEvent.PURGED,
                     )
                 continue
             if record.last_pong_beat < previous:

@@ -13,6 +13,7 @@ is never failed for being busy.
 """
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from typing import Callable, Iterator, Optional
 
@@ -23,8 +24,28 @@ REGISTERING = "registering"
 ALIVE = "alive"
 BUSY = "busy"
 DEAD = "dead"
+LEFT = "left"
 ACTIVE_STATES = frozenset({REGISTERING, ALIVE, BUSY})
 LIVE_STATES = frozenset({ALIVE, BUSY})
+
+
+class EngineEvent(str, enum.Enum):
+    """What the registry announces to its listeners (a ``str``: ``EngineEvent.DEAD == "dead"``)."""
+
+    REGISTERING = "registering"  # phase one of registration: recorded, not yet counted
+    JOINED = "joined"  # first heart pong: the engine counts
+    BUSY = "busy"  # heart answers, interpreter silent
+    ALIVE = "alive"  # busy no more
+    DEAD = "dead"  # heart silent, or its process ended
+    LEFT = "left"  # said bye (clean exit), or re-registered by the same process
+    PURGED = "purged"  # registration never completed
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The events after which an engine is gone (its tasks and commands fail or move).
+GONE_EVENTS = frozenset({EngineEvent.DEAD, EngineEvent.LEFT, EngineEvent.PURGED})
 
 
 class DuplicateEngine(Exception):
@@ -76,7 +97,7 @@ class EngineRecord:
         }
 
 
-Listener = Callable[[str, EngineRecord, str], None]
+Listener = Callable[[EngineEvent, EngineRecord, str], None]
 
 
 class Registry:
@@ -101,7 +122,7 @@ class Registry:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def _emit(self, event: str, record: EngineRecord, reason: str = "") -> None:
+    def _emit(self, event: EngineEvent, record: EngineRecord, reason: str = "") -> None:
         for listener in list(self._listeners):
             try:
                 listener(event, record, reason)
@@ -152,25 +173,25 @@ class Registry:
                 del self._engines[engine_id]
         record = EngineRecord(engine_id, instance, host, pid, registered_at=now, local=local)
         self._engines[engine_id] = record
-        self._emit("registering", record)
+        self._emit(EngineEvent.REGISTERING, record)
         return record
 
     def mark_alive(self, record: EngineRecord, now: float) -> None:
         if record.state == REGISTERING:
             record.state = ALIVE
             record.joined_at = now
-            self._emit("joined", record)
+            self._emit(EngineEvent.JOINED, record)
         elif record.state == BUSY:
             since = record.busy_since
             record.state = ALIVE
             record.busy_since = None
-            self._emit("alive", record, f"after busy {now - since:.1f} s" if since is not None else "")
+            self._emit(EngineEvent.ALIVE, record, f"after busy {now - since:.1f} s" if since is not None else "")
 
     def mark_busy(self, record: EngineRecord, since: float, reason: str) -> None:
         if record.state == ALIVE:
             record.state = BUSY
             record.busy_since = since
-            self._emit("busy", record, reason)
+            self._emit(EngineEvent.BUSY, record, reason)
 
     def mark_dead(self, record: EngineRecord, reason: str, now: float) -> None:
         """Declare an engine dead; its record stays (state ``dead``) until replaced."""
@@ -182,10 +203,10 @@ class Registry:
         record.busy_since = None
         record.running_task = None
         record.task_started_at = None
-        self._emit("dead", record, reason)
+        self._emit(EngineEvent.DEAD, record, reason)
         self._trim_dead()
 
-    def remove(self, record: EngineRecord, reason: str, now: float, event: str = "left") -> None:
+    def remove(self, record: EngineRecord, reason: str, now: float, event: EngineEvent = EngineEvent.LEFT) -> None:
         """An engine left cleanly (or its registration was purged): forget it."""
         if self._engines.get(record.id) is not record:
             return
@@ -194,7 +215,7 @@ class Registry:
         record.reason = reason
         record.ended_at = now
         if was_active:
-            record.state = DEAD if event == "purged" else "left"
+            record.state = DEAD if event is EngineEvent.PURGED else LEFT
             self._emit(event, record, reason)
 
     def _trim_dead(self) -> None:

@@ -26,6 +26,7 @@ from ipcluster.controller.frontend import ClientFrontEnd, Registrar
 from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD, HeartMonitor
 from ipcluster.launchers.local import LocalEngines
 from ipcluster.controller.registry import EngineRecord, Registry
+from ipcluster.controller.status import ControllerStatus
 from ipcluster.scheduler.scheduler import DEFAULT_PREFETCH, Scheduler
 from ipcluster.store.sqlite import ITaskStore, MemoryTaskStore, SQLiteTaskStore
 from ipcluster.transport.wire import BadMessage, Codec, PingCodec, new_key
@@ -129,7 +130,9 @@ class Controller(service.MultiService):
             prefetch=config.prefetch,
             on_engine_traffic=self.monitor.control_seen,
         )
-        self.router = self.scheduler  # old name, kept for the status page
+        self.status = ControllerStatus(
+            reactor, self.registry, self.scheduler, self.drops, config, lambda: dict(self.info.ports) if self.info else {}
+        )
         self.local_engines = LocalEngines(reactor, self.registry, str(config.connection_file), config.engines)
         self.registrar = Registrar(
             self.registry,

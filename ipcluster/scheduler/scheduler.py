@@ -119,6 +119,21 @@ class Scheduler:
     def capacity(self) -> int:
         return 1 + self.prefetch
 
+    # -- what the status source reads -----------------------------------------------
+
+    def counts(self) -> dict:
+        """Unfinished tasks by state (waiting, ready, assigned, running) and the totals."""
+        counts = dict.fromkeys((WAITING, READY, ASSIGNED, RUNNING), 0)
+        for task in self.tasks.values():
+            if task.state in counts:
+                counts[task.state] += 1
+        counts.update(completed=self.completed, failed=self.failed, retried=self.retried, stolen=self.stolen)
+        return counts
+
+    def assigned_to(self, engine_id: str) -> int:
+        """How many tasks the engine holds (running and queued there)."""
+        return len(self.assigned.get(engine_id, ()))
+
     # -- submission ---------------------------------------------------------------
 
     def submit(

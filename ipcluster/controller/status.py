@@ -1,0 +1,88 @@
+"""The controller as the operator surfaces read it: one ``IStatusSource``.
+
+The status page, the manhole and the client front end's ``engines`` request
+read engines, task counters and drops from here, never from the scheduler's
+or the registry's internals.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from zope.interface import implementer
+
+from ipcluster.controller.registry import DEAD, LIVE_STATES, EngineRecord, Registry
+from ipcluster.interfaces import IStatusSource
+from ipcluster.textstatus import natural_key
+
+
+@implementer(IStatusSource)
+class ControllerStatus:
+    """Reads a live controller's registry, scheduler, drop log and configuration."""
+
+    def __init__(self, clock, registry: Registry, scheduler, drops, config, ports: Callable[[], dict]) -> None:
+        self.clock = clock
+        self.registry = registry
+        self.scheduler = scheduler
+        self._drops = drops
+        self.config = config
+        self._ports = ports
+        self._listeners: dict = {}
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def describe(self, record: EngineRecord, now: float) -> dict:
+        info = record.describe(now)
+        if record.state == DEAD:
+            # Its task failed or moved when it died: it runs nothing any more.
+            info["running_task"] = info["task_running_for"] = None
+        info["local"] = record.local
+        info["joined_at"] = record.joined_at
+        info["ended_at"] = record.ended_at
+        info["last_pong_ago"] = (now - record.last_pong_at) if record.last_pong_at is not None else None
+        info["assigned"] = self.scheduler.assigned_to(record.id) if record.state != DEAD else 0
+        return info
+
+    def engines(self) -> list:
+        now = self.clock.seconds()
+        return [self.describe(r, now) for r in sorted(self.registry, key=lambda r: natural_key(r.id))]
+
+    def tasks(self) -> dict:
+        counts = self.scheduler.counts()
+        by_state = {state: counts[state] for state in ("waiting", "ready", "assigned", "running")}
+        queued = sum(r.queued for r in self.registry if r.state in LIVE_STATES)
+        return {
+            "in_flight": by_state["assigned"] + by_state["running"],
+            "waiting": by_state["waiting"],
+            "ready": by_state["ready"],
+            "by_state": by_state,
+            "queued_on_engines": queued,
+            **{k: counts[k] for k in ("completed", "failed", "retried", "stolen")},
+        }
+
+    def drops(self) -> dict:
+        return dict(self._drops.totals)
+
+    def controller(self) -> dict:
+        config = self.config
+        return {
+            "pid": os.getpid(),
+            "ip": config.ip,
+            "ports": dict(self._ports()),
+            "heartbeat_period": config.heartbeat_period,
+            "heartbeat_misses": config.heartbeat_misses,
+            "data_dir": str(config.data_dir),
+        }
+
+    def subscribe(self, listener) -> None:
+        def relay(event, record: EngineRecord, reason: str) -> None:
+            listener(event, self.describe(record, self.clock.seconds()), reason)
+
+        self._listeners[listener] = relay
+        self.registry.subscribe(relay)
+
+    def unsubscribe(self, listener) -> None:
+        relay = self._listeners.pop(listener, None)
+        if relay is not None:
+            self.registry.unsubscribe(relay)
