@@ -71,6 +71,10 @@ class Arg:
     #: Internal arguments are the controller's own (the scheduler's ``release``): a client
     #: may not send them.
     internal: bool = attr.ib(default=False)
+    #: The name of the matching ``IEngineControl`` parameter, where it differs.
+    param: Optional[str] = attr.ib(default=None)
+    #: Whether the controller passes it on to the engine (a reply timeout stays with the controller).
+    to_engine: bool = attr.ib(default=True)
 
     @property
     def required(self) -> bool:
@@ -105,6 +109,18 @@ class Verb:
                 out[arg.name] = arg.default
         return out
 
+    def call(self, control: Any, args: Mapping[str, Any]) -> Any:
+        """Call this verb's ``IEngineControl`` method with parsed ``args``: a Deferred."""
+        return getattr(control, self.name)(**{a.param or a.name: args[a.name] for a in self.args if a.name in args})
+
+    def engine_args(self, args: Mapping[str, Any]) -> dict:
+        """What the controller sends the engine of parsed ``args`` (unset options left out)."""
+        return {
+            a.name: args[a.name]
+            for a in self.args
+            if a.to_engine and args.get(a.name) is not None and not (a.default is False and args[a.name] is False)
+        }
+
     def wire_args(self, **given: Any) -> dict:
         """The arguments a client sends: checked, with the unset optional ones left out."""
         checked = self.parse({k: v for k, v in given.items() if v is not None})
@@ -116,13 +132,13 @@ class Verb:
         if self.waits_for_exit:
             # the ack (controller's default timeout), then up to ``timeout`` for the task, then
             # the controller's wait for the engine to leave.
-            return 2 * (timeout if timeout is not None else DEFAULT_EXIT_TIMEOUT) + 2 * client_timeout
+            return 2 * (timeout if timeout is not None else DEFAULT_EXIT_TIMEOUT) + 3 * client_timeout
         return (timeout if timeout is not None else client_timeout) + client_timeout
 
 
 DEFAULT_EXIT_TIMEOUT = 5.0
 
-_TIMEOUT = Arg("timeout", seconds)
+_TIMEOUT = Arg("timeout", seconds, to_engine=False)
 
 #: Every control verb, by name, in the order they are documented.
 VERBS: dict[str, Verb] = {
@@ -131,12 +147,12 @@ VERBS: dict[str, Verb] = {
         Verb("beat", (_TIMEOUT,), reply="round-trip time in seconds (float)"),
         Verb(
             "abort",
-            (Arg("task", task_id, _REQUIRED), _TIMEOUT, Arg("release", flag, False, internal=True)),
+            (Arg("task", task_id, _REQUIRED, param="task_id"), _TIMEOUT, Arg("release", flag, False, internal=True)),
             reply='"aborted", "running" or "unknown" ("released" for the scheduler\'s release)',
         ),
         Verb(
             "signal",
-            (Arg("signum", signum, _REQUIRED), Arg("task", optional_task_id), _TIMEOUT),
+            (Arg("signum", signum, _REQUIRED), Arg("task", optional_task_id, param="task_id"), _TIMEOUT),
             reply="True if the signal was sent, False if the task was not running",
         ),
         Verb("exit", (Arg("timeout", seconds, DEFAULT_EXIT_TIMEOUT),), reply="None, once the engine has left",

@@ -22,7 +22,8 @@ from ipcluster.controller.registry import Registry
 from ipcluster.scheduler.scheduler import (
     ASSIGNED, DEFAULT_RETRIES, READY, RUNNING, WAITING, Scheduler,
 )
-from ipcluster.store.sqlite import MemoryTaskStore, SQLiteTaskStore
+from ipcluster.store.memory import MemoryTaskStore
+from ipcluster.store.sqlite import SQLiteTaskStore
 from ipcluster.transport.wire import Codec, PingCodec
 
 KEY = b"k" * 32

@@ -14,7 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from ipcluster.store import sqlite as store_module
-from ipcluster.store.sqlite import ITaskStore, MemoryTaskStore, SQLiteTaskStore
+from ipcluster.interfaces import ITaskStore
+from ipcluster.store.memory import MemoryTaskStore
+from ipcluster.store.sqlite import SQLiteTaskStore
 
 ERROR = {"type": "ValueError", "message": "bad value", "traceback": "Traceback ...", "origin": "ipcluster"}
 

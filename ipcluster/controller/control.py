@@ -18,12 +18,12 @@ from zope.interface import implementer
 from ipcluster import errors
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.heartmonitor import HeartMonitor
-from ipcluster.controller.registry import ACTIVE_STATES, EngineRecord, Registry
+from ipcluster.controller.registry import ACTIVE_STATES, GONE_EVENTS, EngineEvent, EngineRecord, Registry
 from ipcluster.interfaces import IEngineControl
+from ipcluster.verbs import DEFAULT_EXIT_TIMEOUT, VERBS
 from ipcluster.transport.wire import ACCEPTS, Codec, Message
 
 DEFAULT_TIMEOUT = 10.0
-VERBS = ("beat", "abort", "signal", "exit", "reset")
 
 
 @attr.s(slots=True)
@@ -71,26 +71,18 @@ class EngineControl:
         return self._call("beat", {}, timeout).addCallback(lambda _: self._clock.seconds() - sent)
 
     def abort(self, task_id: str, timeout: Optional[float] = None, release: bool = False) -> defer.Deferred:
-        """With ``release`` (the scheduler's use), a removed task fires ``"released"``
-        and gets no TaskAborted result: it is about to run elsewhere."""
-        args: dict[str, Any] = {"task": str(task_id)}
-        if release:
-            args["release"] = True
-        return self._call("abort", args, timeout)
+        return self._call("abort", {"task": task_id, "release": release}, timeout)
 
     def signal(self, signum: int, task_id: Optional[str] = None, timeout: Optional[float] = None) -> defer.Deferred:
-        args: dict[str, Any] = {"signum": int(signum)}
-        if task_id is not None:
-            args["task"] = str(task_id)
-        return self._call("signal", args, timeout)
+        return self._call("signal", {"signum": signum, "task": task_id}, timeout)
 
-    def exit(self, timeout: float = 5.0) -> defer.Deferred:
+    def exit(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> defer.Deferred:
         """Fires with None once the engine has left (or died), whichever first."""
         if self._gone is not None:
             return defer.succeed(None)
         gone = defer.Deferred()
         self._gone_waiters.append(gone)
-        acked = self._call("exit", {"timeout": float(timeout)}, self.default_timeout + timeout)
+        acked = self._call("exit", {"timeout": timeout}, self.default_timeout + timeout)
 
         def not_acked(failure):
             if gone.called:
@@ -112,11 +104,17 @@ class EngineControl:
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _call(self, verb: str, args: dict, timeout: Optional[float]) -> defer.Deferred:
+    def _call(self, name: str, args: dict, timeout: Optional[float]) -> defer.Deferred:
+        """Send verb ``name`` with ``args`` (checked against the verbs table); a Deferred of the reply."""
         if self._gone is not None:
             return defer.fail(self._gone)
+        verb = VERBS[name]
+        try:
+            args = verb.engine_args(verb.parse({k: v for k, v in args.items() if v is not None}, internal=True))
+        except errors.BadRequest:
+            return defer.fail()
         msg_id = self._codec.new_id()
-        frames = self._codec.encode("command", {"verb": verb, "args": args}, msg_id=msg_id)
+        frames = self._codec.encode("command", {"verb": name, "args": args}, msg_id=msg_id)
         if not self._send(frames):
             return defer.fail(errors.EngineDead(f"engine {self.engine_id} is not connected"))
         timeout = self.default_timeout if timeout is None else timeout
@@ -128,7 +126,7 @@ class EngineControl:
 
         d = defer.Deferred(canceller=cancel)
         timer = self._clock.callLater(timeout, self._timed_out, msg_id, timeout)
-        self._pending[msg_id] = _Pending(d, timer, verb, self._clock.seconds())
+        self._pending[msg_id] = _Pending(d, timer, name, self._clock.seconds())
         return d
 
     def _timed_out(self, msg_id: str, timeout: float) -> None:
@@ -173,6 +171,11 @@ class EngineControl:
             p.deferred.errback(error)
 
 
+def send_control_ping(codec: Codec, send: Callable[[Sequence[bytes]], bool], record: EngineRecord, beat: int) -> None:
+    """The heart monitor's Python-level ping on an engine's control channel (busy detection)."""
+    send([record.identity, *codec.encode("ping", {"beat": beat})])
+
+
 class ControlChannel:
     """The controller side of every engine's two-way control channel."""
 
@@ -215,8 +218,7 @@ class ControlChannel:
         return control
 
     def send_ping(self, record: EngineRecord, beat: int) -> None:
-        """The heart monitor's Python-level ping (busy detection)."""
-        self.send([record.identity, *self.codec.encode("ping", {"beat": beat})])
+        send_control_ping(self.codec, self.send, record, beat)
 
     def message_received(self, frames: list) -> None:
         received = self.drops.decode(self.codec, "control", frames, ACCEPTS["control"])
@@ -253,8 +255,14 @@ class ControlChannel:
         if isinstance(queued, int):
             record.queued = queued
 
-    def _registry_event(self, event: str, record: EngineRecord, reason: str) -> None:
-        if event in ("dead", "left", "purged"):
+    def _registry_event(self, event: EngineEvent, record: EngineRecord, reason: str) -> None:
+        if event in GONE_EVENTS:
             control = self.controls.pop(record.id, None)
             if control is not None:
                 control.engine_gone(errors.EngineDead(f"engine {record.id} {event}: {reason}"))
+
+    def stop(self, error: errors.ClusterError) -> None:
+        """The controller stops: fail every pending command with ``error``."""
+        controls, self.controls = self.controls, {}
+        for control in controls.values():
+            control.engine_gone(error)

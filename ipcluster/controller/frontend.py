@@ -1,4 +1,4 @@
-"""The registration desk and the client front end: the controller's request handlers."""
+"""The client front end: serves clients' requests (engines, tasks, control verbs, results)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -7,64 +7,14 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ipcluster import errors
-from ipcluster.controller.control import VERBS, ControlChannel
+from ipcluster import errors, verbs
+from ipcluster.controller.control import ControlChannel
 from ipcluster.controller.droplog import DropLog
-from ipcluster.controller.registry import DuplicateEngine, Registry
+from ipcluster.controller.registry import Registry
 from ipcluster.scheduler.scheduler import Scheduler
 from ipcluster.transport.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
 
 Send = Callable[[Sequence[bytes]], bool]
-
-
-class Registrar:
-    """Phase one of registration: record the engine and tell it the heartbeat settings.
-
-    Phase two -- counting the engine -- happens at its first heart pong, in
-    the HeartMonitor.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        registry: Registry,
-        codec: Codec,
-        clock: IReactorTime,
-        send: Send,
-        drops: DropLog,
-        heartbeat_period: float,
-        is_local: Callable[[str], bool] = lambda engine_id: False,
-    ) -> None:
-        self.registry = registry
-        self.codec = codec
-        self.clock = clock
-        self.send = send
-        self.drops = drops
-        self.heartbeat_period = heartbeat_period
-        self.is_local = is_local
-
-    def message_received(self, frames: list) -> None:
-        received = self.drops.decode(self.codec, "registration", frames, ACCEPTS["registration"])
-        if received is None:
-            return
-        identity, msg = received
-        engine_id = msg["engine"]
-        if not engine_id or len(engine_id.encode()) > 128 or not engine_id.isprintable():
-            self._reply(identity, msg, "rejected", engine=engine_id[:128], reason="engine id must be 1-128 bytes of printable text")
-            return
-        try:
-            self.registry.register(
-                engine_id, msg["instance"], msg["host"], msg["pid"], self.clock.seconds(), self.is_local(engine_id)
-            )
-        except DuplicateEngine as e:
-            self.log.warn("refused registration of {engine}: {why}", engine=engine_id, why=str(e))
-            self._reply(identity, msg, "rejected", engine=engine_id, reason=str(e))
-            return
-        self._reply(identity, msg, "registered", engine=engine_id, heartbeat_period=self.heartbeat_period)
-
-    def _reply(self, identity: bytes, msg: Message, mtype: str, **fields) -> None:
-        self.send([identity, *self.codec.encode(mtype, dict(fields, ref=msg.id))])
 
 
 class ClientFrontEnd:
@@ -185,32 +135,13 @@ class ClientFrontEnd:
         return self.scheduler.fetch(identity, msg["task"])
 
     def _on_purge(self, identity: bytes, msg: Message):
-        older_than = _number(msg.fields, "older_than", None)
+        older_than = verbs.seconds("older_than", msg.get("older_than"))
         return self.scheduler.store.purge(older_than)
 
     def _on_control(self, identity: bytes, msg: Message):
-        verb, args = msg["verb"], msg["args"]
-        if verb not in VERBS:
-            raise errors.BadRequest(f"unknown control verb {verb!r}; known: {', '.join(VERBS)}")
-        control = self.control.control_for(msg["engine"])
-        try:
-            if verb == "beat":
-                return control.beat(timeout=_number(args, "timeout", None))
-            if verb == "abort":
-                return control.abort(_string(args, "task"), timeout=_number(args, "timeout", None))
-            if verb == "signal":
-                task = args.get("task")
-                if task is not None and not isinstance(task, str):
-                    raise errors.BadRequest("signal: task must be a task id")
-                signum = args.get("signum")
-                if not isinstance(signum, int) or isinstance(signum, bool) or not 0 < signum < 128:
-                    raise errors.BadRequest("signal: signum must be a signal number")
-                return control.signal(signum, task, timeout=_number(args, "timeout", None))
-            if verb == "exit":
-                return control.exit(timeout=_number(args, "timeout", 5.0))
-            return control.reset(timeout=_number(args, "timeout", None))
-        except (TypeError, ValueError) as e:
-            raise errors.BadRequest(f"{verb}: {e}") from None
+        verb = verbs.verb(msg["verb"])
+        args = verb.parse(msg["args"])  # a client may not send the controller's internal arguments
+        return verb.call(self.control.control_for(msg["engine"]), args)
 
     # -- replies ---------------------------------------------------------------
 
@@ -229,19 +160,3 @@ class ClientFrontEnd:
 
 
 _NO_REPLY = object()
-
-
-def _number(args: dict, name: str, default):
-    value = args.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
-        raise errors.BadRequest(f"{name} must be a non-negative, finite number")
-    return float(value)
-
-
-def _string(args: dict, name: str) -> str:
-    value = args.get(name)
-    if not isinstance(value, str) or not value:
-        raise errors.BadRequest(f"{name} must be a non-empty string")
-    return value

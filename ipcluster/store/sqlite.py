@@ -1,10 +1,8 @@
-"""Durable task records: every task's times, engine, status, result or error, output.
+"""The SQLite task store (the default): ``<data dir>/tasks.sqlite``, WAL mode.
 
-``SQLiteTaskStore`` (the default, ``<data dir>/tasks.sqlite``) writes from one
-thread of its own, in batches, so the reactor never waits on the disk; reads
-come back as Deferreds.  Retention is bounded by age and by count, and
-``purge`` deletes on demand.  ``MemoryTaskStore`` is the in-memory provider
-used by tests and by ``--store memory``.
+Writes are gathered on the reactor and applied by a thread of its own in one
+transaction per batch, so the reactor never waits on the disk; reads come
+back as Deferreds.
 """
 from __future__ import annotations
 
@@ -15,118 +13,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
-#: Task statuses as stored.
-SUBMITTED, RUNNING, OK, FAILED = "submitted", "running", "ok", "failed"
-
-
-class ITaskStore(Interface):
-    """Where finished (and unfinished) tasks are recorded."""
-
-    max_age = Attribute("Seconds a finished task is kept (None: forever).")
-    max_tasks = Attribute("Most finished tasks kept (None: no limit).")
-
-    def submitted(task_id, name, submitted_at):
-        """Record a new task (fire and forget)."""
-
-    def started(task_id, engine, started_at):
-        """Record that ``engine`` started the task (fire and forget)."""
-
-    def finished(task_id, ok, finished_at, engine, error, result, stdout, stderr):
-        """Record the outcome (fire and forget).  ``error`` is a dict or None."""
-
-    def get(task_id):
-        """Deferred: the task's record as a dict, or None if unknown."""
-
-    def purge(older_than=None):
-        """Deferred: delete finished tasks (those finished ``older_than`` seconds ago or more); the count."""
-
-    def close():
-        """Deferred: flush and close."""
-
-
-def _record(task_id, name, status, submitted_at, started_at, finished_at, engine, error, result, stdout, stderr) -> dict:
-    return {
-        "task": task_id,
-        "name": name,
-        "status": status,
-        "submitted_at": submitted_at,
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "engine": engine,
-        "error": error,
-        "result": result,
-        "stdout": stdout,
-        "stderr": stderr,
-    }
-
-
-@implementer(ITaskStore)
-class MemoryTaskStore:
-    """Keeps records in a dict (bounded by ``max_tasks`` finished tasks)."""
-
-    def __init__(self, max_age: Optional[float] = None, max_tasks: Optional[int] = 100_000, clock=time) -> None:
-        self.max_age = max_age
-        self.max_tasks = max_tasks
-        self._clock = clock
-        self.records: "OrderedDict[str, dict]" = OrderedDict()
-        self.finished_ids: "OrderedDict[str, None]" = OrderedDict()
-
-    def _now(self) -> float:
-        return self._clock.time() if hasattr(self._clock, "time") else self._clock.seconds()
-
-    def submitted(self, task_id, name, submitted_at) -> None:
-        self.records[task_id] = _record(task_id, name, SUBMITTED, submitted_at, None, None, None, None, None, None, None)
-
-    def started(self, task_id, engine, started_at) -> None:
-        r = self.records.get(task_id)
-        if r is not None:
-            r.update(status=RUNNING, engine=engine, started_at=started_at)
-
-    def finished(self, task_id, ok, finished_at, engine, error, result, stdout, stderr) -> None:
-        r = self.records.pop(task_id, None) or _record(task_id, None, None, None, None, None, None, None, None, None, None)
-        r.update(status=OK if ok else FAILED, finished_at=finished_at, engine=engine, error=error, result=result, stdout=stdout, stderr=stderr)
-        self.finished_ids[task_id] = None
-        self.records[task_id] = r
-        self._trim()
-
-    def _trim(self) -> None:
-        """Drop the oldest finished records: ``finished_ids`` is in finishing order, so this
-        costs only what it removes (the reactor calls it for every finished task)."""
-        limit = None if self.max_age is None else self._now() - self.max_age
-        while self.finished_ids:
-            oldest = next(iter(self.finished_ids))
-            record = self.records.get(oldest)
-            too_many = self.max_tasks is not None and len(self.finished_ids) > self.max_tasks
-            too_old = limit is not None and record is not None and (record["finished_at"] or 0) < limit
-            if not (too_many or too_old or record is None):
-                break
-            del self.finished_ids[oldest]
-            self.records.pop(oldest, None)
-
-    def get(self, task_id) -> defer.Deferred:
-        r = self.records.get(task_id)
-        return defer.succeed(dict(r) if r is not None else None)
-
-    def purge(self, older_than=None) -> defer.Deferred:
-        limit = None if older_than is None else self._now() - older_than
-        doomed = [
-            k for k, r in self.records.items()
-            if r["status"] in (OK, FAILED) and (limit is None or (r["finished_at"] or 0) <= limit)
-        ]
-        for k in doomed:
-            del self.records[k]
-            self.finished_ids.pop(k, None)
-        return defer.succeed(len(doomed))
-
-    def close(self) -> defer.Deferred:
-        return defer.succeed(None)
+from ipcluster.interfaces import ITaskStore
+from ipcluster.store import FAILED, OK, record as _record
 
 
 _SCHEMA = """

@@ -17,12 +17,9 @@ import zmq
 from twisted.logger import Logger
 from txzmq import ZmqConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory
 
+from ipcluster.transport import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_RCVHWM, DEFAULT_SNDHWM
 from ipcluster.transport.zmqfast import readable, recv_frames, send_frames
 
-DEFAULT_MAX_BATCH = 200
-DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
-DEFAULT_RCVHWM = 100_000  # messages queued per peer
-DEFAULT_SNDHWM = 1_000_000
 
 
 def make_factory(reactor) -> ZmqFactory:
