@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import zmq
 
 from ipcluster import connection, errors
+from ipcluster.client.verbs import ControlVerbs
 from ipcluster.client.core import ChunkCall, ClientCore, TaskResult, submit_options
 from ipcluster.transport.zmqfast import recv_frames, send_frames
 
@@ -75,7 +76,7 @@ class TaskFuture(Future):
             self.set_exception(result.value)
 
 
-class Client(Executor):
+class Client(ControlVerbs, Executor):
     """A connection to a running controller; also a ``concurrent.futures.Executor``.
 
     ``Client()`` reads the default connection file (``$IPCLUSTER_DIR`` or
@@ -279,38 +280,6 @@ class Client(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Executor API: close the client (tasks already submitted keep running on the cluster)."""
         self.close()
-
-    # -- control verbs ----------------------------------------------------------------
-
-    def beat(self, engine: str, timeout: Optional[float] = None) -> float:
-        """Round trip through the engine's Python control thread, in seconds."""
-        return self._control(engine, "beat", {}, timeout)
-
-    def abort(self, engine: str, task: "str | TaskFuture", timeout: Optional[float] = None) -> str:
-        """Remove a queued task: ``"aborted"``, ``"running"`` or ``"unknown"``."""
-        task_id = task.task_id if isinstance(task, TaskFuture) else str(task)
-        return self._control(engine, "abort", {"task": task_id}, timeout)
-
-    def signal(self, engine: str, signum: int, task: "str | TaskFuture | None" = None, timeout: Optional[float] = None) -> bool:
-        """Send a signal to the engine; with ``task``, only while that task runs."""
-        args: dict = {"signum": int(signum)}
-        if task is not None:
-            args["task"] = task.task_id if isinstance(task, TaskFuture) else str(task)
-        return self._control(engine, "signal", args, timeout)
-
-    def exit(self, engine: str, timeout: float = 5.0) -> None:
-        """Ask an engine to exit; returns once it has left."""
-        return self._control(engine, "exit", {"timeout": float(timeout)}, 2 * timeout + 2 * self.timeout)
-
-    def reset(self, engine: str, timeout: Optional[float] = None) -> int:
-        """Clear the engine's namespace and queue; the number of queued tasks dropped."""
-        return self._control(engine, "reset", {}, timeout)
-
-    def _control(self, engine: str, verb: str, args: dict, timeout: Optional[float]) -> Any:
-        if timeout is not None and verb != "exit":
-            args = dict(args, timeout=float(timeout))
-        wait = (timeout if timeout is not None else self.timeout) + self.timeout
-        return self._call("control", {"engine": str(engine), "verb": verb, "args": args}, wait)
 
     # -- plumbing ---------------------------------------------------------------------
 

@@ -6,10 +6,11 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer
 
 from ipcluster import connection, errors
+from ipcluster.client.verbs import ControlVerbs
 from ipcluster.client.core import ClientCore, TaskResult, submit_options
 
 
-class TwistedClient:
+class TwistedClient(ControlVerbs):
     """Use :meth:`connect`; every verb returns a ``Deferred``."""
 
     def __init__(self, info: connection.ConnectionInfo, reactor, timeout: float) -> None:
@@ -96,32 +97,6 @@ class TwistedClient:
     def purge(self, older_than: Optional[float] = None) -> defer.Deferred:
         """Delete stored finished tasks; fires with the count."""
         return self._call("purge", {} if older_than is None else {"older_than": float(older_than)}, self.timeout)
-
-    def beat(self, engine: str, timeout: Optional[float] = None) -> defer.Deferred:
-        return self._control(engine, "beat", {}, timeout)
-
-    def abort(self, engine: str, task: str, timeout: Optional[float] = None) -> defer.Deferred:
-        return self._control(engine, "abort", {"task": str(task)}, timeout)
-
-    def signal(self, engine: str, signum: int, task: Optional[str] = None, timeout: Optional[float] = None) -> defer.Deferred:
-        args: dict = {"signum": int(signum)}
-        if task is not None:
-            args["task"] = str(task)
-        return self._control(engine, "signal", args, timeout)
-
-    def exit(self, engine: str, timeout: float = 5.0) -> defer.Deferred:
-        return self._call(
-            "control", {"engine": str(engine), "verb": "exit", "args": {"timeout": float(timeout)}}, 2 * timeout + 3 * self.timeout
-        )
-
-    def reset(self, engine: str, timeout: Optional[float] = None) -> defer.Deferred:
-        return self._control(engine, "reset", {}, timeout)
-
-    def _control(self, engine: str, verb: str, args: dict, timeout: Optional[float]) -> defer.Deferred:
-        if timeout is not None:
-            args = dict(args, timeout=float(timeout))
-        wait = (timeout if timeout is not None else self.timeout) + self.timeout
-        return self._call("control", {"engine": str(engine), "verb": verb, "args": args}, wait)
 
     def _call(self, mtype: str, fields: dict, timeout: float) -> defer.Deferred:
         d = defer.Deferred()
