@@ -27,10 +27,6 @@ class EngineDied(ClusterError):
     """A task's engine died or left before the task finished."""
 
 
-class EngineBusy(ClusterError):
-    """The engine's control channel did not answer (its interpreter is held)."""
-
-
 class ControlTimeout(ClusterError):
     """A control command got no reply within its timeout."""
 
@@ -98,7 +94,6 @@ _BY_NAME = {
         UnknownEngine,
         EngineDead,
         EngineDied,
-        EngineBusy,
         ControlTimeout,
         TaskAborted,
         BadRequest,

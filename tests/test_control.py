@@ -158,7 +158,7 @@ class EngineControlTests(SynchronousTestCase):
         cases = [
             ({"type": "TaskAborted", "message": "gone"}, errors.TaskAborted),
             ({"type": "BadRequest", "message": "bad"}, errors.BadRequest),
-            ({"type": "EngineBusy", "message": "held"}, errors.EngineBusy),
+            ({"type": "ControlTimeout", "message": "held"}, errors.ControlTimeout),
             ({"type": "NoSuchError", "message": "x"}, errors.ClusterError),
             ("not a dict", errors.ClusterError),
         ]

@@ -17,63 +17,12 @@ from typing import Any, Callable, Optional
 import zmq
 
 from ipcluster import connection, errors
+from ipcluster.client.future import TaskFuture
 from ipcluster.client.verbs import ControlVerbs
 from ipcluster.client.core import ChunkCall, ClientCore, TaskResult, submit_options
 from ipcluster.transport.zmqfast import recv_frames, send_frames
 
 LIVE = ("alive", "busy")
-
-
-class TaskFuture(Future):
-    """A ``concurrent.futures.Future`` for one task, with its id, engine and output.
-
-    It stays pending until the result arrives.  ``cancel()`` asks the
-    controller to remove the task if it has not started.
-    """
-
-    def __init__(self, task_id: str, client: Optional["Client"] = None) -> None:
-        super().__init__()
-        self.task_id = task_id
-        self.engine: Optional[str] = None
-        self.stdout = ""
-        self.stderr = ""
-        self._client = client
-        self._cancelling = False
-        self._callback = self._deliver  # what the client core calls with the result
-
-    def __repr__(self) -> str:
-        return f"<TaskFuture {self.task_id} on {self.engine} {self._state.lower()}>"
-
-    def cancel(self) -> bool:
-        if self.done():
-            return self.cancelled()
-        if self._client is None or self._client._closed:
-            return False
-        self._cancelling = True
-        try:
-            removed = self._client._call("cancel", {"task": self.task_id}, self._client.timeout)
-        except errors.ClusterError:
-            removed = False
-        finally:
-            self._cancelling = False
-        if removed:
-            self._client._core.forget(task_id=self.task_id, on_result=self._callback)
-            return super().cancel()
-        return False
-
-    def _deliver(self, result: TaskResult) -> None:
-        if self.done():
-            return
-        if self._cancelling and isinstance(result.value, errors.TaskAborted):
-            return  # cancel() is about to mark it cancelled
-        self.engine = result.engine
-        self.stdout, self.stderr = result.stdout, result.stderr
-        if not self.set_running_or_notify_cancel():
-            return
-        if result.ok:
-            self.set_result(result.value)
-        else:
-            self.set_exception(result.value)
 
 
 class Client(ControlVerbs, Executor):

@@ -7,7 +7,7 @@ engine is running, and fails an engine's pending commands when it dies.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import attr
 from twisted.internet import defer
