@@ -6,6 +6,7 @@ leaves nothing running.  Waits are bounded polls, never fixed sleeps.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,9 +18,15 @@ import textwrap
 import time
 from pathlib import Path
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from ipcluster import cli
+from ipcluster.cli import engines as engines_verb
+from ipcluster.cli import parser, processes
+from ipcluster.cli.progress import Deadline, Progress
+from ipcluster.cli.status import format_status
+from ipcluster.launchers.detached import DetachedEngines
 from tests.cluster import BOUND
 
 IPCLUSTER = [sys.executable, "-m", "ipcluster.cli"]
@@ -80,7 +87,7 @@ class CLITestCase(unittest.TestCase):
             info = dd.read_connection()
             pids.update(p for p in (pid, info and info.controller_pid) if p)
         pids.update(cli.engine_processes(dd.connection_file))
-        mine = [p for p in pids if p != os.getpid() and (cli._looks_like(p, cli.CONTROLLER_MARKERS) or cli._looks_like(p, cli.ENGINE_MARKERS))]
+        mine = [p for p in pids if p != os.getpid() and (processes.is_controller(p) or processes.is_engine(p))]
         for pid in mine:
             for signum in (signal.SIGCONT, signal.SIGKILL):
                 try:
@@ -403,3 +410,180 @@ class Errors(CLITestCase):
         self.assert_exit(result, 1)
         self.assertIn("no-such-option", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
+
+
+# -- the pieces, without processes ---------------------------------------------------------
+
+
+class ProgressDots(unittest.SynchronousTestCase):
+    def test_a_dot_a_second_then_done(self):
+        clock, out = task.Clock(), io.StringIO()
+        with Progress(out, "Starting", clock=clock.seconds) as bar:
+            bar.tick()
+            clock.advance(0.5)
+            bar.tick()
+            clock.advance(0.6)
+            bar.tick()
+            clock.advance(2.0)
+            bar.tick()
+        self.assertEqual(out.getvalue(), "Starting.. done\n")
+
+    def test_failed_when_the_block_raises(self):
+        out = io.StringIO()
+        with self.assertRaises(KeyError):
+            with Progress(out, "Starting", clock=task.Clock().seconds):
+                raise KeyError("x")
+        self.assertEqual(out.getvalue(), "Starting failed\n")
+
+
+class DeadlineWaits(unittest.SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.deadline = Deadline(1.0, clock=self.clock.seconds, sleep=self.clock.advance)
+
+    def test_returns_what_ready_returns(self):
+        answers = iter([None, None, "up"])
+        self.assertEqual(self.deadline.wait_until(lambda: next(answers), lambda: AssertionError("expired")), "up")
+        self.assertAlmostEqual(self.clock.seconds(), 0.2)
+        self.assertAlmostEqual(self.deadline.left(), 0.8)
+
+    def test_expires(self):
+        self.assertRaises(TimeoutError, self.deadline.wait_until, lambda: None, TimeoutError, interval=0.3)
+        self.assertTrue(self.deadline.passed())
+        self.assertAlmostEqual(self.clock.seconds(), 1.2)
+
+    def test_ready_stops_the_wait_by_raising(self):
+        def ready():
+            raise cli.CLIError("it died")
+
+        self.assertRaises(cli.CLIError, self.deadline.wait_until, ready, TimeoutError)
+        self.assertEqual(self.clock.seconds(), 0)
+
+    def test_ticks_the_progress(self):
+        out = io.StringIO()
+        bar = Progress(out, "Waiting", clock=self.clock.seconds)
+        self.assertRaises(TimeoutError, self.deadline.wait_until, lambda: None, TimeoutError, bar, interval=0.5)
+        self.assertEqual(out.getvalue(), "Waiting.")
+
+
+class Pieces(unittest.SynchronousTestCase):
+    def test_fresh_ids(self):
+        self.assertEqual(engines_verb.fresh_ids({"x0", "x2", "e1"}, 3), ["x1", "x3", "x4"])
+        self.assertEqual(engines_verb.fresh_ids(set(), 1), ["x0"])
+
+    def test_exit_code_as_a_shell_says_it(self):
+        self.assertEqual([processes.exit_code(c) for c in (0, 3, -9)], [0, 3, 137])
+
+    def test_format_status(self):
+        engines = [
+            {"id": "e10", "host": "h", "pid": 12, "state": "alive", "rtt": 0.0012, "running_task": None,
+             "task_running_for": None, "busy_for": None, "queued": 0},
+            {"id": "e2", "host": "h", "pid": 11, "state": "busy", "rtt": None, "running_task": "t-1",
+             "task_running_for": 3.25, "busy_for": 2.0, "queued": 4},
+            {"id": "x0", "host": "other", "pid": 13, "state": "dead", "rtt": None, "running_task": None, "queued": 2},
+            {"id": "q", "state": "weird"},
+        ]
+        self.assertEqual(
+            format_status(engines, cli.DataDir("/tmp/dd"), 99),
+            "Cluster in /tmp/dd: controller pid 99\n"
+            "ID   HOST   PID  STATE  RTT(ms)  TASK  RUNNING  BUSY-FOR  QUEUED\n"
+            "e10  h      12   alive  1.2      -     -        -         0\n"
+            "e2   h      11   busy   -        t-1   3.2s     2.0s      4\n"
+            "x0   other  13   dead   -        -     -        -         2\n"
+            "q    ?      ?    weird  -        -     -        -         -\n"
+            "4 engine(s): 1 alive, 1 busy, 1 dead, 1 weird\n"
+            "tasks: 1 running, 4 queued on engines\n",
+        )
+        self.assertEqual(
+            format_status([], cli.DataDir("/tmp/dd"), 99),
+            "Cluster in /tmp/dd: controller pid 99\nno engines\n0 engine(s)\ntasks: 0 running, 0 queued on engines\n",
+        )
+
+    def test_unusable_data_dir_says_what_to_do(self):
+        afile = Path(self.mktemp()).absolute()
+        afile.parent.mkdir(parents=True, exist_ok=True)
+        afile.write_text("")
+        e = self.assertRaises(cli.CLIError, cli.DataDir(afile).ensure_usable)
+        self.assertEqual(
+            str(e),
+            f"the data directory {afile} is unusable: it exists and is not a directory. "
+            "Pass another one with --data-dir or set IPCLUSTER_DIR.",
+        )
+
+    def test_each_verb_is_a_sub_command(self):
+        build = parser.build_parser()
+        for verb in parser.VERBS:
+            script = ["script.py"] if verb.NAME == "run" else []
+            args = build.parse_args([verb.NAME, "--data-dir", "/d", *script])
+            self.assertIs(args.func, verb.run)
+            self.assertEqual(args.data_dir, "/d")
+
+
+class FakeClient:
+    """What ``wait_joined`` reads of a Client: the engine list, here set by the test."""
+
+    def __init__(self):
+        self.live: set = set()
+
+    def engines(self):
+        return [{"id": eid, "state": "alive"} for eid in sorted(self.live)]
+
+
+class WaitJoined(unittest.SynchronousTestCase):
+    """``ipcluster engines``' wait, on a Clock, with fake engine processes and a fake client."""
+
+    def setUp(self):
+        from tests.test_launchers import FakeProcess
+
+        self.dd = cli.DataDir(Path(self.mktemp()).absolute())
+        self.dd.path.mkdir(parents=True)
+        self.processes = {}
+
+        def popen(argv, **kwargs):
+            proc = FakeProcess(argv, **kwargs)
+            self.processes[argv[argv.index("--id") + 1]] = proc
+            return proc
+
+        self.launcher = DetachedEngines(str(self.dd.connection_file), self.dd.engine_log, popen=popen)
+        self.launcher.start(["x0", "x1"])
+        self.dd.engine_log("x1").write_text("Traceback\nValueError: bad engine\n")
+        self.client = FakeClient()
+        self.clock = task.Clock()
+        self.out = io.StringIO()
+
+    def wait(self, seconds: float = 5.0, joining: tuple = ()) -> None:
+        """Wait on the Clock; each engine of ``joining`` joins one second after the last."""
+        pending = list(joining)
+
+        def sleep(interval):
+            self.clock.advance(interval)
+            if pending and self.clock.seconds() >= len(self.client.live) + 1:
+                self.client.live.add(pending.pop(0))
+
+        deadline = Deadline(seconds, clock=self.clock.seconds, sleep=sleep)
+        engines_verb.wait_joined(self.dd, self.client, self.launcher, ["x0", "x1"], deadline, stream=self.out)
+
+    def test_returns_once_all_have_joined(self):
+        self.wait(joining=("x1", "x0"))
+        self.assertEqual(self.client.live, {"x0", "x1"})
+        self.assertEqual(self.out.getvalue(), "Starting 2 engine(s). done\n")
+
+    def test_an_engine_that_ends_first(self):
+        self.processes["x1"].returncode = 2
+        e = self.assertRaises(cli.CLIError, self.wait)
+        self.assertEqual(
+            str(e),
+            f"engine x1 exited with code 2 before joining\nlast lines of {self.dd.engine_log('x1')}:\n"
+            "    Traceback\n    ValueError: bad engine",
+        )
+        self.assertEqual(self.out.getvalue(), "Starting 2 engine(s) failed\n")
+
+    def test_those_that_do_not_join_in_time(self):
+        e = self.assertRaises(cli.CLIError, self.wait, 3.0, ("x0",))
+        self.assertEqual(
+            str(e),
+            f"engine(s) x1 did not join within 3 s\nlast lines of {self.dd.engine_log('x1')}:\n"
+            "    Traceback\n    ValueError: bad engine",
+        )
+        self.assertEqual(self.out.getvalue(), "Starting 2 engine(s).. failed\n")
+        self.assertTrue(3.0 < self.clock.seconds() < 3.2, self.clock.seconds())  # expired just after the deadline

@@ -5,9 +5,7 @@ exits (``processEnded``), without waiting for missed heartbeats.
 """
 from __future__ import annotations
 
-import os
 import signal
-import sys
 from typing import Callable, Optional
 
 from twisted.application import service
@@ -15,6 +13,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from ipcluster.controller.registry import ACTIVE_STATES, Registry
+from ipcluster.launchers.command import engine_command
 
 
 class EngineProcess(protocol.ProcessProtocol):
@@ -93,9 +92,8 @@ class LocalEngines(service.Service):
 
     def start_engine(self, engine_id: str) -> EngineProcess:
         proc = EngineProcess(engine_id, self._ended)
-        argv = [sys.executable, "-m", "ipcluster.engine", "--connection-file", self.connection_file, "--id", engine_id]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.reactor.spawnProcess(proc, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"})
+        command = engine_command(self.connection_file, engine_id)
+        self.reactor.spawnProcess(proc, command.executable, command.argv, env=command.env, childFDs={0: "w", 1: "r", 2: "r"})
         proc.pid = proc.transport.pid
         self.processes[engine_id] = proc
         self.log.info("started engine {engine} (pid {pid})", engine=engine_id, pid=proc.pid)
