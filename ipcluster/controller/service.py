@@ -20,7 +20,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ipcluster import connection, errors
+from ipcluster import connection, datadir, errors
 from ipcluster.connection import ConnectionInfo
 from ipcluster.controller.config import ControllerConfig
 from ipcluster.controller.control import ControlChannel, send_control_ping
@@ -164,13 +164,7 @@ class Controller(service.MultiService):
                     f"a controller (pid {old.controller_pid}) already runs with data dir {data_dir}; "
                     "stop it first or pass another --data-dir"
                 )
-        try:
-            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            probe = data_dir / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise OSError(f"data dir {data_dir} is not usable: {e.strerror or e}") from None
+        datadir.ensure_usable(data_dir)
 
     def privilegedStartService(self) -> None:
         self.check_data_dir()
