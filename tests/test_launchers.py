@@ -57,7 +57,7 @@ class SpawningReactor(task.Clock):
 class ControllersEngines(unittest.SynchronousTestCase):
     def test_local_engines_run_the_one_engine_command(self):
         from ipcluster.controller.registry import Registry
-        from ipcluster.launchers.local import LocalEngines
+        from ipcluster.controller.engines import LocalEngines
 
         reactor = SpawningReactor()
         LocalEngines(reactor, Registry(), "/d/connection.json", 1).start_engine("e0")
@@ -206,3 +206,28 @@ class DetachedProcess(unittest.TestCase):
         self.assertEqual(proc.wait(BOUND), 4)  # stdin is /dev/null: read() returns at once
         self.assertEqual(launcher.ended("x0"), "exited with code 4")
         self.assertEqual((directory / "x0.log").read_text().split(), ["session", str(pid)])
+
+
+class LocalLauncherSeam(unittest.SynchronousTestCase):
+    def test_provides_ilauncher(self):
+        from zope.interface.verify import verifyObject
+
+        from ipcluster.interfaces import ILauncher
+        from ipcluster.launchers.local import LocalLauncher
+
+        launcher = LocalLauncher(SpawningReactor(), "/d/connection.json")
+        self.assertTrue(verifyObject(ILauncher, launcher))
+        self.assertEqual(self.successResultOf(launcher.start(["e0", "e1"])), ["e0", "e1"])
+        self.assertEqual(launcher.running(), {"e0": 4242, "e1": 4242})
+        self.assertTrue(launcher.is_local("e0"))
+        self.assertIsNone(launcher.ended("e0"))
+        self.failureResultOf(launcher.start(["e0"]), ValueError)
+
+    def test_why_ended_names_the_signal(self):
+        from twisted.internet import error
+
+        from ipcluster.launchers.local import why_ended
+
+        self.assertEqual(why_ended(error.ProcessTerminated(signal=11)), "process killed by signal 11 (SIGSEGV)")
+        self.assertEqual(why_ended(error.ProcessTerminated(exitCode=3)), "process exited with code 3")
+        self.assertEqual(why_ended(error.ProcessDone(0)), "process exited with code 0")

@@ -33,7 +33,7 @@ from ipcluster.controller.registry import Registry
 from ipcluster.controller.sockets import ControllerSockets
 from ipcluster.controller.status import ControllerStatus
 from ipcluster.interfaces import ITaskStore
-from ipcluster.launchers.local import LocalEngines
+from ipcluster.controller.engines import LocalEngines
 from ipcluster.scheduler.scheduler import Scheduler
 from ipcluster.store.memory import MemoryTaskStore
 from ipcluster.store.sqlite import SQLiteTaskStore

@@ -1,19 +1,37 @@
-"""Local engines: started by the controller, watched through their process.
+"""Engines as children of the reactor's process: the controller's local launcher.
 
-An engine the controller started is declared dead the moment its process
-exits (``processEnded``), without waiting for missed heartbeats.
+:class:`LocalLauncher` starts engines with ``reactor.spawnProcess``, sends
+their output to the log, and reports each one's end (``on_ended``) the moment
+its process exits -- the controller then declares it dead without waiting for
+missed heartbeats.
 """
 from __future__ import annotations
 
 import signal
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
-from twisted.application import service
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from ipcluster.controller.registry import ACTIVE_STATES, Registry
+from ipcluster.interfaces import ILauncher
 from ipcluster.launchers.command import engine_command
+
+#: ``on_ended(engine_id, pid, why)``
+OnEnded = Callable[[str, int, str], None]
+
+
+def why_ended(value) -> str:
+    """A process's end, in words: ``process killed by signal 9``, ``process exited with code 1``."""
+    if isinstance(value, error.ProcessDone):
+        return "process exited with code 0"
+    if getattr(value, "signal", None):
+        try:
+            name = signal.Signals(value.signal).name
+        except ValueError:
+            name = "?"
+        return f"process killed by signal {value.signal} ({name})"
+    return f"process exited with code {getattr(value, 'exitCode', '?')}"
 
 
 class EngineProcess(protocol.ProcessProtocol):
@@ -39,78 +57,54 @@ class EngineProcess(protocol.ProcessProtocol):
         for fd, rest in self._partial.items():
             if rest:
                 self.childDataReceived(fd, b"\n")
-        value = reason.value
-        if isinstance(value, error.ProcessDone):
-            why = "process exited with code 0"
-        elif getattr(value, "signal", None):
-            why = f"process killed by signal {value.signal}"
-        else:
-            why = f"process exited with code {getattr(value, 'exitCode', '?')}"
-        self.exit_reason = why
-        self.on_ended(self, why)
-        self.ended.callback(why)
+        self.exit_reason = why_ended(reason.value)
+        self.on_ended(self, self.exit_reason)
+        self.ended.callback(self.exit_reason)
 
-    def kill(self, signum: int) -> None:
+    def kill(self, signum: int) -> bool:
         try:
             self.transport.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}.get(signum, signum))
         except error.ProcessExitedAlready:
-            pass
+            return False
+        return True
 
 
-class LocalEngines(service.Service):
-    """Starts ``count`` engine processes on this machine and stops them on shutdown."""
+@implementer(ILauncher)
+class LocalLauncher:
+    """Starts engines on this host as children of the reactor's process."""
 
     log = Logger()
 
-    def __init__(
-        self,
-        reactor,
-        registry: Registry,
-        connection_file: str,
-        count: int,
-        prefix: str = "e",
-        stop_timeout: float = 5.0,
-    ) -> None:
+    def __init__(self, reactor, connection_file: str, on_ended: OnEnded = lambda engine_id, pid, why: None) -> None:
         self.reactor = reactor
-        self.registry = registry
-        self.connection_file = connection_file
-        self.count = count
-        self.prefix = prefix
-        self.stop_timeout = stop_timeout
+        self.connection_file = str(connection_file)
+        self.on_ended = on_ended
         self.processes: dict[str, EngineProcess] = {}
+        self._ended: dict[str, str] = {}
 
-    def engine_ids(self) -> list[str]:
-        return [f"{self.prefix}{i}" for i in range(self.count)]
-
-    def is_local(self, engine_id: str) -> bool:
-        return engine_id in self.processes
-
-    def startService(self) -> None:
-        super().startService()
-        for engine_id in self.engine_ids():
-            self.start_engine(engine_id)
+    def start(self, engine_ids: Iterable[str]) -> defer.Deferred:
+        return defer.maybeDeferred(lambda: [self.start_engine(engine_id).engine_id for engine_id in engine_ids])
 
     def start_engine(self, engine_id: str) -> EngineProcess:
-        proc = EngineProcess(engine_id, self._ended)
+        if engine_id in self.processes:
+            raise ValueError(f"engine {engine_id} runs already (pid {self.processes[engine_id].pid})")
+        proc = EngineProcess(engine_id, self._process_ended)
         command = engine_command(self.connection_file, engine_id)
         self.reactor.spawnProcess(proc, command.executable, command.argv, env=command.env, childFDs={0: "w", 1: "r", 2: "r"})
         proc.pid = proc.transport.pid
         self.processes[engine_id] = proc
+        self._ended.pop(engine_id, None)
         self.log.info("started engine {engine} (pid {pid})", engine=engine_id, pid=proc.pid)
         return proc
 
-    def _ended(self, proc: EngineProcess, why: str) -> None:
+    def _process_ended(self, proc: EngineProcess, why: str) -> None:
         if self.processes.get(proc.engine_id) is proc:
             del self.processes[proc.engine_id]
-        record = self.registry.get(proc.engine_id)
-        if record is not None and record.state in ACTIVE_STATES and record.pid == proc.pid:
-            self.registry.mark_dead(record, why, self.reactor.seconds())
-        else:
-            self.log.info("engine {engine} process ended: {why}", engine=proc.engine_id, why=why)
+            self._ended[proc.engine_id] = why
+        self.on_ended(proc.engine_id, proc.pid, why)
 
-    def stopService(self) -> defer.Deferred:
-        """SIGTERM every engine (they exit cleanly), SIGKILL what is left after ``stop_timeout``."""
-        super().stopService()
+    def stop(self, timeout: float = 5.0) -> defer.Deferred:
+        """SIGTERM every engine (they exit cleanly), SIGKILL what is left after ``timeout``."""
         procs = list(self.processes.values())
         for proc in procs:
             proc.kill(signal.SIGTERM)
@@ -121,7 +115,20 @@ class LocalEngines(service.Service):
                     self.log.warn("engine {engine} ignored SIGTERM; killing it", engine=proc.engine_id)
                     proc.kill(signal.SIGKILL)
 
-        timer = self.reactor.callLater(self.stop_timeout, force)
+        timer = self.reactor.callLater(timeout, force)
         done = defer.DeferredList([p.ended for p in procs], consumeErrors=True)
         done.addBoth(lambda r: (timer.active() and timer.cancel(), None)[1])
         return done
+
+    def signal(self, engine_id: str, signum: int) -> bool:
+        proc = self.processes.get(engine_id)
+        return proc is not None and proc.kill(signum)
+
+    def running(self) -> dict:
+        return {engine_id: proc.pid for engine_id, proc in self.processes.items()}
+
+    def ended(self, engine_id: str) -> Optional[str]:
+        return self._ended.get(engine_id)
+
+    def is_local(self, engine_id: str) -> bool:
+        return engine_id in self.processes
