@@ -143,7 +143,14 @@ class _Core:
         self.waiters.append(d)
         return d
 
+    def wait_for_stop(self) -> defer.Deferred:
+        d = defer.Deferred()
+        self.stop_waiters.append(d)
+        return d
+
     def finish_stopping(self) -> None:
+        """Stopped: fail whoever waits for a port that will not come, tell whoever waits for the stop."""
+        self.answer(Failure(defer.CancelledError(f"{self.label} stopped before it listened")))
         waiters, self.stop_waiters = self.stop_waiters, []
         for d in waiters:
             d.callback(None)
@@ -216,39 +223,29 @@ def _build_machine():
 
     @pep614(Binding.upon(_Listener.stop).to(Stopping))
     def cancel(c: _Listener, s: _Core, attempt: defer.Deferred) -> defer.Deferred:
-        stopped = defer.Deferred()
-        s.stop_waiters.append(stopped)
-        attempt.cancel()  # its _failed (or a late _listened) arrives in Stopping
+        stopped = s.wait_for_stop()
+        attempt.cancel()  # a cancelled Deferred fails: its _failed arrives in Stopping
         return stopped
 
     @pep614(Listening.upon(_Listener.stop).to(Stopping))
     def stop_listening(c: _Listener, s: _Core, port: IListeningPort) -> defer.Deferred:
         s.address = None
-        stopped = defer.Deferred()
-        s.stop_waiters.append(stopped)
+        stopped = s.wait_for_stop()
         close(c, s, port)
         return stopped
 
     @pep614(Stopping.upon(_Listener.stop).loop())
     def already_stopping(c: _Listener, s: _Core) -> defer.Deferred:
-        stopped = defer.Deferred()
-        s.stop_waiters.append(stopped)
-        return stopped
+        return s.wait_for_stop()
 
     @pep614(Stopping.upon(_Listener._failed).to(Idle))
     def cancelled(c: _Listener, s: _Core, failure: Failure) -> None:
         if not failure.check(defer.CancelledError):
             log.failure("{label} could not listen on {description}", failure, label=s.label, description=s.description)
-        s.answer(Failure(defer.CancelledError(f"{s.label} stopped before it listened")))
         s.finish_stopping()
-
-    @pep614(Stopping.upon(_Listener._listened).loop())
-    def listened_too_late(c: _Listener, s: _Core, port: IListeningPort) -> None:
-        close(c, s, port)  # the endpoint ignored the cancellation: close what it opened
 
     @pep614(Stopping.upon(_Listener._closed).to(Idle))
     def closed(c: _Listener, s: _Core) -> None:
-        s.answer(Failure(defer.CancelledError(f"{s.label} stopped before it listened")))
         s.finish_stopping()
 
     return machine.build()
@@ -304,7 +301,7 @@ class ListeningService(service.Service):
     def _raise_if_failed(self) -> None:
         failures: list[Failure] = []
         self._machine.listening().addErrback(failures.append)
-        if failures and not failures[0].check(defer.CancelledError):
+        if failures:
             failures[0].raiseException()
 
     def privilegedStartService(self) -> None:
