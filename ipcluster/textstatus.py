@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 #: The order states are summed up in.
 STATE_ORDER = ("alive", "busy", "registering", "dead", "left")
@@ -28,13 +28,13 @@ def _secs(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
-def _row(e: Mapping) -> tuple:
+def _row(e: Mapping, rtt: Callable[[Optional[float]], str]) -> tuple:
     return (
         str(e.get("id", "?")),
         str(e.get("host", "?")),
         str(e.get("pid", "?")),
         str(e.get("state", "?")),
-        _ms(e.get("rtt")),
+        rtt(e.get("rtt")),
         e.get("running_task") or "-",
         _secs(e.get("task_running_for")),
         _secs(e.get("busy_for")),
@@ -42,9 +42,15 @@ def _row(e: Mapping) -> tuple:
     )
 
 
-def engines_table(engines: Iterable[Mapping]) -> list:
-    """Lines of an aligned table of engines (id, host, pid, state, rtt, task, ...); ``[]`` for none."""
-    rows = [COLUMNS] + [_row(e) for e in engines]
+def engines_table(
+    engines: Iterable[Mapping], header: Sequence[str] = COLUMNS, rtt: Callable[[Optional[float]], str] = _ms
+) -> list:
+    """Lines of an aligned table of engines (id, host, pid, state, rtt, task, ...); ``[]`` for none.
+
+    ``header`` (the column titles) and ``rtt`` (how a round trip in seconds is
+    shown) let the manhole's console keep its own spelling of the same table.
+    """
+    rows = [tuple(header)] + [_row(e, rtt) for e in engines]
     if len(rows) == 1:
         return []
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]

@@ -5,8 +5,12 @@ telnet client protocols (no ssh binary needed).  Every wait is bounded.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import os
 import re
+import signal as signals
 import stat
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,8 +23,17 @@ from twisted.conch.ssh import channel, connection, keys, session, transport, use
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
+from ipcluster import errors
+from ipcluster.controller.registry import Registry
+from ipcluster.interfaces import IEngineControl, IStatusSource
+from ipcluster.listening import ListeningService
+from ipcluster.manhole import credentials, login
 from ipcluster.manhole import service as manhole
+from ipcluster.manhole.namespace import HELPER_NAMES, make_namespace
+from ipcluster.verbs import VERBS
 from tests.cluster import BOUND, start_controller, start_engines, until, within
 
 ANSI = re.compile(rb"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[@-~])")
@@ -270,7 +283,7 @@ class LogCapture:
         return [
             formatEvent(e)
             for e in self.events
-            if e.get("log_namespace") == manhole.__name__ and (level is None or e.get("log_level") == level)
+            if e.get("log_namespace", "").startswith("ipcluster.manhole.") and (level is None or e.get("log_level") == level)
         ]
 
 
@@ -291,9 +304,133 @@ def start_manhole(testcase, controller, **kw):
     testcase.addCleanup(parent.stopService)
     ports = {}
     for svc in parent:
-        port = yield within(svc.listening(), BOUND, f"{svc.name} to listen")
-        ports[svc.name] = port.getHost().port
+        address = yield within(svc.listening(), BOUND, f"{svc.name} to listen")
+        ports[svc.name] = address.port
     return ports
+
+
+# -- the namespace: no sockets ---------------------------------------------------------------
+
+
+@implementer(IEngineControl)
+class FakeControl:
+    """Records each command; every one answers at once."""
+
+    def __init__(self, engine_id: str) -> None:
+        self.engine_id = engine_id
+        self.calls: list = []
+
+    def _called(self, *call):
+        self.calls.append(call)
+        return defer.succeed(call)
+
+    def beat(self, timeout=None):
+        return self._called("beat", timeout)
+
+    def abort(self, task_id, timeout=None, release=False):
+        return self._called("abort", task_id, timeout, release)
+
+    def signal(self, signum, task_id=None, timeout=None):
+        return self._called("signal", signum, task_id, timeout)
+
+    def exit(self, timeout=5.0):
+        return self._called("exit", timeout)
+
+    def reset(self, timeout=None):
+        return self._called("reset", timeout)
+
+
+@implementer(IStatusSource)
+class FakeStatus:
+    """A controller's status with one engine alive and one dead, and some finished tasks."""
+
+    ENGINES = [
+        {"id": "e0", "host": "h", "pid": 10, "state": "alive", "rtt": 0.00125, "busy_for": None, "running_task": None,
+         "task_running_for": None, "queued": 2},
+        {"id": "e1", "host": "h", "pid": 11, "state": "dead", "rtt": None, "busy_for": None, "running_task": None,
+         "task_running_for": None, "queued": 0},
+    ]  # fmt: skip
+    TASKS = {"in_flight": 1, "waiting": 3, "ready": 2, "by_state": {}, "queued_on_engines": 2, "completed": 7,
+             "failed": 1, "retried": 0, "stolen": 0}  # fmt: skip
+
+    def now(self):
+        return 0.0
+
+    def engines(self):
+        return self.ENGINES
+
+    def tasks(self):
+        return self.TASKS
+
+    def drops(self):
+        return {}
+
+    def controller(self):
+        return {"pid": 1, "ip": "127.0.0.1", "ports": {}, "heartbeat_period": 1.0, "heartbeat_misses": 3, "data_dir": "/x"}
+
+    def subscribe(self, listener):
+        pass
+
+    def unsubscribe(self, listener):
+        pass
+
+
+class Namespace(unittest.SynchronousTestCase):
+    def setUp(self):
+        registry = Registry()
+        for eid in ("e0", "e1"):
+            registry.mark_alive(registry.register(eid, "i-" + eid, "h", 10, 0.0), 0.0)
+        registry.mark_dead(registry.get("e1"), "test", 1.0)
+        self.controls = {eid: FakeControl(eid) for eid in ("e0", "e1")}
+        for control in self.controls.values():
+            verifyObject(IEngineControl, control)
+        status = FakeStatus()
+        verifyObject(IStatusSource, status)
+        self.controller = SimpleNamespace(
+            registry=registry, control=SimpleNamespace(control_for=self.controls.__getitem__), status=status,
+            scheduler=SimpleNamespace(tasks={}), store=None,
+        )  # fmt: skip
+        self.ns = make_namespace(self.controller)
+
+    def test_a_helper_for_every_verb(self):
+        self.assertEqual(set(HELPER_NAMES), {"help", "status", "task", *VERBS})
+        self.assertEqual(HELPER_NAMES[-1], "exit")
+        for name, verb in VERBS.items():
+            params = list(inspect.signature(self.ns[name]).parameters)
+            self.assertEqual(params, ["eid"] + [a.name for a in verb.args if not a.internal], name)
+            self.assertIn(verb.reply, inspect.getdoc(self.ns[name]))
+
+    def test_helpers_check_and_send_the_verbs(self):
+        self.assertEqual(self.successResultOf(self.ns["beat"](0)), ("beat", None))
+        self.assertEqual(self.successResultOf(self.ns["abort"]("e0", "t1", timeout=2)), ("abort", "t1", 2.0, False))
+        self.assertEqual(self.successResultOf(self.ns["signal"](0, "INT")), ("signal", int(signals.SIGINT), None, None))
+        self.assertEqual(self.successResultOf(self.ns["exit"](0)), ("exit", 5.0))
+        self.assertEqual(self.successResultOf(self.ns["reset"](0, 1)), ("reset", 1.0))
+        with self.assertRaises(errors.BadRequest):
+            self.ns["signal"](0, "NOSUCHSIGNAL")
+        with self.assertRaises(errors.BadRequest):
+            self.ns["beat"](0, timeout=-1)
+        with self.assertRaises(TypeError):
+            self.ns["abort"](0, "t1", release=True)  # the scheduler's argument, not the operator's
+        with self.assertRaises(KeyError):
+            self.ns["beat"]("e1")  # dead
+        self.assertEqual(len(self.controls["e0"].calls), 5)
+
+    def test_status_prints_the_engines_table_and_the_task_counts(self):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.ns["status"]()
+        lines = out.getvalue().splitlines()
+        self.assertRegex(lines[0], r"^id +host +pid +state +rtt +task +running +busy-for +queued$")
+        self.assertRegex(lines[1], r"^e0 +h +10 +alive +1\.2ms +- +- +- +2$")
+        self.assertRegex(lines[2], r"^e1 +h +11 +dead +- ")
+        self.assertEqual(
+            lines[3], "1 live engine(s); 1 task(s) in flight; 2 ready to run, 3 waiting; 7 completed, 1 failed, 0 retried"
+        )
+
+    def test_task_without_a_store(self):
+        with self.assertRaises(RuntimeError):
+            self.ns["task"]("t1")
 
 
 # -- configuration: no sockets -------------------------------------------------------------
@@ -332,6 +469,7 @@ class Configuration(unittest.TestCase):
     def test_telnet_accepts_loopback(self):
         for description in ("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.1.2.3", "tcp:0:interface=localhost", r"tcp6:0:interface=\:\:1"):
             [svc] = self.services(telnet=description, passwords=self.passwords)
+            self.assertIsInstance(svc, ListeningService)
             self.assertEqual(svc.name, "manhole-telnet")
             self.assertIsNone(svc.port)  # nothing listens before start
 
@@ -360,7 +498,7 @@ class Configuration(unittest.TestCase):
 
     def test_host_key_generated_once_and_kept(self):
         self.services(ssh="tcp:0:interface=127.0.0.1", authorized_keys=self.keys)
-        path = self.dir / "data" / manhole.HOST_KEY_FILE
+        path = self.dir / "data" / credentials.HOST_KEY_FILE
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         first = path.read_bytes()
         key = keys.Key.fromString(first)
@@ -368,20 +506,20 @@ class Configuration(unittest.TestCase):
         self.assertEqual(keys.Key.fromFile(str(path) + ".pub"), key.public())
         self.services(ssh="tcp:0:interface=127.0.0.1", authorized_keys=self.keys)
         self.assertEqual(path.read_bytes(), first)
-        self.assertEqual(manhole.host_key(self.dir / "data"), key)
+        self.assertEqual(credentials.host_key(self.dir / "data"), key)
 
     def test_unreadable_host_key_is_an_error(self):
         data = self.dir / "data"
         data.mkdir()
-        (data / manhole.HOST_KEY_FILE).write_text("not a key")
+        (data / credentials.HOST_KEY_FILE).write_text("not a key")
         with self.assertRaises(ValueError) as caught:
             self.services(ssh="tcp:0:interface=127.0.0.1", authorized_keys=self.keys)
-        self.assertIn(manhole.HOST_KEY_FILE, str(caught.exception))
-        self.assertEqual((data / manhole.HOST_KEY_FILE).read_text(), "not a key")
+        self.assertIn(credentials.HOST_KEY_FILE, str(caught.exception))
+        self.assertEqual((data / credentials.HOST_KEY_FILE).read_text(), "not a key")
 
     def test_password_file(self):
         write_private(self.passwords, "# comment\nadmin:pa:ss\nnobody:\n\n")
-        checker = manhole.PasswordFile(self.passwords)
+        checker = credentials.PasswordFile(self.passwords)
         self.assertEqual(checker.entries(), {b"admin": b"pa:ss"})
 
 
@@ -411,7 +549,7 @@ class Sessions(unittest.TestCase):
             authorized_keys=authorized,
             passwords=passwords,
         )
-        self.host_key = manhole.host_key(self.controller.config.data_dir)
+        self.host_key = credentials.host_key(self.controller.config.data_dir)
 
     def ssh(self, username="operator", **kw):
         kw.setdefault("host_key", self.host_key)
@@ -504,7 +642,7 @@ class Sessions(unittest.TestCase):
     @defer.inlineCallbacks
     def test_telnet_hangs_up_after_repeated_failures(self):
         console = yield telnet_connect(self, self.ports["manhole-telnet"])
-        for _ in range(manhole.TELNET_MAX_FAILURES):
+        for _ in range(login.TELNET_MAX_FAILURES):
             yield console.expect(r"Username: ")
             console.send("admin")
             yield console.expect(r"Password: ")

@@ -16,12 +16,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, error, reactor, task, threads
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from zope.interface.verify import verifyObject
 
 from ipcluster import errors
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import Registry
 from ipcluster.controller.service import ControllerConfig
-from ipcluster.web.service import StatusView, web_service
+from ipcluster.controller.status import ControllerStatus
+from ipcluster.interfaces import IStatusSource
+from ipcluster.web.prometheus import exposition
+from ipcluster.web.service import web_service
+from ipcluster.web.view import StatusView
 from tests.cluster import BOUND, Process, connect_client, error_of, event, start_controller, start_engines, until, within
 
 CHROMIUM = "/usr/bin/chromium"
@@ -90,8 +95,8 @@ def start_web(testcase, controller):
     svc.privilegedStartService()
     svc.startService()
     testcase.addCleanup(svc.stopService)
-    port = yield within(svc.listening, BOUND, "the status page to listen")
-    return svc, f"http://127.0.0.1:{port}"
+    address = yield within(svc.listening(), BOUND, "the status page to listen")
+    return svc, f"http://127.0.0.1:{address.port}"
 
 
 def families(text: str) -> dict:
@@ -106,19 +111,31 @@ def samples(family) -> dict:
 # -- the view, on a fake clock -----------------------------------------------------
 
 
-class _Router:
+class _Scheduler:
+    """What ControllerStatus reads of a scheduler: its counters, and no task in it."""
+
     def __init__(self) -> None:
-        self.tasks: dict = {}
         self.completed = 0
         self.failed = 0
 
+    def counts(self) -> dict:
+        return {"waiting": 0, "ready": 0, "assigned": 0, "running": 0, "completed": self.completed,
+                "failed": self.failed, "retried": 0, "stolen": 0}  # fmt: skip
+
+    def assigned_to(self, engine_id: str) -> int:
+        return 0
+
 
 class _Controller:
+    """A controller's status (the real ControllerStatus) over a registry, a drop log and a stub scheduler."""
+
     def __init__(self, clock) -> None:
+        self.reactor = clock
         self.registry = Registry()
-        self.router = _Router()
+        self.scheduler = _Scheduler()
         self.drops = DropLog(clock)
         self.config = ControllerConfig(data_dir="/nonexistent")
+        self.status = ControllerStatus(clock, self.registry, self.scheduler, self.drops, self.config, dict)
 
 
 class View(unittest.TestCase):
@@ -126,7 +143,8 @@ class View(unittest.TestCase):
         self.clock = task.Clock()
         self.controller = _Controller(self.clock)
         self.addCleanup(self.controller.drops.stop)
-        self.view = StatusView(self.controller, self.clock, rate_window=10.0, drops_window=60.0)
+        verifyObject(IStatusSource, self.controller.status)
+        self.view = StatusView(self.controller.status, self.clock, rate_window=10.0, drops_window=60.0)
         self.view.watch()
         self.addCleanup(self.view.unwatch)
 
@@ -137,17 +155,17 @@ class View(unittest.TestCase):
 
     def test_status_is_cached_briefly(self):
         first = self.view.status()
-        self.controller.router.completed = 5
+        self.controller.scheduler.completed = 5
         self.assertIs(self.view.status(), first, "a request right after another recomputed the status")
         self.clock.advance(self.view.cache_seconds)
         self.assertEqual(self.view.status()["tasks"]["completed"], 5)
 
     def test_tasks_per_second_over_the_window(self):
         self.assertEqual(self.view.status()["tasks"]["per_second"], 0.0)
-        self.controller.router.completed = 20
+        self.controller.scheduler.completed = 20
         self.advance(10)
         self.assertAlmostEqual(self.view.tasks_per_second(), 2.0)
-        self.controller.router.failed = 10  # 10 more in the next 10 s, none after the first 20
+        self.controller.scheduler.failed = 10  # 10 more in the next 10 s, none after the first 20
         self.advance(10)
         self.assertAlmostEqual(self.view.tasks_per_second(), 1.0)
         self.advance(10)
@@ -180,8 +198,8 @@ class View(unittest.TestCase):
         reg.mark_alive(record, 0.0)
         record.rtt = 0.00125
         self.controller.drops.drop("client", 'a "quoted" reason\nover two lines', b"p")
-        self.controller.router.completed = 3
-        text = self.view.metrics()
+        self.controller.scheduler.completed = 3
+        text = exposition(self.view.status())
         found = families(text)
         self.assertEqual(samples(found["ipcluster_engine_heartbeat_rtt_seconds"]), {frozenset({("engine", 'we"ird\\id')}): 0.00125})
         self.assertEqual(
@@ -208,7 +226,7 @@ class View(unittest.TestCase):
         with self.assertRaises(error.CannotListenError):
             svc.privilegedStartService()
         with self.assertRaises(error.CannotListenError):
-            yield svc.listening
+            yield svc.listening()
         self.assertIsNone(svc.port)
         self.assertEqual(len(self.flushLoggedErrors(error.CannotListenError)), 1)
 
