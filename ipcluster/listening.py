@@ -53,6 +53,22 @@ def endpoint_interface(description: str) -> Optional[str]:
     return keywords.get("interface", interface)
 
 
+def loopback_by_default(description: str) -> str:
+    """``description`` bound to 127.0.0.1 unless it names an interface itself.
+
+    A bare port (``"8080"``) becomes ``tcp:8080:interface=127.0.0.1``; a ``tcp:``
+    description without an interface gets ``interface=127.0.0.1``; anything
+    else (an explicit interface, ``unix:``, ``ssl:``...) is kept as written.
+    """
+    description = description.strip()
+    if description.isdigit():
+        description = f"tcp:{description}"
+    parts = _split_description(description)
+    if parts[0].lower() == "tcp" and "interface=" not in description and len([p for p in parts[1:] if "=" not in p]) < 2:
+        return f"{description}:interface=127.0.0.1"
+    return description
+
+
 def is_loopback(interface: str) -> bool:
     """True for ``localhost``, 127.x.x.x and ::1."""
     if interface.strip("[]").lower() == "localhost":

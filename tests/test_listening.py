@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ipcluster.listening import ListeningService, endpoint_interface, is_loopback
+from ipcluster.listening import ListeningService, endpoint_interface, is_loopback, loopback_by_default
 
 
 @implementer(IListeningPort)
@@ -203,3 +203,17 @@ class Loopback(unittest.SynchronousTestCase):
             self.assertTrue(is_loopback(interface), interface)
         for interface in ("", "0.0.0.0", "::", "10.0.0.1", "example.com"):
             self.assertFalse(is_loopback(interface), interface)
+
+    def test_loopback_by_default(self):
+        for description, bound in [
+            ("8080", "tcp:8080:interface=127.0.0.1"),
+            (" tcp:8080 ", "tcp:8080:interface=127.0.0.1"),
+            ("tcp:0", "tcp:0:interface=127.0.0.1"),
+            ("tcp:port=80", "tcp:port=80:interface=127.0.0.1"),
+            ("tcp:80:interface=0.0.0.0", "tcp:80:interface=0.0.0.0"),
+            ("tcp:80:10.0.0.1", "tcp:80:10.0.0.1"),
+            ("unix:/tmp/sock", "unix:/tmp/sock"),
+        ]:
+            self.assertEqual(loopback_by_default(description), bound, description)
+            if endpoint_interface(bound) is not None and "0.0.0.0" not in bound and "10.0" not in bound:
+                self.assertTrue(is_loopback(endpoint_interface(bound)), bound)

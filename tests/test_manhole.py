@@ -640,6 +640,25 @@ class Sessions(unittest.TestCase):
         yield console.expect(r"\n2\r*\n")
 
     @defer.inlineCallbacks
+    def test_telnet_linemode_eof_leaves_the_console(self):
+        """A LINEMODE client sends Ctrl-D as IAC EOF: the session ends cleanly, nothing fails unhandled."""
+        errors_seen = []
+        globalLogPublisher.addObserver(errors_seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, errors_seen.append)
+        console = yield telnet_connect(self, self.ports["manhole-telnet"])
+        yield console.expect(r"Username: ")
+        console.send("admin")
+        yield console.expect(r"Password: ")
+        console.send("correct horse")
+        yield console.expect(r">>> ")
+        console.send("2+3")
+        yield console.expect(r"\n5\r*\n")
+        console.transport.transport.write(telnet.IAC + bytes([236]))  # raw IAC EOF, as a LINEMODE client sends Ctrl-D
+        yield within(console.lost, BOUND, "the console to hang up on EOF")
+        failures = [e for e in errors_seen if e.get("log_failure") is not None or e.get("isError")]
+        self.assertEqual(failures, [], [formatEvent(e) for e in failures])
+
+    @defer.inlineCallbacks
     def test_telnet_hangs_up_after_repeated_failures(self):
         console = yield telnet_connect(self, self.ports["manhole-telnet"])
         for _ in range(login.TELNET_MAX_FAILURES):

@@ -217,6 +217,17 @@ class View(unittest.TestCase):
             web_service(self.controller, "nonsense:8080", reactor)
 
     @defer.inlineCallbacks
+    def test_a_bare_port_binds_loopback(self):
+        """--web 0 (or tcp:0) serves on 127.0.0.1 only, like the telnet manhole."""
+        for description in ("0", "tcp:0"):
+            svc = web_service(self.controller, description, reactor)
+            svc.privilegedStartService()
+            svc.startService()
+            address = yield within(svc.listening(), BOUND, "the status page to listen")
+            yield svc.stopService()
+            self.assertEqual(address.host, "127.0.0.1", description)
+
+    @defer.inlineCallbacks
     def test_port_in_use_fails_start(self):
         taken = socket.socket()
         self.addCleanup(taken.close)

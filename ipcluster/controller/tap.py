@@ -60,8 +60,8 @@ class Options(usage.Options):
         ["store-max-age", None, 7 * 24 * 3600.0, "Seconds a finished task's record is kept.", _positive(float)],
         ["store-max-tasks", None, 1_000_000, "Most finished task records kept.", _positive(int)],
         ["web", None, None, "Serve a live status page, JSON (/status.json) and Prometheus metrics (/metrics) "
-         "on this Twisted endpoint, e.g. tcp:8080:interface=127.0.0.1. Read-only and unauthenticated: "
-         "keep it on loopback."],
+         "on this port or Twisted endpoint, e.g. 8080 or tcp:8080. Read-only and unauthenticated: it binds "
+         "127.0.0.1 unless the endpoint names an interface (tcp:8080:interface=0.0.0.0)."],
         ["manhole-ssh", None, None, "Serve an interactive Python console into the running controller over "
          "SSH on this endpoint, e.g. tcp:2222:interface=127.0.0.1. Needs --manhole-authorized-keys "
          "(and/or --manhole-passwords). Full access to the controller: keep it private."],

@@ -94,3 +94,29 @@ class TelnetLogin(conch_telnet.AuthenticatingTelnetProtocol):
             return
         super()._ebLogin(failure)
 
+
+
+#: Telnet's editing commands (RFC 1184, sent by a client in LINEMODE) as the control characters the
+#: console understands: EOF is Ctrl-D, SUSP Ctrl-Z, ABORT Ctrl-C.
+_EDITING = {bytes([236]): b"\x04", bytes([237]): b"\x1a", bytes([238]): b"\x03"}
+
+
+class TelnetTransport(conch_telnet.TelnetTransport):
+    """Twisted's telnet server transport, which also understands LINEMODE's EOF, SUSP and ABORT.
+
+    The console asks the client for LINEMODE; such a client sends Ctrl-D as
+    ``IAC EOF``, which Twisted's transport does not know (it raised
+    ``ValueError('Stumped', b'\\xec')`` and the session's Deferred failed unhandled).
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if not any(code in data for code in _EDITING):
+            super().dataReceived(data)
+            return
+        for i in range(len(data)):
+            byte = data[i:i + 1]
+            if self.state == "escaped" and byte in _EDITING:
+                self.state = "data"
+                self.applicationDataReceived(_EDITING[byte])
+            else:
+                super().dataReceived(byte)

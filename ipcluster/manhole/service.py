@@ -49,7 +49,6 @@ from typing import Optional
 
 from twisted.application import service
 from twisted.conch import manhole_ssh
-from twisted.conch import telnet as conch_telnet
 from twisted.conch.checkers import SSHPublicKeyChecker
 from twisted.cred import portal as cred_portal
 from twisted.internet import endpoints, protocol
@@ -58,7 +57,7 @@ from twisted.logger import Logger
 from ipcluster.listening import ListeningService, endpoint_interface, is_loopback
 from ipcluster.manhole.console import Realm
 from ipcluster.manhole.credentials import AuthorizedKeysFile, PasswordFile, fingerprint, host_key, private_file_warning
-from ipcluster.manhole.login import SSHUserAuth, TelnetLogin
+from ipcluster.manhole.login import SSHUserAuth, TelnetLogin, TelnetTransport
 from ipcluster.manhole.namespace import make_namespace
 
 log = Logger()
@@ -128,7 +127,7 @@ def telnet_factory(realm: Realm, password_file: PasswordFile) -> protocol.Server
     portal = cred_portal.Portal(realm, [password_file])
     factory = protocol.ServerFactory()
     factory.noisy = False
-    factory.protocol = lambda: conch_telnet.TelnetTransport(TelnetLogin, portal)
+    factory.protocol = lambda: TelnetTransport(TelnetLogin, portal)
     return factory
 
 

@@ -26,9 +26,10 @@ Security: these pages are **read-only and unauthenticated**.  They answer only
 GET and HEAD, run no control verb and never show the cluster's key or
 connection file, but anyone who can reach the port can read engine hosts,
 pids, task ids and failure reasons.  The service binds exactly what its
-endpoint says, so bind it to loopback (``tcp:8080:interface=127.0.0.1``) and
-reach it from elsewhere through an SSH tunnel or an authenticating reverse
-proxy; binding another interface is logged as a warning.
+endpoint says, and a TCP endpoint that names no interface binds loopback
+(``tcp:8080`` is ``tcp:8080:interface=127.0.0.1``): reach it from elsewhere
+through an SSH tunnel or an authenticating reverse proxy.  Binding another
+interface on purpose is logged as a warning.
 
 Tasks per second are measured on the controller with the reactor's clock:
 the finished (completed + failed) count is sampled every second and the rate is
@@ -42,7 +43,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 
 from ipcluster.interfaces import IStatusSource
-from ipcluster.listening import ListeningService
+from ipcluster.listening import ListeningService, loopback_by_default
 from ipcluster.web.resources import StatusSite
 from ipcluster.web.view import SAMPLE_PERIOD, StatusView
 
@@ -82,9 +83,10 @@ def web_service(controller, endpoint: str, reactor=None) -> service.IService:
     """The status pages of ``controller`` (read through ``controller.status``) as a service on ``endpoint``.
 
     ``endpoint`` is a Twisted server endpoint description such as
-    ``"tcp:8080:interface=127.0.0.1"`` (``tcp:0:...`` picks a free port: read
-    ``.port`` after start, or wait on ``.listening()``).  Unauthenticated and
-    read-only: bind it to loopback.  ``reactor`` defaults to the
+    ``"tcp:8080"`` (``tcp:0`` picks a free port: read ``.port`` after start,
+    or wait on ``.listening()``).  Unauthenticated and read-only, so a TCP
+    endpoint without an interface (or a bare port) binds 127.0.0.1; name
+    another interface (``interface=0.0.0.0``) to serve beyond this host.  ``reactor`` defaults to the
     controller's.
     """
-    return WebService(controller.status, endpoint, controller.reactor if reactor is None else reactor)
+    return WebService(controller.status, loopback_by_default(endpoint), controller.reactor if reactor is None else reactor)
