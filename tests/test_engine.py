@@ -1,7 +1,7 @@
 """Engine pieces that need no sockets: describing a task's failure, the local queue."""
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipcluster.engine.engine import _describe
+from ipcluster.engine.runner import describe as _describe
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
 
 
