@@ -39,6 +39,12 @@ ANNOUNCE_AFTER = 0.02
 #: How long the loop sleeps with nothing to do, in milliseconds.
 IDLE_POLL_MS = 250.0
 
+#: How often, at most, the loop tells the link that time has passed (``tick``) or that the
+#: controller was heard from (``contact``), in seconds: often enough for the silence limit
+#: and the exit deadline, seldom enough that a busy engine does not pay a machine input for
+#: every message and every turn of the loop.
+TICK_INTERVAL = 0.05
+
 #: What one registration attempt comes to: the channels, a reason it failed, or no answer.
 Attempt = Union[Channels, str, None]
 
@@ -63,6 +69,7 @@ class ControlThread:
             interrupt=engine.interrupt,
         )
         self.commands = ControlCommands(engine, self.link)
+        self._next_tick = self._next_contact = 0.0
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="ipcluster-io", daemon=True)
 
@@ -176,7 +183,7 @@ class ControlThread:
         poller.register(channels.control, zmq.POLLIN)
         poller.register(channels.task, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
-        while not self.engine.leaving.is_set() and self.link.channels() is channels:
+        while not self.engine.leaving.is_set():
             events = dict(poller.poll(self._poll_wait()))
             if channels.control in events and not self._drain(channels.control, channels, self._on_control):
                 return  # the controller forgot this engine: the link is lost
@@ -187,8 +194,24 @@ class ControlThread:
             self._announce(channels)
             # Judged only with nothing left to read: after a long GIL hold by the main
             # thread, what waits is read first, so the hold does not count as silence.
-            if not channels.control.poll(0):
-                self.link.tick(self.engine.runner.current is not None)
+            if not channels.control.poll(0) and not self._tick(channels):
+                return  # the controller is silent: the link is lost
+
+    def _tick(self, channels: Channels) -> bool:
+        """Tell the link that time has passed (now and then); False once it lost ``channels``."""
+        now = time.monotonic()
+        if now < self._next_tick:
+            return True
+        self._next_tick = now + TICK_INTERVAL
+        self.link.tick(self.engine.runner.current is not None)
+        return self.link.channels() is channels
+
+    def _heard(self) -> None:
+        """A valid message arrived: tell the link (now and then)."""
+        now = time.monotonic()
+        if now >= self._next_contact:
+            self._next_contact = now + TICK_INTERVAL
+            self.link.contact()
 
     def _poll_wait(self) -> float:
         current = self.engine.runner.current
@@ -218,7 +241,7 @@ class ControlThread:
             except BadMessage as e:
                 say(f"dropped a bad message from the controller: {e}")
                 continue
-            self.link.contact()
+            self._heard()
             if not handler(channels, msg):
                 return False
 
