@@ -1,0 +1,276 @@
+"""The engine's control thread (``ipcluster-io``): registration and the control and task sockets.
+
+It owns every network socket of the engine.  It registers (and re-registers), answers the
+monitor's control ``ping`` with ``pong``, runs control commands at once (they never wait
+behind queued tasks), queues incoming tasks, forwards the main thread's results, reports a
+task ``started`` once it has run :data:`ANNOUNCE_AFTER`, and says ``bye`` on the way out.
+
+What the traffic means -- registered or not, the controller silent or gone, the exit
+deadline -- is decided by the link machine (``ipcluster.engine.link``); this thread feeds it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Callable, Optional, Union
+
+import zmq
+
+from ipcluster import connection, errors
+from ipcluster.engine.channels import Channels
+from ipcluster.engine.commands import ControlCommands
+from ipcluster.engine.diagnostics import say
+from ipcluster.engine.link import Link, MonotonicClock, new_link
+from ipcluster.engine.taskqueue import QueuedTask
+from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
+from ipcluster.transport.zmqfast import recv_frames, send_frames
+
+if TYPE_CHECKING:
+    from ipcluster.engine.engine import Engine
+
+#: A task is reported ``started`` to the controller only once it has run this long: most
+#: small tasks finish first, and their result alone is a third less traffic than
+#: started + result.
+ANNOUNCE_AFTER = 0.02
+
+#: How long the loop sleeps with nothing to do, in milliseconds.
+IDLE_POLL_MS = 250.0
+
+#: How often, at most, the loop tells the link that time has passed (``tick``) or that the
+#: controller was heard from (``contact``), in seconds: often enough for the silence limit
+#: and the exit deadline, seldom enough that a busy engine does not pay a machine input for
+#: every message and every turn of the loop.
+TICK_INTERVAL = 0.05
+
+#: What one registration attempt comes to: the channels, a reason it failed, or no answer.
+Attempt = Union[Channels, str, None]
+
+
+class ControlThread:
+    """The control thread of one engine; :meth:`start` it from the main thread."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        #: Where the main thread sends its frames (``[b"send", *frames]``) and its ``b"stop"``.
+        self.wake_address = f"inproc://ipcluster-engine-{engine.instance}"
+        #: The key of the controller registered with last (written here, read by the main thread).
+        self.key: Optional[bytes] = None
+        self.link: Link = new_link(
+            engine.id,
+            MonotonicClock(),
+            engine.reconnect_timeout,
+            engine.controller_timeout,
+            say,
+            drop_queued=engine.drop_queued,
+            give_up=engine.give_up,
+            interrupt=engine.interrupt,
+        )
+        self.commands = ControlCommands(engine, self.link)
+        self._next_tick = self._next_contact = 0.0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="ipcluster-io", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread; returns once it listens on :attr:`wake_address`."""
+        self._thread.start()
+        self._ready.wait()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _main(self) -> None:
+        wake = self.engine.context.socket(zmq.PAIR)
+        wake.setsockopt(zmq.LINGER, 0)
+        wake.bind(self.wake_address)
+        self._ready.set()
+        try:
+            self.link.start()
+            while not self.engine.leaving.is_set():
+                channels = self.link.channels()
+                if channels is None:
+                    self._register(wake)
+                else:
+                    self._serve(channels, wake)
+        except Exception:
+            say("control thread failed:\n" + traceback.format_exc())
+            self.engine.fail("control thread failed")
+        finally:
+            self._leave(wake)
+
+    def _leave(self, wake: zmq.Socket) -> None:
+        try:
+            channels = self.link.channels()
+            if channels is not None:
+                self._forward(wake, channels)  # the last results before the bye
+            self.link.stop(self.engine.exit_reason or "stopped")
+        except Exception:
+            say("could not leave cleanly:\n" + traceback.format_exc())
+        finally:
+            wake.close(0)
+
+    # -- registration ------------------------------------------------------------------
+
+    def _register(self, wake: zmq.Socket) -> None:
+        """One registration attempt, fed to the link; a failed one is waited out."""
+        deadline = time.monotonic() + self.engine.register_attempt_timeout
+        outcome = self._attempt(wake, deadline)
+        if isinstance(outcome, Channels):
+            self.key = outcome.key
+            self.link.registered(outcome)
+            return
+        self.link.attempt_failed(outcome)
+        if outcome is not None and not self.engine.leaving.is_set():
+            left = deadline - time.monotonic()
+            if left > 0 and wake.poll(left * 1000):
+                self._forward(wake, None)
+
+    def _attempt(self, wake: zmq.Socket, deadline: float) -> Attempt:
+        engine = self.engine
+        try:
+            info = connection.read(engine.connection_file)
+        except errors.NoController as e:
+            return str(e)
+        codec = Codec(info.key, max_header=MAX_REPLY_HEADER_BYTES)
+        reg = engine.context.socket(zmq.DEALER)
+        reg.setsockopt(zmq.LINGER, 0)
+        reg.connect(info.address("registration"))
+        try:
+            request = codec.new_id()
+            about = {"engine": engine.id, "instance": engine.instance, "host": socket.gethostname(), "pid": os.getpid()}
+            reg.send_multipart(codec.encode("register", about, msg_id=request))
+            reply = self._await_reply(reg, wake, codec, request, deadline)
+        finally:
+            reg.close(0)
+        if reply is None:
+            return None
+        if reply.type == "rejected":
+            return f"registration refused: {reply['reason']}"
+        period = float(reply["heartbeat_period"])
+        return Channels(engine.context, info, codec, period, engine.identity, engine.instance)
+
+    def _await_reply(
+        self, reg: zmq.Socket, wake: zmq.Socket, codec: Codec, request: str, deadline: float
+    ) -> Optional[Message]:
+        """The ``registered`` or ``rejected`` reply to ``request``; None at the deadline."""
+        poller = zmq.Poller()
+        poller.register(reg, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        while not self.engine.leaving.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            events = dict(poller.poll(left * 1000))
+            if wake in events:
+                self._forward(wake, None)
+            if reg not in events:
+                continue
+            try:
+                msg = codec.decode(reg.recv_multipart(zmq.NOBLOCK))
+            except (BadMessage, zmq.Again):
+                continue
+            if msg.get("ref") == request and msg.type in ("registered", "rejected"):
+                return msg
+        return None
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _serve(self, channels: Channels, wake: zmq.Socket) -> None:
+        """Serve ``channels`` until the engine leaves or the link loses them."""
+        poller = zmq.Poller()
+        poller.register(channels.control, zmq.POLLIN)
+        poller.register(channels.task, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        while not self.engine.leaving.is_set():
+            events = dict(poller.poll(self._poll_wait()))
+            if channels.control in events and not self._drain(channels.control, channels, self._on_control):
+                return  # the controller forgot this engine: the link is lost
+            if channels.task in events:
+                self._drain(channels.task, channels, self._on_task)
+            if wake in events:
+                self._forward(wake, channels)
+            self._announce(channels)
+            # Judged only with nothing left to read: after a long GIL hold by the main
+            # thread, what waits is read first, so the hold does not count as silence.
+            if not channels.control.poll(0) and not self._tick(channels):
+                return  # the controller is silent: the link is lost
+
+    def _tick(self, channels: Channels) -> bool:
+        """Tell the link that time has passed (now and then); False once it lost ``channels``."""
+        now = time.monotonic()
+        if now < self._next_tick:
+            return True
+        self._next_tick = now + TICK_INTERVAL
+        self.link.tick(self.engine.runner.current is not None)
+        return self.link.channels() is channels
+
+    def _heard(self) -> None:
+        """A valid message arrived: tell the link (now and then)."""
+        now = time.monotonic()
+        if now >= self._next_contact:
+            self._next_contact = now + TICK_INTERVAL
+            self.link.contact()
+
+    def _poll_wait(self) -> float:
+        current = self.engine.runner.current
+        if current is None or current.announced:
+            return IDLE_POLL_MS
+        return max(0.0, (current.started + ANNOUNCE_AFTER - time.monotonic()) * 1000)
+
+    def _announce(self, channels: Channels) -> None:
+        current = self.engine.runner.current
+        if current is None or current.announced:
+            return
+        running_for = time.monotonic() - current.started
+        if running_for >= ANNOUNCE_AFTER:
+            current.announced = True
+            started = {"task": current.id, "instance": self.engine.instance, "running_for": running_for}
+            send_frames(channels.task, channels.codec.encode("started", started), 0)
+
+    def _drain(self, sock: zmq.Socket, channels: Channels, handler: Callable[[Channels, Message], bool]) -> bool:
+        """Handle every message waiting on ``sock``; False once the link is lost."""
+        while True:
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                return True
+            try:
+                msg = channels.codec.decode(frames)
+            except BadMessage as e:
+                say(f"dropped a bad message from the controller: {e}")
+                continue
+            self._heard()
+            if not handler(channels, msg):
+                return False
+
+    def _forward(self, wake: zmq.Socket, channels: Optional[Channels]) -> None:
+        """Send the main thread's frames on the task socket (dropped while unregistered)."""
+        while True:
+            try:
+                frames = recv_frames(wake)
+            except zmq.Again:
+                return
+            if frames[0] == b"send" and channels is not None:
+                send_frames(channels.task, frames[1:], 0)
+
+    def _on_control(self, channels: Channels, msg: Message) -> bool:
+        if msg.type == "ping":
+            current = self.engine.runner.current
+            status = {"beat": msg["beat"], "instance": self.engine.instance, "queued": len(self.engine.queue)}
+            if current is not None:
+                status.update(task=current.id, running_for=time.monotonic() - current.started)
+            send_frames(channels.control, channels.codec.encode("pong", status), 0)
+        elif msg.type == "command":
+            reply = self.commands.answer(msg, channels)
+            send_frames(channels.control, channels.codec.encode("reply", reply), 0)
+        elif msg.type == "unknown":
+            self.link.forgotten(msg["reason"])
+            return False
+        return True
+
+    def _on_task(self, channels: Channels, msg: Message) -> bool:
+        if msg.type == "task" and not self.engine.queue.put(QueuedTask(msg["task"], msg.payloads[0])):
+            channels.report_dropped(msg["task"], errors.EngineDied(f"engine {self.engine.id} is exiting"))
+        return True

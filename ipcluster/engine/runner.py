@@ -1,0 +1,93 @@
+"""The task runner: runs one task on the engine's main thread and describes its outcome.
+
+The main thread runs tasks so that a signal (SIGINT) interrupts the running task.  The
+runner unpickles ``(fn, args, kwargs)``, calls it with stdout and stderr captured, and
+returns the fields and payloads of the task's ``result`` message: the pickled value, or
+the pickled exception with a description that never raises.
+"""
+from __future__ import annotations
+
+import io
+import time
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Optional
+
+import cloudpickle
+
+from ipcluster.engine.taskqueue import QueuedTask
+
+
+class EngineStop(BaseException):
+    """Raised in the main thread to stop the engine (SIGTERM, SIGINT while idle)."""
+
+
+def describe(e: BaseException) -> dict:
+    """A task's exception as text; never raises, even if the exception's __str__ does."""
+    try:
+        message = str(e)
+    except Exception:
+        message = f"<{type(e).__name__}: str() failed>"
+    try:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    except Exception:
+        tb = ""
+    return {"type": type(e).__name__, "message": message, "traceback": tb}
+
+
+class Running:
+    """The task the main thread runs now, as the control thread sees it."""
+
+    __slots__ = ("id", "started", "announced")
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+        self.started = time.monotonic()
+        #: Set by the control thread once it has sent ``started`` for this task.
+        self.announced = False
+
+
+class Runner:
+    """Runs tasks one at a time; :attr:`current` is the one running (read by the control thread)."""
+
+    def __init__(self) -> None:
+        self.current: Optional[Running] = None
+
+    def run(self, task: QueuedTask) -> tuple[dict, list[bytes]]:
+        """Run ``task``; the fields and the payloads (value, stdout, stderr) of its result.
+
+        Every failure of the task, KeyboardInterrupt included, is its result; only
+        :class:`EngineStop` goes through.
+        """
+        stdout, stderr = io.StringIO(), io.StringIO()
+        fields: dict = {"task": task.id, "started": time.time()}
+        try:
+            try:
+                # Inside the try: an interrupt from here on is this task's error, never lost.
+                self.current = Running(task.id)
+                with redirect_stdout(stdout), redirect_stderr(stderr):
+                    fn, args, kwargs = cloudpickle.loads(task.payload)
+                    value = fn(*args, **kwargs)
+            finally:
+                self.current = None
+            payload = cloudpickle.dumps(value)
+            fields["ok"] = True
+        except EngineStop:
+            raise
+        except BaseException as e:  # the task's own failure, KeyboardInterrupt included
+            fields["ok"] = False
+            fields["error"] = describe(e)
+            payload = _pickled_exception(e)
+        fields["finished"] = time.time()
+        return fields, [payload, _text(stdout), _text(stderr)]
+
+
+def _pickled_exception(e: BaseException) -> bytes:
+    try:
+        return cloudpickle.dumps(e)
+    except Exception:
+        return b""  # the description alone travels
+
+
+def _text(captured: io.StringIO) -> bytes:
+    return captured.getvalue().encode("utf-8", "replace")
