@@ -20,35 +20,12 @@ from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
+
+from ipcluster.interfaces import ITaskStore  # (re-exported: it used to be defined here)
 
 #: Task statuses as stored.
 SUBMITTED, RUNNING, OK, FAILED = "submitted", "running", "ok", "failed"
-
-
-class ITaskStore(Interface):
-    """Where finished (and unfinished) tasks are recorded."""
-
-    max_age = Attribute("Seconds a finished task is kept (None: forever).")
-    max_tasks = Attribute("Most finished tasks kept (None: no limit).")
-
-    def submitted(task_id, name, submitted_at):
-        """Record a new task (fire and forget)."""
-
-    def started(task_id, engine, started_at):
-        """Record that ``engine`` started the task (fire and forget)."""
-
-    def finished(task_id, ok, finished_at, engine, error, result, stdout, stderr):
-        """Record the outcome (fire and forget).  ``error`` is a dict or None."""
-
-    def get(task_id):
-        """Deferred: the task's record as a dict, or None if unknown."""
-
-    def purge(older_than=None):
-        """Deferred: delete finished tasks (those finished ``older_than`` seconds ago or more); the count."""
-
-    def close():
-        """Deferred: flush and close."""
 
 
 def _record(task_id, name, status, submitted_at, started_at, finished_at, engine, error, result, stdout, stderr) -> dict:
