@@ -3,16 +3,15 @@
 ::
 
     waiting --dependencies_met--> ready --assign--> assigned --start--> running
-                                  ^  ^               |    ^               |
-                                  |  +--released-- releasing --start------+
-                                  |        (release ^ | kept)             |
-                                  +------------- retry -------------------+
+                                    ^                 |   ^               ^
+                                    |         release |   | kept          | start
+                                    |                 v   |               |
+                                    +---released--- releasing ------------+
 
-    and into done: ``result`` (from assigned, releasing, running), ``cancel``
-    (waiting, ready, and releasing: the engine gave it back for a cancel),
-    ``dependency_failed`` (waiting), ``stranded`` (waiting, ready),
-    ``engine_lost`` (assigned, releasing, running), ``time_out`` (running),
-    ``abandon`` (any state but done).
+    ``retry`` (from assigned, releasing, running) --> ready
+    Into done: result (assigned, releasing, running), cancel (waiting, ready; releasing when
+    its engine gave it back for a cancel), dependency_failed (waiting), stranded (waiting, ready),
+    engine_lost (assigned, releasing, running), time_out (running), abandon (all but done)
 
 Every input is a method of :class:`TaskInputs`, called on ``task.lifecycle``;
 an input that makes no sense in the task's state raises
