@@ -5,7 +5,9 @@ task where the table says, every other one raises NoTransition and leaves the
 task exactly as it was.  The timeout timer belongs to the running state:
 armed on entry, fired at the deadline, cancelled on every way out.
 """
+import gc
 import inspect
+import weakref
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -243,3 +245,15 @@ class TaskLifecycleTests(SynchronousTestCase):
         for name, *args in PATHS[RUNNING]:
             getattr(task.lifecycle, name)(*args)
         self.assertRaises(RuntimeError, self.clock.advance, 1)
+
+    def test_a_finished_task_leaves_memory_at_once(self):
+        """No reference cycle between a task and its machine: no wait for the garbage collector."""
+        gc.disable()
+        self.addCleanup(gc.enable)
+        for phase in PHASES:
+            task = self.task(phase)
+            if phase == RUNNING:
+                task.lifecycle.result()
+            gone = weakref.ref(task)
+            del task
+            self.assertIsNone(gone(), phase)

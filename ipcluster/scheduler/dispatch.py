@@ -116,7 +116,7 @@ class Dispatcher:
         """``engine_id`` joined or is alive again: fill it.  ``ready``: tasks made ready before
         it joined (those restricted to engines that include it may run there too)."""
         self.queues.engine_joined(engine_id, ready)
-        self.assignments.engine_joined(engine_id)
+        self.assignments.engine_up(engine_id)
         self.fill(engine_id)
         self.dispatch()
 

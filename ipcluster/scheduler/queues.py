@@ -99,7 +99,8 @@ class Assignments:
             self.by_engine.setdefault(engine_id, OrderedDict())
         return alive
 
-    def engine_joined(self, engine_id: str) -> None:
+    def engine_up(self, engine_id: str) -> None:
+        """``engine_id`` joined, or is alive again: it may hold tasks."""
         self.by_engine.setdefault(engine_id, OrderedDict())
 
     def engine_gone(self, engine_id: str) -> list[Task]:

@@ -184,15 +184,20 @@ class Scheduler:
     def _accept(self, task: Task, after: list, outcomes: dict) -> str:
         self.tasks[task.id] = task
         self.store.submitted(task.id, task.name, task.submitted_at)
-        failed = self.dependencies.attach(task, after, outcomes)
+        self._settle(task, self.dependencies.attach(task, after, outcomes))
+        if task.state == READY:
+            self.dispatcher.dispatch()
+        return task.id
+
+    def _settle(self, task: Task, failed: Optional[str]) -> None:
+        """A waiting task heard from its dependencies: ``failed`` (one that failed it) fails it,
+        else it is ready once none is unmet."""
         if failed is not None:
             error = errors.DependencyError(f"task {task.id} depends on {failed}, which failed")
             self._fail(task, task.lifecycle.dependency_failed, error)
         elif not task.unmet:
             task.lifecycle.dependencies_met()
             self.dispatcher.push(task)
-            self.dispatcher.dispatch()
-        return task.id
 
     # -- cancel ------------------------------------------------------------------------------
 
@@ -313,12 +318,7 @@ class Scheduler:
             self.failed += 1
         self.results.deliver(self.store, task, ok, fields, payloads, error)
         for dependent in self.dependencies.finished(task.id, ok):
-            if not ok and not dependent.run_after_failed:
-                why = errors.DependencyError(f"task {dependent.id} depends on {task.id}, which failed")
-                self._fail(dependent, dependent.lifecycle.dependency_failed, why)
-            elif not dependent.unmet:
-                dependent.lifecycle.dependencies_met()
-                self.dispatcher.push(dependent)
+            self._settle(dependent, task.id if not (ok or dependent.run_after_failed) else None)
         self.dispatcher.dispatch()
 
     def fetch(self, client: bytes, task_id: str) -> defer.Deferred:

@@ -27,6 +27,7 @@ on every way out.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional, Protocol
 
 import attr
@@ -129,7 +130,10 @@ class Task:
     def __attrs_post_init__(self) -> None:
         if self.timeout is not None and self.clock is None:
             raise ValueError(f"task {self.id} has a timeout but no clock to time it")
-        self.lifecycle = _TaskMachine(self)
+        # The machine holds the task through a weak proxy: a task and its machine would
+        # otherwise be a reference cycle, and finished tasks would wait for the cyclic
+        # garbage collector instead of leaving memory when the scheduler lets go of them.
+        self.lifecycle = _TaskMachine(weakref.proxy(self))
 
     @property
     def state(self) -> str:
@@ -143,6 +147,9 @@ class Task:
 
     def may_run_on(self, engine_id: str) -> bool:
         return self.engines is None or engine_id in self.engines
+
+    def _deadline_passed(self) -> None:
+        self.on_timeout(self)
 
 
 @attr.s(slots=True)
@@ -162,7 +169,8 @@ def _arm(lifecycle: TaskInputs, task: Task, started_at: float) -> Deadline:
     if task.timeout is None:
         return Deadline()
     remaining = max(0.0, task.timeout - (task.clock.seconds() - started_at))
-    return Deadline(task.clock.callLater(remaining, task.on_timeout, task))
+    # (task is the machine's proxy; the bound method is the task's own.)
+    return Deadline(task.clock.callLater(remaining, task._deadline_passed))
 
 
 # -- outputs: each keeps the task's fields true to the state it enters -------------------
