@@ -35,7 +35,7 @@ from automat import NoTransition, TypeMachineBuilder
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = [
-    "WAITING", "READY", "ASSIGNED", "RUNNING", "DONE", "RELEASING", "STATES",
+    "WAITING", "READY", "ASSIGNED", "RUNNING", "DONE", "RELEASING",
     "DEFAULT_RETRIES", "NoTransition", "Task", "TaskInputs",
 ]
 
@@ -43,7 +43,6 @@ DEFAULT_RETRIES = 1
 
 #: The public states of a task, as counted and shown.
 WAITING, READY, ASSIGNED, RUNNING, DONE = "waiting", "ready", "assigned", "running", "done"
-STATES = (WAITING, READY, ASSIGNED, RUNNING, DONE)
 #: The machine's one state that is not public: assigned, with a release request out.
 RELEASING = "releasing"
 
