@@ -11,7 +11,10 @@ import signal
 import msgpack
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from ipcluster import errors
 from ipcluster.controller.control import ControlChannel
@@ -19,9 +22,9 @@ from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.frontend import ClientFrontEnd
 from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.registry import Registry
-from ipcluster.scheduler.scheduler import (
-    ASSIGNED, DEFAULT_RETRIES, READY, RUNNING, WAITING, Scheduler,
-)
+from ipcluster.interfaces import IEngineControl, ITaskStore
+from ipcluster.scheduler.scheduler import Scheduler
+from ipcluster.scheduler.task import ASSIGNED, DEFAULT_RETRIES, READY, RUNNING, WAITING
 from ipcluster.store.memory import MemoryTaskStore
 from ipcluster.store.sqlite import SQLiteTaskStore
 from ipcluster.transport.wire import Codec, PingCodec
@@ -33,13 +36,29 @@ class SendLoop(Exception):
     """The scheduler kept re-sending to an unreachable engine (it would spin forever)."""
 
 
+@implementer(IEngineControl)
 class FakeControl:
-    """An engine's control channel: records abort/signal calls; the test fires their Deferreds."""
+    """An engine's control channel: records the commands; the test fires their Deferreds."""
 
     def __init__(self, engine_id):
         self.engine_id = engine_id
         self.aborts = []  # [task_id, timeout, release, deferred]
         self.signals = []  # [signum, task_id, timeout, deferred]
+        self.others = []  # [verb, timeout, deferred] (beat, exit, reset: the scheduler sends none)
+
+    def _other(self, verb, timeout):
+        d = defer.Deferred()
+        self.others.append([verb, timeout, d])
+        return d
+
+    def beat(self, timeout=None):
+        return self._other("beat", timeout)
+
+    def exit(self, timeout=5.0):
+        return self._other("exit", timeout)
+
+    def reset(self, timeout=None):
+        return self._other("reset", timeout)
 
     def abort(self, task_id, timeout=None, release=False):
         d = defer.Deferred()
@@ -1688,3 +1707,157 @@ class ReviewRegressionTests(Fixture):
         self.engine("e1")
         for bad in (float("nan"), float("inf")):
             self.refused("t", errors.BadRequest, timeout=bad)
+
+
+# =====================================================================================
+# Seams, the one writer of an engine's running task, impossible inputs, releases, stop
+# =====================================================================================
+
+
+class SeamTests(Fixture):
+    def test_fakes_provide_their_interfaces(self):
+        self.assertTrue(verifyObject(IEngineControl, FakeControl("e1")))
+        self.assertTrue(verifyObject(ITaskStore, self.store))
+
+
+class RunningTaskTests(Fixture):
+    """The scheduler is the one writer of EngineRecord.running_task and task_started_at."""
+
+    def setUp(self):
+        super().setUp()
+        self.e1 = self.engine("e1")
+
+    def running(self):
+        return self.e1.running_task, self.e1.task_started_at
+
+    def test_pong_reports_the_running_task(self):
+        self.clock.advance(10)
+        self.scheduler.engine_reported(self.e1, "t7", 2.5)
+        self.assertEqual(self.running(), ("t7", 7.5))
+        self.scheduler.engine_reported(self.e1, None, None)
+        self.assertEqual(self.running(), (None, None))
+        self.scheduler.engine_reported(self.e1, "", 1.0)
+        self.assertEqual(self.running(), (None, None))
+
+    def test_unbelievable_durations_are_ignored(self):
+        self.clock.advance(10)
+        self.scheduler.engine_reported(self.e1, "t7", 2.0)
+        for bad in (None, -1, True, "2", 1e9):
+            self.scheduler.engine_reported(self.e1, "t7", bad)
+            self.assertEqual(self.running(), ("t7", 8.0), f"running_for={bad!r}")
+        self.scheduler.engine_reported(self.e1, "t8", None)
+        self.assertEqual(self.running(), ("t8", None), "another task: the old start does not apply")
+
+    def test_result_clears_it(self):
+        self.submit("t1")
+        self.clock.advance(2)
+        self.started("e1", "t1")
+        self.assertEqual(self.running(), ("t1", 2.0))
+        self.result("e1", "t1")
+        self.assertEqual(self.running(), (None, None))
+
+    def test_engine_leaving_clears_it(self):
+        self.submit("t1", retries=0)
+        self.started("e1", "t1")
+        self.from_engine("e1", "bye", {"instance": "e1-i", "reason": "exit command"})
+        self.assertEqual(self.running(), (None, None))
+
+
+class ImpossibleInputTests(Fixture):
+    """Engine messages the task's state does not allow are dropped and said, never obeyed."""
+
+    prefetch = 0
+
+    def setUp(self):
+        super().setUp()
+        self.engine("a")
+        self.logged = []
+        self.scheduler.log = Logger(observer=self.logged.append)
+
+    def test_second_started_dropped(self):
+        self.submit("t1", timeout=5)
+        self.started("a", "t1")
+        self.clock.advance(3)
+        self.started("a", "t1")
+        self.assertEqual(self.drops.totals[("task", "started for a task that is running")], 1)
+        self.assertEqual(self.store.records["t1"]["started_at"], 0.0)
+        self.clock.advance(2)
+        self.error_of("t1", "TaskTimeout")
+
+    def test_late_result_after_a_timeout_logged(self):
+        self.submit("t1", timeout=1)
+        self.started("a", "t1")
+        self.clock.advance(1)
+        self.result("a", "t1")
+        self.error_of("t1", "TaskTimeout")
+        [said] = [e for e in self.logged if "dropped the result" in e["log_format"]]
+        self.assertEqual((said["task"], said["engine"], said["state"]), ("t1", "a", "done"))
+        self.assertEqual([key for key in self.drops.totals if "result" in key[1]], [], "expected, not bad input")
+
+
+class WithdrawDuringStealTests(Fixture):
+    """A cancel that comes while a prefetched task is being stolen rides on that release."""
+
+    def setUp(self):
+        super().setUp()
+        self.engine("a")
+        self.engine("b")
+        for i in range(1, 5):
+            self.submit(f"t{i}")
+        self.started("a", "t1")
+        self.result("b", "t2")
+        self.result("b", "t4")  # b is idle: asks a to release t3
+        self.aborts = self.controls["a"].aborts
+        self.assertEqual([(task, release) for task, _, release, _ in self.aborts], [("t3", True)])
+
+    def test_cancel_instead_of_move(self):
+        d = self.scheduler.cancel("t3")
+        self.assertNoResult(d)
+        self.assertEqual(len(self.aborts), 1, "one release request per task")
+        self.aborts[0][3].callback("released")
+        self.assertIs(self.successResultOf(d), True)
+        self.error_of("t3", "TaskAborted")
+        self.assertEqual(self.sent("b"), ["t2", "t4"], "a cancelled task does not move")
+        self.assertEqual(self.held("a"), ["t1"])
+        self.assertEqual(self.scheduler.stolen, 0)
+
+    def test_engine_keeps_it(self):
+        d = self.scheduler.cancel("t3")
+        self.aborts[0][3].callback("running")
+        self.assertIs(self.successResultOf(d), False)
+        self.assertEqual(self.results("t3"), [])
+        self.assertEqual(self.held("a"), ["t1", "t3"])
+        self.assertFalse(self.scheduler.tasks["t3"].releasing)
+
+    def test_release_fails(self):
+        d = self.scheduler.cancel("t3")
+        self.aborts[0][3].errback(errors.ControlTimeout("no answer"))
+        self.assertIs(self.successResultOf(d), False)
+        self.assertEqual(self.state("t3"), ASSIGNED)
+        self.assertFalse(self.scheduler.tasks["t3"].releasing)
+
+    def test_released_after_it_started_is_an_error(self):
+        logged = []
+        self.scheduler.dispatcher.log = Logger(observer=logged.append)
+        self.started("a", "t3")
+        self.aborts[0][3].callback("released")
+        [said] = [e for e in logged if "which it had reported started" in e["log_format"]]
+        self.assertEqual(said["log_level"].name, "error")
+        self.assertEqual((self.state("t3"), self.held("a")), (RUNNING, ["t1", "t3"]))
+        self.assertEqual(self.sent("b"), ["t2", "t4"])
+        self.assertEqual(self.scheduler.stolen, 0)
+
+
+class StopTests(Fixture):
+    def test_stop_abandons_tasks_and_their_timers(self):
+        self.engine("a")
+        self.submit("t1", timeout=5)
+        self.submit("t2", timeout=5)
+        self.submit("t3")
+        self.started("a", "t1")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.scheduler.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.scheduler.tasks, {})
+        self.assertEqual(self.results(), [])
+        self.scheduler.stop()  # twice is harmless

@@ -1,0 +1,80 @@
+"""A finished task's result: as its clients get it, as the store keeps it, and as a
+client that asks later (``fetch``, also after a controller restart) gets it again.
+
+A result message has the fields ``task``, ``ok``, ``engine`` (when it ran or
+was assigned somewhere), ``error`` (when it failed), the engine's ``started``
+/ ``finished`` times when it sent them, and three payloads: the pickled value
+(or exception), stdout and stderr.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from ipcluster import errors
+from ipcluster.interfaces import ITaskStore
+from ipcluster.scheduler.task import Task
+from ipcluster.transport.wire import Codec
+
+#: The payloads of a result that has none (a failure the controller decided).
+NO_PAYLOADS = (b"", b"", b"")
+
+
+class ResultPost:
+    """Sends results to the clients that asked (at submit, or by ``fetch``) and records them in the store."""
+
+    def __init__(
+        self, codec: Codec, clock: IReactorTime, send_client: Callable[[Sequence[bytes]], bool], tasks: Mapping[str, Task]
+    ) -> None:
+        self.codec = codec
+        self.clock = clock
+        self.send_client = send_client
+        self.tasks = tasks  # unfinished tasks by id
+
+    def deliver(self, store: ITaskStore, task: Task, ok: bool, fields: dict, payloads: Sequence[bytes], error) -> None:
+        """Send a finished task's result to each of its clients, and record it."""
+        fields = dict(fields, task=task.id, ok=ok)
+        if task.engine is not None:
+            fields["engine"] = task.engine
+        frames = self.codec.encode("result", fields, list(payloads))
+        for client in task.clients:
+            self.send_client([client, *frames])
+        store.finished(
+            task.id, ok, self.clock.seconds(), task.engine, error if not ok else None,
+            payloads[0] if ok else payloads[0] or None, _text(payloads[1]), _text(payloads[2]),
+        )
+
+    def fetch(self, store: ITaskStore, client: bytes, task_id: str) -> defer.Deferred:
+        """Send ``client`` the task's result: when it finishes if it is in flight (fires with
+        ``"pending"``), now from the store otherwise (fires with ``"done"``).
+
+        Fails with BadRequest for a task the store does not know, ClusterError
+        for one that was in flight when the controller stopped.
+        """
+        task = self.tasks.get(task_id)
+        if task is not None:
+            if client not in task.clients:
+                task.clients.append(client)
+            return defer.succeed("pending")
+        return store.get(task_id).addCallback(self._replay, client, task_id)
+
+    def _replay(self, record: Optional[dict], client: bytes, task_id: str) -> str:
+        if record is None:
+            raise errors.BadRequest(f"unknown task {task_id!r} (never submitted, or purged)")
+        if record["status"] not in ("ok", "failed"):
+            raise errors.ClusterError(f"task {task_id} is {record['status']} but no longer in flight (the controller restarted)")
+        ok = record["status"] == "ok"
+        fields = {"task": task_id, "ok": ok}
+        if record["engine"]:
+            fields["engine"] = record["engine"]
+        if not ok and record["error"]:
+            fields["error"] = record["error"]
+        payloads = [record["result"] or b"", (record["stdout"] or "").encode(), (record["stderr"] or "").encode()]
+        self.send_client([client, *self.codec.encode("result", fields, payloads)])
+        return "done"
+
+
+def _text(data: bytes) -> str:
+    return bytes(data).decode("utf-8", "replace") if data else ""
