@@ -4,6 +4,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from ipcluster import errors
+from ipcluster.scheduler.scheduler import Scheduler
+from ipcluster.store.memory import MemoryTaskStore
 from ipcluster.controller.control import ControlChannel, EngineControl
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.heartmonitor import HeartMonitor
@@ -188,8 +190,11 @@ class ControlChannelTests(SynchronousTestCase):
         self.drops = DropLog(self.clock)
         self.addCleanup(self.drops.stop)
         self.sent = []
+        # The scheduler records what an engine runs, from what its pongs say.
+        scheduler = Scheduler(self.registry, self.codec, self.clock, self.send, self.send, self.drops, MemoryTaskStore())
         self.channel = ControlChannel(
-            self.registry, self.monitor, self.codec, self.clock, self.send, self.drops, default_timeout=5.0
+            self.registry, self.monitor, self.codec, self.clock, self.send, self.drops, default_timeout=5.0,
+            on_status=scheduler.engine_reported,
         )
         self.record = self.registry.register("e1", "i1", "host", 1, 0.0)
         self.registry.mark_alive(self.record, 0.0)

@@ -25,6 +25,8 @@ from ipcluster.transport.wire import ACCEPTS, Codec, Message
 
 DEFAULT_TIMEOUT = 10.0
 
+StatusReport = Callable[[EngineRecord, object, object], None]
+
 
 @attr.s(slots=True)
 class _Pending:
@@ -190,6 +192,7 @@ class ControlChannel:
         send: Callable[[Sequence[bytes]], bool],
         drops: DropLog,
         default_timeout: float = DEFAULT_TIMEOUT,
+        on_status: "StatusReport" = lambda record, task_id, running_for: None,
     ) -> None:
         self.registry = registry
         self.monitor = monitor
@@ -199,6 +202,8 @@ class ControlChannel:
         self.drops = drops
         self.default_timeout = default_timeout
         self.controls: dict[str, EngineControl] = {}
+        #: ``on_status(record, task_id, running_for)``: what each pong says the engine runs.
+        self.on_status: StatusReport = on_status
         registry.subscribe(self._registry_event)
 
     def control_for(self, engine_id: str) -> EngineControl:
@@ -244,13 +249,8 @@ class ControlChannel:
                 control.reply_received(msg)
 
     def _note_status(self, record: EngineRecord, msg: Message) -> None:
-        task = msg.get("task")
-        record.running_task = task if isinstance(task, str) else None
-        running_for = msg.get("running_for")
-        if record.running_task and isinstance(running_for, (int, float)):
-            record.task_started_at = self.clock.seconds() - running_for
-        elif not record.running_task:
-            record.task_started_at = None
+        # What it runs is the scheduler's to record (the one writer of running_task).
+        self.on_status(record, msg.get("task"), msg.get("running_for"))
         queued = msg.get("queued")
         if isinstance(queued, int):
             record.queued = queued

@@ -201,8 +201,6 @@ class Registry:
         record.reason = reason
         record.ended_at = now
         record.busy_since = None
-        record.running_task = None
-        record.task_started_at = None
         self._emit(EngineEvent.DEAD, record, reason)
         self._trim_dead()
 

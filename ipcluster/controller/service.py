@@ -108,6 +108,8 @@ class Controller(service.MultiService):
             prefetch=config.prefetch,
             on_engine_traffic=self.monitor.control_seen,
         )
+        # The scheduler records what each engine runs; the control channel hears it in pongs.
+        self.control.on_status = self.scheduler.engine_reported
         self.local_engines = LocalEngines(reactor, self.registry, str(config.connection_file), config.engines)
         self.registrar = Registrar(
             self.registry, self.codec, reactor, send("registration"), self.drops, config.heartbeat_period,
