@@ -184,30 +184,42 @@ class _Failed:
         self.started = self.finished = None
 
 
+def _engines(engines) -> list:
+    if isinstance(engines, str):
+        raise TypeError("engines= takes a list of engine ids")
+    return [str(e) for e in engines]
+
+
+def _retries(retries) -> int:
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError("retries must be a whole number >= 0")
+    return retries
+
+
+def _after_failed(after_failed) -> str:
+    if after_failed not in ("fail", "run"):
+        raise ValueError("after_failed must be 'fail' or 'run'")
+    return after_failed
+
+
+#: Each submit option and the check that makes its wire value (or raises TypeError/ValueError).
+_OPTION_CHECKS = {
+    "engine": str,
+    "engines": _engines,
+    "after": lambda after: [_task_id(t) for t in after],
+    "retries": _retries,
+    "timeout": float,
+    "after_failed": _after_failed,
+}
+
+
 def submit_options(engine=None, engines=None, after=None, retries=None, timeout=None, after_failed=None) -> dict:
     """The scheduling fields of a submit request, checked on this side for clear errors."""
-    options: dict = {}
     if engine is not None and engines is not None:
         raise TypeError("give engine= or engines=, not both")
-    if engine is not None:
-        options["engine"] = str(engine)
-    if engines is not None:
-        if isinstance(engines, str):
-            raise TypeError("engines= takes a list of engine ids")
-        options["engines"] = [str(e) for e in engines]
-    if after:
-        options["after"] = [_task_id(t) for t in after]
-    if retries is not None:
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise ValueError("retries must be a whole number >= 0")
-        options["retries"] = retries
-    if timeout is not None:
-        options["timeout"] = float(timeout)
-    if after_failed is not None:
-        if after_failed not in ("fail", "run"):
-            raise ValueError("after_failed must be 'fail' or 'run'")
-        options["after_failed"] = after_failed
-    return options
+    given = {"engine": engine, "engines": engines, "after": after or None, "retries": retries,
+             "timeout": timeout, "after_failed": after_failed}
+    return {name: _OPTION_CHECKS[name](value) for name, value in given.items() if value is not None}
 
 
 def _task_id(task) -> str:

@@ -194,30 +194,12 @@ class SQLiteTaskStore:
                 sql = self._WRITES.get(op)
                 if sql is not None:
                     db.executemany(sql, [args for _, args in rows])
-                    continue
-                for _, args in rows:
-                    if op == "get":
-                        d, task_id = args
-                        row = db.execute(
-                            "SELECT task, name, status, submitted_at, started_at, finished_at, engine, error, result, "
-                            "stdout, stderr FROM tasks WHERE task=?",
-                            (task_id,),
-                        ).fetchone()
-                        self._reply(d, True, self._row(row))
+                elif op == "close":
+                    closing = next(rows)[1][0]
+                else:
+                    for _, (d, *args) in rows:
+                        self._reply(d, True, self._READS[op](self, db, *args))
                         answered.add(id(d))
-                    elif op == "purge":
-                        d, older_than = args
-                        if older_than is None:
-                            cur = db.execute("DELETE FROM tasks WHERE status IN ('ok', 'failed')")
-                        else:
-                            cur = db.execute(
-                                "DELETE FROM tasks WHERE status IN ('ok', 'failed') AND finished_at <= ?",
-                                (time.time() - older_than,),
-                            )
-                        self._reply(d, True, cur.rowcount)
-                        answered.add(id(d))
-                    elif op == "close":
-                        closing = args[0]
             db.execute("COMMIT")
         except Exception as e:
             try:
@@ -225,12 +207,29 @@ class SQLiteTaskStore:
             except sqlite3.Error:
                 pass
             self.log.error("task store write failed: {e!r}", e=e)
-            closing = next((args[0] for op, args in batch if op == "close"), None)
             for op, args in batch:
-                if op in ("get", "purge") and id(args[0]) not in answered:
+                if op in self._READS and id(args[0]) not in answered:
                     self._reply(args[0], False, e)
-            return closing
+            return next((args[0] for op, args in batch if op == "close"), None)
         return closing
+
+    def _read_get(self, db: sqlite3.Connection, task_id: str) -> Optional[dict]:
+        row = db.execute(
+            "SELECT task, name, status, submitted_at, started_at, finished_at, engine, error, result, "
+            "stdout, stderr FROM tasks WHERE task=?",
+            (task_id,),
+        ).fetchone()
+        return self._row(row)
+
+    def _read_purge(self, db: sqlite3.Connection, older_than: Optional[float]) -> int:
+        if older_than is None:
+            return db.execute("DELETE FROM tasks WHERE status IN ('ok', 'failed')").rowcount
+        return db.execute(
+            "DELETE FROM tasks WHERE status IN ('ok', 'failed') AND finished_at <= ?", (time.time() - older_than,)
+        ).rowcount
+
+    #: Operations that answer their Deferred with what they read (purge answers with its count).
+    _READS = {"get": _read_get, "purge": _read_purge}
 
     @staticmethod
     def _row(row) -> Optional[dict]:

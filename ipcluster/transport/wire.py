@@ -175,24 +175,7 @@ class Codec:
         Raises :class:`BadMessage` for anything that is not a well-formed,
         correctly signed message of an accepted type; nothing is unpickled.
         """
-        if len(frames) < 2:
-            raise BadMessage("too few frames", f"{len(frames)} frame(s)")
-        signature, header_bytes = bytes(frames[0]), frames[1]
-        if len(header_bytes) > self.max_header:
-            raise BadMessage("oversize header", f"{len(header_bytes)} bytes")
-        if len(signature) != SIGNATURE_BYTES or not hmac.compare_digest(
-            signature, self.sign(frames[1:])
-        ):
-            raise BadMessage("bad signature")
-        try:
-            header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=True)
-        except Exception as e:
-            raise BadMessage("undecodable header", type(e).__name__) from None
-        if not isinstance(header, dict):
-            raise BadMessage("header is not a map")
-        version = header.get("v")
-        if type(version) is not int or version != PROTOCOL_VERSION:
-            raise BadMessage("protocol version", f"got {version!r}, speak {PROTOCOL_VERSION}")
+        header = self._verified_header(frames)
         mtype = header.get("type")
         schema = SCHEMAS.get(mtype) if isinstance(mtype, str) else None
         if schema is None or (accept is not None and mtype not in accept):
@@ -205,11 +188,35 @@ class Codec:
             raise BadMessage(
                 "wrong frame count", f"{mtype} carries {schema.payloads} payload(s), got {len(payloads)}", header
             )
-        for name, types in schema.fields.items():
-            value = header.get(name)
-            if not isinstance(value, types) or (types is not _BOOL and isinstance(value, bool)):
-                raise BadMessage("bad field", f"{mtype}.{name}", header)
+        _check_fields(mtype, schema, header)
         return Message(mtype, msg_id, header, payloads)
+
+    def _verified_header(self, frames: Sequence[bytes]) -> dict:
+        """The header of a correctly signed message of our protocol version."""
+        if len(frames) < 2:
+            raise BadMessage("too few frames", f"{len(frames)} frame(s)")
+        signature, header_bytes = bytes(frames[0]), frames[1]
+        if len(header_bytes) > self.max_header:
+            raise BadMessage("oversize header", f"{len(header_bytes)} bytes")
+        if len(signature) != SIGNATURE_BYTES or not hmac.compare_digest(signature, self.sign(frames[1:])):
+            raise BadMessage("bad signature")
+        try:
+            header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=True)
+        except Exception as e:
+            raise BadMessage("undecodable header", type(e).__name__) from None
+        if not isinstance(header, dict):
+            raise BadMessage("header is not a map")
+        version = header.get("v")
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            raise BadMessage("protocol version", f"got {version!r}, speak {PROTOCOL_VERSION}")
+        return header
+
+
+def _check_fields(mtype: str, schema: Schema, header: dict) -> None:
+    for name, types in schema.fields.items():
+        value = header.get(name)
+        if not isinstance(value, types) or (types is not _BOOL and isinstance(value, bool)):
+            raise BadMessage("bad field", f"{mtype}.{name}", header)
 
 
 # -- heartbeat pings ---------------------------------------------------------
