@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import attr
 
 from ipcluster.errors import NoController
+from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE
 
 #: The sockets a controller binds, in the order they are documented.
 CHANNELS = ("registration", "heartbeat", "control", "task", "client")
@@ -55,6 +56,8 @@ class ConnectionInfo:
     key: bytes = attr.ib(repr=False)
     controller_pid: int = attr.ib(default=0)
     path: Path | None = attr.ib(default=None, eq=False)
+    #: The controller's ``--max-message-size``: the largest message (all its frames) it takes.
+    max_message_size: int = attr.ib(default=DEFAULT_MAX_MESSAGE_SIZE)
 
     def address(self, channel: str) -> str:
         return f"tcp://{self.ip}:{self.ports[channel]}"
@@ -68,6 +71,7 @@ class ConnectionInfo:
             "signature_scheme": "hmac-sha256",
             "key": self.key.hex(),
             "controller_pid": self.controller_pid,
+            "max_message_size": self.max_message_size,
         }
 
     @classmethod
@@ -80,6 +84,7 @@ class ConnectionInfo:
                 key=bytes.fromhex(data["key"]),
                 controller_pid=int(data.get("controller_pid", 0)),
                 path=path,
+                max_message_size=int(data.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"connection file {path} is malformed: {e!r}") from None

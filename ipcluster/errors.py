@@ -47,6 +47,22 @@ class TaskTimeout(ClusterError):
     """The task ran longer than its ``timeout`` and was interrupted."""
 
 
+class PayloadTooLarge(ClusterError):
+    """A message would be larger than the controller accepts (its ``--max-message-size``).
+
+    Raised by ``submit`` for a task whose pickled function and arguments are too
+    large, and the error of a task whose result is: the message names both sizes.
+    """
+
+
+class UnknownSession(ClusterError):
+    """The controller no longer knows this client's session, so it did not run the request.
+
+    It restarted, or it forgot the session to bound its memory.  The client opens
+    a new session by itself; send the request again.
+    """
+
+
 class RemoteError(ClusterError):
     """A task raised on its engine and the exception could not be re-raised as-is.
 
@@ -99,6 +115,8 @@ _BY_NAME = {
         BadRequest,
         DependencyError,
         TaskTimeout,
+        PayloadTooLarge,
+        UnknownSession,
     )
 }
 

@@ -8,30 +8,29 @@ documents the same verbs as Deferred-returning methods.
 """
 from __future__ import annotations
 
-import math
 import signal as _signal
 from typing import Any, Callable, Mapping, Optional
 
 import attr
 
-from ipcluster import errors
+from ipcluster import errors, limits
 
 Check = Callable[[str, Any], Any]
 
 
 def seconds(name: str, value: Any) -> Optional[float]:
-    """A non-negative, finite number of seconds (or None)."""
+    """A non-negative number of seconds, at most ``limits.MAX_SECONDS`` (or None)."""
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
-        raise errors.BadRequest(f"{name} must be a non-negative, finite number")
+    if not limits.is_seconds(value):
+        raise errors.BadRequest(f"{name} must be a number of seconds from 0 to {limits.MAX_SECONDS:.0f}")
     return float(value)
 
 
 def task_id(name: str, value: Any) -> str:
-    """A task id: a non-empty string."""
-    if not isinstance(value, str) or not value:
-        raise errors.BadRequest(f"{name} must be a non-empty string (a task id)")
+    """A task id: printable text of 1-200 characters."""
+    if not limits.is_task_id(value):
+        raise errors.BadRequest(f"{name} must be a task id (printable text of 1-{limits.MAX_TASK_ID} characters)")
     return value
 
 

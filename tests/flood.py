@@ -4,6 +4,12 @@ A bounded loop: COUNT messages per port, cycling through garbage frames,
 wrongly signed envelopes (one carries a pickled function that would create
 CANARY if anything ever ran it), truncated envelopes and fake pongs.  Each
 port gets its own DEALER with a random identity.  Prints the number sent.
+
+The flooder presents the cluster's ZAP credentials (as someone who saw the
+PLAIN password on the network would) but does not have the key: without the
+password, nothing it sends would reach the controller at all.  Each port gets
+only messages whose frames fit its ``MAXMSGSIZE`` (a larger frame makes libzmq
+drop the connection, and the messages queued behind it).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import cloudpickle
 import zmq
 
 from ipcluster import connection
+from ipcluster.transport import security, wire
 from ipcluster.transport.wire import Codec
 
 
@@ -52,8 +59,11 @@ def main(argv):
         sock.setsockopt(zmq.LINGER, 5000)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.SNDTIMEO, 30000)
+        security.configure_client(sock, info)
         sock.connect(info.address(channel))
-        for _, frames in zip(range(count), messages(canary)):
+        largest = wire.limits(channel, info.max_message_size).frame
+        fitting = (frames for frames in messages(canary) if max(map(len, frames)) <= largest)
+        for _, frames in zip(range(count), fitting):
             sock.send_multipart(frames)
             sent += 1
         sock.close()

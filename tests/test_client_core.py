@@ -9,6 +9,17 @@ from ipcluster.client.core import ClientCore
 from ipcluster.transport.wire import Codec
 
 KEY = b"k" * 32
+SESSION = "s" * 32
+
+
+def connected(core, session=SESSION):
+    """A Codec playing the controller, after it welcomed ``core`` into ``session``."""
+    controller = Codec(KEY, session=session)
+    welcomed = []
+    msg_id, _ = core.request("connect", {}, lambda ok, value: welcomed.append(ok))
+    core.received(controller.encode("welcome", {"ref": msg_id, "version": 2}))
+    assert welcomed == [True] and core.session == session
+    return controller
 
 
 def remote_failure(exc):
@@ -20,7 +31,7 @@ def remote_failure(exc):
 class ResultTests(SynchronousTestCase):
     def setUp(self):
         self.core = ClientCore(KEY)
-        self.controller = Codec(KEY)
+        self.controller = connected(self.core)
         self.results = []
         self.task_id, _ = self.core.submit(abs, (-1,), {}, {"engine": "e1"}, self.results.append)
 
@@ -124,7 +135,7 @@ class ResultTests(SynchronousTestCase):
 class ReplyTests(SynchronousTestCase):
     def setUp(self):
         self.core = ClientCore(KEY)
-        self.controller = Codec(KEY)
+        self.controller = connected(self.core)
         self.replies = []
         self.msg_id, frames = self.core.request("engines", {}, lambda ok, value: self.replies.append((ok, value)))
         self.request = self.controller.decode(frames)
@@ -149,7 +160,7 @@ class SeveralWaiters(SynchronousTestCase):
 
     def test_submit_and_fetch_both_get_the_result(self):
         core = ClientCore(KEY)
-        controller = Codec(KEY)
+        controller = connected(core)
         submitted, fetched = [], []
         task_id, _ = core.submit(abs, (-1,), {}, {}, submitted.append)
         core.expect(task_id, fetched.append)
@@ -159,7 +170,7 @@ class SeveralWaiters(SynchronousTestCase):
 
     def test_forgetting_one_waiter_keeps_the_other(self):
         core = ClientCore(KEY)
-        controller = Codec(KEY)
+        controller = connected(core)
         submitted, fetched = [], []
         task_id, _ = core.submit(abs, (-1,), {}, {}, submitted.append)
         core.expect(task_id, fetched.append)

@@ -196,7 +196,7 @@ class ControlChannelTests(SynchronousTestCase):
             self.registry, self.monitor, self.codec, self.clock, self.send, self.drops, default_timeout=5.0,
             on_status=scheduler.engine_reported,
         )
-        self.record = self.registry.register("e1", "i1", "host", 1, 0.0)
+        self.record = self.registry.register("e1", "i1", "host", 1, 0.0, identity=b"e1")
         self.registry.mark_alive(self.record, 0.0)
 
     def send(self, frames):
@@ -204,15 +204,28 @@ class ControlChannelTests(SynchronousTestCase):
         return True
 
     def from_engine(self, mtype, fields, identity=b"e1"):
-        self.channel.message_received([identity, *self.codec.encode(mtype, fields)])
+        self.channel.message_received([identity, *self.codec.encode(mtype, fields, session=identity.decode())])
 
     def test_unregistered_identity_told_unknown(self):
         self.from_engine("pong", {"beat": 1, "instance": "x"}, identity=b"stranger")
         [(to, msg)] = self.sent
-        self.assertEqual(to, b"stranger")
+        self.assertEqual((to, msg.session), (b"stranger", "stranger"))
         self.assertEqual(msg.type, "unknown")
-        self.assertIn("stranger", msg["reason"])
-        self.assertEqual(self.drops.totals[("control", "message from unregistered engine")], 1)
+        self.assertNotIn("stranger", msg["reason"], "routing tokens are never shown")
+        self.assertEqual(self.drops.totals[("control", "unknown session")], 1)
+
+    def test_replayed_pong_dropped(self):
+        frames = [b"e1", *self.codec.encode("pong", {"beat": 1, "instance": "i1", "queued": 3}, session="e1")]
+        self.channel.message_received(frames)
+        self.record.queued = 0
+        self.channel.message_received(frames)
+        self.assertEqual(self.record.queued, 0)
+        self.assertEqual(self.drops.totals[("control", "replayed message")], 1)
+
+    def test_message_of_another_session_dropped(self):
+        self.channel.message_received([b"e1", *self.codec.encode("pong", {"beat": 1, "instance": "i1"}, session="e2")])
+        self.assertEqual(self.drops.totals[("control", "session of another sender")], 1)
+        self.assertIsNone(self.record.last_control_at)
 
     def test_dead_engine_told_unknown(self):
         self.registry.mark_dead(self.record, "gone", 1.0)
@@ -229,7 +242,7 @@ class ControlChannelTests(SynchronousTestCase):
 
     def test_bad_message_dropped(self):
         self.channel.message_received([b"e1", b"garbage", b"more"])
-        self.channel.message_received([b"e1", *self.codec.encode("command", {"verb": "beat", "args": {}})])
+        self.channel.message_received([b"e1", *self.codec.encode("command", {"verb": "beat", "args": {}}, session="e1")])
         self.assertEqual(self.drops.totals[("control", "bad signature")], 1)
         self.assertEqual(self.drops.totals[("control", "unexpected type")], 1)
         self.assertEqual(self.sent, [])
@@ -270,7 +283,7 @@ class ControlChannelTests(SynchronousTestCase):
         self.assertRaises(errors.EngineDead, self.channel.control_for, "e1")
 
     def test_death_fails_pending_commands(self):
-        other = self.registry.register("e2", "i2", "host", 2, 0.0)
+        other = self.registry.register("e2", "i2", "host", 2, 0.0, identity=b"e2")
         self.registry.mark_alive(other, 0.0)
         d1 = self.channel.control_for("e1").beat()
         d2 = self.channel.control_for("e2").beat()

@@ -44,8 +44,11 @@ class HeartMonitorTests(SynchronousTestCase):
         for ping in self.unanswered.pop(engine_id.encode(), []):
             self.monitor.pong_received(engine_id.encode(), ping)
 
-    def register(self, engine_id, instance="i"):
-        return self.registry.register(engine_id, instance, "host", 1, self.clock.seconds())
+    def register(self, engine_id, instance="i", identity=None):
+        # The engine id as its routing token, so that the tests can name hearts by id.
+        return self.registry.register(
+            engine_id, instance, "host", 1, self.clock.seconds(), identity=identity or engine_id.encode()
+        )
 
     def join(self, *engine_ids):
         """Register engines and start the monitor; each joins at its first pong."""

@@ -1,7 +1,7 @@
 """The Registry: engine states, their transitions and the events announcing them."""
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipcluster.controller.registry import ALIVE, BUSY, DEAD, REGISTERING, DuplicateEngine, Registry
+from ipcluster.controller.registry import ALIVE, BUSY, DEAD, MAX_PENDING, REGISTERING, DuplicateEngine, Registry
 
 
 class RegistryTests(SynchronousTestCase):
@@ -109,20 +109,75 @@ class RegistryTests(SynchronousTestCase):
         self.assertRaises(DuplicateEngine, self.register, instance="i2")
         self.assertEqual(r.state, BUSY)
 
-    def test_same_instance_reregisters(self):
+    def test_same_instance_reregisters_once_the_new_registration_pongs(self):
         old = self.register()
         self.registry.mark_alive(old, 1.0)
         new = self.register(now=5.0)
         self.assertIsNot(new, old)
+        self.assertNotEqual(new.identity, old.identity)
+        # Pending: the live record is untouched, the new one is pinged (active) but not listed.
+        self.assertIs(self.registry.get("e1"), old)
+        self.assertEqual(old.state, ALIVE)
+        self.assertEqual(new.state, REGISTERING)
+        self.assertEqual(self.registry.active(), [old, new])
+        self.assertEqual(list(self.registry), [old])
+        self.assertIs(self.registry.by_identity(new.identity), new)
+        self.assertEqual(self.names(), ["registering", "joined"])
+        # Its first pong: the old record leaves, the new one takes its place.
+        self.registry.mark_alive(new, 6.0)
         self.assertIs(self.registry.get("e1"), new)
-        self.assertEqual(new.state, REGISTERING)
         self.assertEqual(old.state, "left")
+        self.assertIsNone(self.registry.by_identity(old.identity))
         self.assertEqual(len(self.registry), 1)
-        self.assertEqual(self.names(), ["registering", "joined", "left", "registering"])
+        self.assertEqual(self.names(), ["registering", "joined", "left", "joined"])
+        self.assertEqual(self.events[2][2], "re-registered by the same process")
         # Late judgements of the old record change nothing.
-        self.registry.mark_dead(old, "stale", 6.0)
-        self.assertEqual(new.state, REGISTERING)
-        self.assertEqual(self.names()[-1], "registering")
+        self.registry.mark_dead(old, "stale", 7.0)
+        self.assertEqual(new.state, ALIVE)
+        self.assertEqual(self.names()[-1], "joined")
+
+    def test_pending_registration_that_never_pongs_leaves_the_live_record_alone(self):
+        """What a replayed ``register`` comes to: nothing, once it is purged."""
+        old = self.register()
+        self.registry.mark_alive(old, 1.0)
+        replayed = self.register(now=2.0)
+        self.registry.remove(replayed, "no heartbeat within 10 s of registering", 12.0, event="purged")
+        self.assertIs(self.registry.get("e1"), old)
+        self.assertEqual(old.state, ALIVE)
+        self.assertIsNone(self.registry.by_identity(replayed.identity))
+        self.assertIs(self.registry.by_identity(old.identity), old)
+        self.assertEqual(self.registry.active(), [old])
+        self.assertEqual(self.names(), ["registering", "joined"], "listeners never hear of it")
+        self.registry.mark_alive(replayed, 13.0)  # a pong after the purge: nothing
+        self.assertIs(self.registry.get("e1"), old)
+
+    def test_pending_registrations_are_bounded(self):
+        old = self.register()
+        self.registry.mark_alive(old, 1.0)
+        pending = [self.register(now=2.0 + i) for i in range(MAX_PENDING + 3)]
+        waiting = [r for r in pending if self.registry.by_identity(r.identity) is r]
+        self.assertEqual(waiting, pending[-MAX_PENDING:])
+        self.assertEqual(self.registry.active(), [old, *waiting])
+        # The latest to pong wins; the others are dropped.
+        self.registry.mark_alive(waiting[1], 20.0)
+        self.assertIs(self.registry.get("e1"), waiting[1])
+        self.assertEqual(self.registry.active(), [waiting[1]])
+
+    def test_tokens_are_random_unless_given(self):
+        a, b = self.register("a"), self.register("b")
+        self.assertNotEqual(a.identity, b.identity)
+        self.assertNotIn(b"a", (a.identity, b.identity))
+        given = self.registry.register("c", "i", "h", 1, 0.0, identity=b"token-c")
+        self.assertEqual((given.identity, given.session), (b"token-c", "token-c"))
+        self.assertIs(self.registry.by_identity(b"token-c"), given)
+        self.assertNotIn("token", repr(given))
+
+    def test_gone_records_are_not_found_by_identity(self):
+        dead, left = self.register("a"), self.register("b")
+        self.registry.mark_dead(dead, "gone", 1.0)
+        self.registry.remove(left, "bye", 1.0)
+        self.assertIsNone(self.registry.by_identity(dead.identity))
+        self.assertIsNone(self.registry.by_identity(left.identity))
 
     def test_dead_record_replaced(self):
         old = self.register()

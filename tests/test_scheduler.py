@@ -20,6 +20,7 @@ from ipcluster import errors
 from ipcluster.controller.control import ControlChannel
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.frontend import ClientFrontEnd
+from ipcluster.controller.sessions import ClientSessions
 from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.registry import Registry
 from ipcluster.interfaces import IEngineControl, ITaskStore
@@ -122,7 +123,9 @@ class Fixture(SynchronousTestCase):
         return self.controls.setdefault(engine_id, FakeControl(engine_id))
 
     def engine(self, engine_id, alive=True):
-        record = self.registry.register(engine_id, engine_id + "-i", "host", 1, self.clock.seconds())
+        # The engine id as its routing token and session, so that the tests can name engines by id.
+        record = self.registry.register(engine_id, engine_id + "-i", "host", 1, self.clock.seconds(),
+                                        identity=engine_id.encode())
         if alive:
             self.registry.mark_alive(record, self.clock.seconds())
         return record
@@ -130,7 +133,9 @@ class Fixture(SynchronousTestCase):
     # -- what engines say --------------------------------------------------------------
 
     def from_engine(self, engine_id, mtype, fields, payloads=()):
-        self.scheduler.message_received([engine_id.encode(), *self.codec.encode(mtype, fields, list(payloads))])
+        self.scheduler.message_received(
+            [engine_id.encode(), *self.codec.encode(mtype, fields, list(payloads), session=engine_id)]
+        )
 
     def started(self, engine_id, task):
         self.from_engine(engine_id, "started", {"task": task, "instance": engine_id + "-i"})
@@ -287,7 +292,7 @@ class EngineTrafficTests(Fixture):
         # A late result for a failed task is dropped: never two results.
         self.result("e1", "t1")
         self.assertEqual(len(self.results("t1")), 1)
-        self.assertEqual(self.drops.totals[("task", "result for a task not assigned to this engine")], 1)
+        self.assertEqual(self.drops.totals[("task", "unknown session")], 1, "its registration ended with its death")
 
     def test_bye_removes_the_engine(self):
         self.submit("t1", retries=0)
@@ -1314,17 +1319,31 @@ class ClientFrontEndTests(Fixture):
         monitor = HeartMonitor(self.clock, self.registry, PingCodec(KEY), lambda i, p: True, lambda r, b: None)
         self.control = ControlChannel(self.registry, monitor, self.codec, self.clock, self.send_control, self.drops, 5.0)
         self.scheduler.control_for = self.control.control_for
+        self.client_sessions = ClientSessions()
+        self.scheduler.results.session_of = self.client_sessions.session_of
         self.frontend = ClientFrontEnd(
-            self.registry, self.control, self.scheduler, self.codec, self.clock, self.send_client, self.drops
+            self.registry, self.control, self.scheduler, self.codec, self.clock, self.send_client, self.drops,
+            self.client_sessions,
         )
+        self.e1_codec = Codec(KEY, session="e1")  # e1's own messages
+        self.sessions = {}  # client identity -> its session
 
     def send_control(self, frames):
         self.to_controls.append((frames[0], self.codec.decode(frames[1:])))
         return True
 
+    def session(self, client):
+        """The client's session, opened by a ``connect`` the first time."""
+        if client not in self.sessions:
+            self.frontend.message_received([client, *self.codec.encode("connect", session="")])
+            to, welcome = self.to_clients.pop()
+            self.assertEqual((to, welcome.type), (client, "welcome"))
+            self.sessions[client] = welcome.session
+        return self.sessions[client]
+
     def request(self, mtype, fields=None, payloads=(), client=b"client-1"):
         """A client's request; returns the reply sent back to it (or None)."""
-        frames = self.codec.encode(mtype, fields, list(payloads))
+        frames = self.codec.encode(mtype, fields, list(payloads), session=self.session(client))
         before = len(self.to_clients)
         self.frontend.message_received([client, *frames])
         replies = [(to, msg) for to, msg in self.to_clients[before:] if msg.type != "result"]
@@ -1382,7 +1401,7 @@ class ClientFrontEndTests(Fixture):
         self.assertIsNone(self.control_request("abort", {"task": "t9"}), "the reply waits for the engine")
         [(to, command)] = self.to_controls
         self.assertEqual((to, command["verb"], command["args"]), (b"e1", "abort", {"task": "t9"}))
-        engine_reply = self.codec.encode("reply", {"ref": command.id, "ok": True, "value": "unknown"})
+        engine_reply = self.e1_codec.encode("reply", {"ref": command.id, "ok": True, "value": "unknown"})
         self.control.message_received([b"e1", *engine_reply])
         [(to, reply)] = self.to_clients
         self.assertEqual((to, reply["ok"], reply["value"]), (b"client-1", True, "unknown"))
@@ -1395,7 +1414,8 @@ class ClientFrontEndTests(Fixture):
 
     def test_connect_and_engines(self):
         welcome = self.request("connect")
-        self.assertEqual((welcome.type, welcome["version"]), ("welcome", 1))
+        self.assertEqual((welcome.type, welcome["version"]), ("welcome", 2))
+        self.assertEqual(welcome.session, self.session(b"client-1"), "a known session is kept")
         reply = self.request("engines")
         self.assertEqual([(e["id"], e["state"]) for e in reply["value"]], [("e1", "alive")])
 
@@ -1414,8 +1434,9 @@ class ClientFrontEndTests(Fixture):
 
     def submit_request(self, fields, payloads=(b"p",), client=b"client-1"):
         """Send a submit; returns what was sent back to any client."""
+        session = self.session(client)
         before = len(self.to_clients)
-        self.frontend.message_received([client, *self.codec.encode("submit", fields, list(payloads))])
+        self.frontend.message_received([client, *self.codec.encode("submit", fields, list(payloads), session=session)])
         return self.to_clients[before:]
 
     def assertAccepted(self, fields, payloads=(b"p",), client=b"client-1"):
@@ -1525,7 +1546,7 @@ class ClientFrontEndTests(Fixture):
         self.assertIsNone(self.request("cancel", {"task": "t2"}))
         [(to, command)] = self.to_controls
         self.assertEqual((to, command["verb"], command["args"]), (b"e1", "abort", {"task": "t2", "release": True}))
-        self.control.message_received([b"e1", *self.codec.encode("reply", {"ref": command.id, "ok": True, "value": "released"})])
+        self.control.message_received([b"e1", *self.e1_codec.encode("reply", {"ref": command.id, "ok": True, "value": "released"})])
         replies = [msg for _, msg in self.to_clients if msg.type == "reply"]
         self.assertEqual(replies[-1]["value"], True)
         self.error_of("t2", "TaskAborted", b"client-1")
@@ -1560,7 +1581,7 @@ class ClientFrontEndTests(Fixture):
         self.engine("e2")
         [(to, command)] = self.to_controls
         self.assertEqual((to, command["verb"], command["args"]), (b"e1", "abort", {"task": "t2", "release": True}))
-        self.control.message_received([b"e1", *self.codec.encode("reply", {"ref": command.id, "ok": True, "value": "released"})])
+        self.control.message_received([b"e1", *self.e1_codec.encode("reply", {"ref": command.id, "ok": True, "value": "released"})])
         self.assertEqual(self.sent("e2"), ["t2"])
 
 
@@ -1593,12 +1614,12 @@ class ControllerRestartTests(TestCase):
 
         scheduler = Scheduler(registry, self.codec, clock, record(to_engines), record(to_clients), drops, store)
         self.addCleanup(scheduler.stop)
-        engine = registry.register("a", "a-i", "host", 1, 0.0)
+        engine = registry.register("a", "a-i", "host", 1, 0.0, identity=b"a")
         registry.mark_alive(engine, 0.0)
         return scheduler, store, to_engines, to_clients
 
     def reply(self, scheduler, mtype, fields, payloads=()):
-        scheduler.message_received([b"a", *self.codec.encode(mtype, fields, list(payloads))])
+        scheduler.message_received([b"a", *self.codec.encode(mtype, fields, list(payloads), session="a")])
 
     @defer.inlineCallbacks
     def test_results_survive_a_restart(self):

@@ -16,7 +16,7 @@ def signed(codec, header, *payloads):
 
 
 def header(mtype, **fields):
-    return dict({"v": wire.PROTOCOL_VERSION, "type": mtype, "id": "m.1"}, **fields)
+    return dict({"v": wire.PROTOCOL_VERSION, "type": mtype, "id": "m.1", "s": "", "n": 1}, **fields)
 
 
 class CodecRoundTripTests(SynchronousTestCase):
@@ -98,7 +98,7 @@ class CodecRejectsTests(SynchronousTestCase):
     def test_unknown_type(self):
         self.assertBad(self.codec.encode("no-such-type"), "unexpected type")
         self.assertBad(signed(self.codec, header(42)), "unexpected type")
-        self.assertBad(signed(self.codec, {"v": 1, "id": "m.1"}), "unexpected type")
+        self.assertBad(signed(self.codec, {"v": wire.PROTOCOL_VERSION, "id": "m.1"}), "unexpected type")
 
     def test_type_not_accepted(self):
         frames = self.codec.encode("register", {"engine": "e", "instance": "i", "host": "h", "pid": 1})
@@ -110,7 +110,8 @@ class CodecRejectsTests(SynchronousTestCase):
         self.assertBad(frames, "oversize header")
 
     def test_wrong_protocol_version(self):
-        self.assertBad(signed(self.codec, dict(header("connect"), v=2)), "protocol version")
+        self.assertBad(signed(self.codec, dict(header("connect"), v=1)), "protocol version")  # before sessions
+        self.assertBad(signed(self.codec, dict(header("connect"), v=wire.PROTOCOL_VERSION + 1)), "protocol version")
         no_version = header("connect")
         del no_version["v"]
         self.assertBad(signed(self.codec, no_version), "protocol version")
@@ -145,7 +146,7 @@ class CodecRejectsTests(SynchronousTestCase):
     def test_bool_is_not_an_int(self):
         frames = self.codec.encode("register", {"engine": "e", "instance": "i", "host": "h", "pid": True})
         self.assertEqual(self.assertBad(frames, "bad field").detail, "register.pid")
-        frames = self.codec.encode("registered", {"engine": "e", "heartbeat_period": False})
+        frames = self.codec.encode("registered", {"engine": "e", "heartbeat_period": False, "nonce": "n"})
         self.assertEqual(self.assertBad(frames, "bad field").detail, "registered.heartbeat_period")
 
     def test_int_is_not_a_bool(self):
@@ -154,7 +155,7 @@ class CodecRejectsTests(SynchronousTestCase):
 
     def test_number_field_accepts_int_and_float(self):
         for period in (1, 0.5):
-            msg = self.codec.decode(self.codec.encode("registered", {"engine": "e", "heartbeat_period": period}))
+            msg = self.codec.decode(self.codec.encode("registered", {"engine": "e", "heartbeat_period": period, "nonce": "n"}))
             self.assertEqual(msg["heartbeat_period"], period)
 
     def test_garbage(self):

@@ -11,12 +11,19 @@ from __future__ import annotations
 import pickle
 import threading
 import uuid
+from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
 import cloudpickle
 
 from ipcluster import errors
-from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
+from ipcluster.limits import MAX_NAME, MAX_RETRIES, MAX_SECONDS, is_retries, is_seconds, is_text
+from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE
+from ipcluster.transport.replay import ReplayWindow
+from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
+
+#: Sessions whose messages a client still takes (the current one and those before it).
+KEEP_SESSIONS = 8
 
 #: ``callback(ok, value)``: value is the reply's value, or an exception when not ok.
 Callback = Callable[[bool, Any], None]
@@ -63,15 +70,36 @@ def _remote_exception(error: Any, payload: bytes) -> BaseException:
 
 
 class ClientCore:
-    """Requests, replies and results, correlated by message and task id."""
+    """Requests, replies and results, correlated by message and task id.
 
-    def __init__(self, key: bytes) -> None:
+    The controller gives the client a session in its ``welcome``; every later
+    request carries it, and the controller's messages are taken only from the
+    sessions it gave and only once each (a replay window per session).  When
+    the controller answers ``unknown`` (it no longer knows the session), the
+    request fails with :class:`~ipcluster.errors.UnknownSession` and a
+    ``connect`` that opens a new session goes to :attr:`send_back`.
+    """
+
+    def __init__(self, key: bytes, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         # The controller's replies can be large (engines() of a big cluster).
         self.codec = Codec(key, max_header=MAX_REPLY_HEADER_BYTES)
+        #: The largest message the controller takes (``--max-message-size``, from the connection file).
+        self.max_message_size = max_message_size
         self._lock = threading.Lock()
         self._replies: dict[str, Callback] = {}
         self._results: dict[str, list] = {}  # task id -> callbacks waiting for its result
+        self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
+        self._reconnecting = False
+        #: How the driver sends frames from within :meth:`received` (its I/O thread, or the reactor).
+        self.send_back: Callable[[list], object] = lambda frames: None
         self.dropped = 0
+        #: Controller messages refused as replays or from a session this client was not given.
+        self.refused = 0
+
+    @property
+    def session(self) -> str:
+        """The session this client's requests carry ("" until the first ``welcome``)."""
+        return self.codec.session
 
     def request(self, mtype: str, fields: dict, on_reply: Callback, payloads: Sequence[bytes] = ()) -> tuple[str, list]:
         """Frames for a request, with ``on_reply`` registered for its reply."""
@@ -95,9 +123,17 @@ class ClientCore:
         """
         payload = cloudpickle.dumps((fn, args, kwargs))
         task_id = uuid.uuid4().hex
+        fields = dict(options, task=task_id, name=_name(fn))
+        frames = self.codec.encode("submit", fields, [payload])
+        size = sum(len(frame) for frame in frames)
+        if size > self.max_message_size:
+            raise errors.PayloadTooLarge(
+                f"the task's pickled function and arguments make a {size}-byte message (payload "
+                f"{len(payload)} bytes), over the controller's limit of {self.max_message_size} bytes "
+                "(--max-message-size)"
+            )
         self.expect(task_id, on_result)
-        fields = dict(options, task=task_id, name=getattr(fn, "__name__", type(fn).__name__)[:200])
-        return task_id, self.codec.encode("submit", fields, [payload])
+        return task_id, frames
 
     def waiting(self) -> bool:
         """Whether anything waits for the controller (a reply or a task's result)."""
@@ -141,35 +177,81 @@ class ClientCore:
     def received(self, frames: Sequence[bytes]) -> None:
         """Handle one message from the controller."""
         try:
-            msg = self.codec.decode(frames)
+            msg = self.codec.decode(frames, PEER_ACCEPTS["client"])
         except BadMessage:
             self.dropped += 1
             return
-        if msg.type in ("reply", "welcome"):
+        if msg.type == "welcome":
+            self._welcome(msg)
+            return
+        window = self._windows.get(msg.session)
+        if window is None or not window.accept(msg.seq):
+            self.refused += 1
+        elif msg.type == "unknown":
+            self._session_lost(msg)
+        elif msg.type == "reply":
             with self._lock:
                 callback = self._replies.pop(msg["ref"], None)
             if callback is None:
                 return
-            if msg.type == "welcome":
-                callback(True, msg.fields)
-            elif msg["ok"]:
+            if msg["ok"]:
                 callback(True, msg.get("value"))
             else:
                 callback(False, errors.from_wire(msg.get("error")))
-        elif msg.type == "result":
-            with self._lock:
-                waiting = self._results.pop(msg["task"], None)
-            if not waiting:
-                self.dropped += 1
-                return
-            try:
-                result = TaskResult(msg)
-            except Exception as e:
-                result = _Failed(msg["task"], errors.ClusterError(f"could not decode the result: {e!r}"))
-            for on_result in waiting:
-                on_result(result)
         else:
+            self._result(msg)
+
+    def _welcome(self, msg: Message) -> None:
+        """The answer to one of our ``connect`` requests: its session is ours from now on."""
+        with self._lock:
+            callback = self._replies.pop(msg["ref"], None)
+        if callback is None:
+            return  # not ours, or answered already (a replay)
+        window = self._windows.pop(msg.session, None) or ReplayWindow()
+        window.accept(msg.seq)
+        self._windows[msg.session] = window
+        while len(self._windows) > KEEP_SESSIONS:
+            self._windows.popitem(last=False)
+        self.codec.session = msg.session
+        callback(True, msg.fields)
+
+    def _session_lost(self, msg: Message) -> None:
+        """The controller does not know our session: fail that request, open a new session."""
+        error = errors.UnknownSession(
+            "the controller no longer knows this client's session (it restarted, or forgot the session "
+            "to bound its memory); the request was not run: send it again"
+        )
+        task_id, ref = msg.get("task"), msg.get("ref")
+        if isinstance(task_id, str):
+            with self._lock:
+                waiting = self._results.pop(task_id, [])
+            for on_result in waiting:
+                on_result(_Failed(task_id, error))
+        elif isinstance(ref, str):
+            self.expire(ref, error)
+        if self._reconnecting or msg.session != self.codec.session:
+            return
+        self._reconnecting = True
+        msg_id = self.codec.new_id()
+        with self._lock:
+            self._replies[msg_id] = self._reconnected
+        self.send_back(self.codec.encode("connect", {}, msg_id=msg_id, session=""))
+
+    def _reconnected(self, ok: bool, value: Any) -> None:
+        self._reconnecting = False
+
+    def _result(self, msg: Message) -> None:
+        with self._lock:
+            waiting = self._results.pop(msg["task"], None)
+        if not waiting:
             self.dropped += 1
+            return
+        try:
+            result = TaskResult(msg)
+        except Exception as e:
+            result = _Failed(msg["task"], errors.ClusterError(f"could not decode the result: {e!r}"))
+        for on_result in waiting:
+            on_result(result)
 
 
 class _Failed:
@@ -184,6 +266,14 @@ class _Failed:
         self.started = self.finished = None
 
 
+def _name(fn: Callable) -> str:
+    """What the controller shows of a task: its function's name, as printable text."""
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str):
+        name = type(fn).__name__
+    return name[:MAX_NAME] if is_text(name[:MAX_NAME], MAX_NAME) else repr(name)[:MAX_NAME]
+
+
 def _engines(engines) -> list:
     if isinstance(engines, str):
         raise TypeError("engines= takes a list of engine ids")
@@ -191,9 +281,16 @@ def _engines(engines) -> list:
 
 
 def _retries(retries) -> int:
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ValueError("retries must be a whole number >= 0")
+    if not is_retries(retries):
+        raise ValueError(f"retries must be a whole number from 0 to {MAX_RETRIES}")
     return retries
+
+
+def _timeout(timeout) -> float:
+    timeout = float(timeout)
+    if not (is_seconds(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, at most {MAX_SECONDS:.0f}")
+    return timeout
 
 
 def _after_failed(after_failed) -> str:
@@ -208,7 +305,7 @@ _OPTION_CHECKS = {
     "engines": _engines,
     "after": lambda after: [_task_id(t) for t in after],
     "retries": _retries,
-    "timeout": float,
+    "timeout": _timeout,
     "after_failed": _after_failed,
 }
 

@@ -20,6 +20,7 @@ from ipcluster import connection, errors
 from ipcluster.client.future import TaskFuture
 from ipcluster.client.verbs import ControlVerbs
 from ipcluster.client.core import ChunkCall, ClientCore, TaskResult, submit_options
+from ipcluster.transport.security import configure_client
 from ipcluster.transport.zmqfast import recv_frames, send_frames
 
 LIVE = ("alive", "busy")
@@ -42,7 +43,7 @@ class Client(ControlVerbs, Executor):
         #: While something waits for the controller, it is probed every few seconds; after this
         #: long without a word from it, every pending future fails with NoController.
         self.controller_timeout = controller_timeout
-        self._core = ClientCore(self.info.key)
+        self._core = ClientCore(self.info.key, self.info.max_message_size)
         self._context = zmq.Context()
         self._pipe_address = f"inproc://ipcluster-client-{uuid.uuid4().hex}"
         self._pipe_in = self._context.socket(zmq.PAIR)
@@ -54,6 +55,9 @@ class Client(ControlVerbs, Executor):
         self._dealer.setsockopt(zmq.LINGER, 0)
         # Never block the I/O thread on a controller that is gone: it must stay free to notice.
         self._dealer.setsockopt(zmq.SNDHWM, 0)
+        configure_client(self._dealer, self.info)
+        # (Called in the I/O thread, the one that uses the dealer.)
+        self._core.send_back = lambda frames: send_frames(self._dealer, frames)
         try:
             self._dealer.connect(self.info.address("client"))
         except zmq.ZMQError as e:

@@ -8,6 +8,7 @@ from twisted.internet import defer
 from ipcluster import connection, errors
 from ipcluster.client.verbs import ControlVerbs
 from ipcluster.client.core import ClientCore, TaskResult, submit_options
+from ipcluster.transport.security import configure_client
 
 
 class TwistedClient(ControlVerbs):
@@ -19,9 +20,13 @@ class TwistedClient(ControlVerbs):
         self.info = info
         self.reactor = reactor
         self.timeout = timeout
-        self._core = ClientCore(info.key)
+        self._core = ClientCore(info.key, info.max_message_size)
         self._factory = make_factory(reactor)
-        self._socket = DealerSocket(self._factory, info.address("client"), self._core.received, name="client")
+        self._socket = DealerSocket(
+            self._factory, info.address("client"), self._core.received, name="client",
+            configure=lambda sock: configure_client(sock, info),
+        )
+        self._core.send_back = self._socket.send_frames
 
     @classmethod
     def connect(cls, connection_file: Optional[str] = None, reactor=None, timeout: float = 10.0) -> defer.Deferred:
@@ -60,7 +65,10 @@ class TwistedClient(ControlVerbs):
         except (TypeError, ValueError):
             return defer.fail()
         done = defer.Deferred()
-        task_id, frames = self._core.submit(fn, args, kwargs, options, lambda r: _deliver(done, r))
+        try:
+            task_id, frames = self._core.submit(fn, args, kwargs, options, lambda r: _deliver(done, r))
+        except errors.PayloadTooLarge:
+            return defer.fail()
         done.task_id = task_id
         done.engine = None
         done.stdout = done.stderr = ""

@@ -19,9 +19,10 @@ from ipcluster import errors
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.registry import ACTIVE_STATES, GONE_EVENTS, EngineEvent, EngineRecord, Registry
+from ipcluster.controller.sessions import EngineInbox
 from ipcluster.interfaces import IEngineControl
 from ipcluster.verbs import DEFAULT_EXIT_TIMEOUT, VERBS
-from ipcluster.transport.wire import ACCEPTS, Codec, Message
+from ipcluster.transport.wire import Codec, Message
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -49,8 +50,10 @@ class EngineControl:
         codec: Codec,
         clock: IReactorTime,
         default_timeout: float = DEFAULT_TIMEOUT,
+        session: str = "",
     ) -> None:
         self.engine_id = engine_id
+        self._session = session  # the engine's: what its commands are labelled with
         self._send = send
         self._codec = codec
         self._clock = clock
@@ -116,7 +119,7 @@ class EngineControl:
         except errors.BadRequest:
             return defer.fail()
         msg_id = self._codec.new_id()
-        frames = self._codec.encode("command", {"verb": name, "args": args}, msg_id=msg_id)
+        frames = self._codec.encode("command", {"verb": name, "args": args}, msg_id=msg_id, session=self._session)
         if not self._send(frames):
             return defer.fail(errors.EngineDead(f"engine {self.engine_id} is not connected"))
         timeout = self.default_timeout if timeout is None else timeout
@@ -175,7 +178,7 @@ class EngineControl:
 
 def send_control_ping(codec: Codec, send: Callable[[Sequence[bytes]], bool], record: EngineRecord, beat: int) -> None:
     """The heart monitor's Python-level ping on an engine's control channel (busy detection)."""
-    send([record.identity, *codec.encode("ping", {"beat": beat})])
+    send([record.identity, *codec.encode("ping", {"beat": beat}, session=record.session)])
 
 
 class ControlChannel:
@@ -202,6 +205,7 @@ class ControlChannel:
         self.drops = drops
         self.default_timeout = default_timeout
         self.controls: dict[str, EngineControl] = {}
+        self.inbox = EngineInbox(registry, codec, drops, "control")
         #: ``on_status(record, task_id, running_for)``: what each pong says the engine runs.
         self.on_status: StatusReport = on_status
         registry.subscribe(self._registry_event)
@@ -217,7 +221,8 @@ class ControlChannel:
         if control is None:
             identity = record.identity
             control = EngineControl(
-                engine_id, lambda frames: self.send([identity, *frames]), self.codec, self.clock, self.default_timeout
+                engine_id, lambda frames: self.send([identity, *frames]), self.codec, self.clock, self.default_timeout,
+                session=record.session,
             )
             self.controls[engine_id] = control
         return control
@@ -226,25 +231,26 @@ class ControlChannel:
         send_control_ping(self.codec, self.send, record, beat)
 
     def message_received(self, frames: list) -> None:
-        received = self.drops.decode(self.codec, "control", frames, ACCEPTS["control"])
+        received = self.inbox.receive(frames)
         if received is None:
             return
-        identity, msg = received
-        engine_id = identity.decode("utf-8", "replace")
-        record = self.registry.get(engine_id)
-        if record is None or record.state not in ACTIVE_STATES:
-            self.drops.drop("control", "message from unregistered engine", identity, msg.type)
-            self.send([identity, *self.codec.encode("unknown", {"reason": f"engine {engine_id} is not registered"})])
+        identity, record, msg = received
+        if record is None:
+            # A registration that ended (dead, left, or a controller that restarted): re-register.
+            unknown = {"reason": "this engine's registration is not known here"}
+            self.send([identity, *self.codec.encode("unknown", unknown, session=msg.session)])
             return
         instance = msg.get("instance")
         if instance is not None and instance != record.instance:
-            self.drops.drop("control", "stale engine instance", identity, msg.type)
+            self.drops.drop("control", "stale engine instance", record.id.encode(), msg.type)
             return
+        if not self.registry.listed(record):
+            return  # a pending registration: it joins by its heart, and has no commands yet
         self.monitor.control_seen(record)
         if msg.type == "pong":
             self._note_status(record, msg)
         elif msg.type == "reply":
-            control = self.controls.get(engine_id)
+            control = self.controls.get(record.id)
             if control is not None:
                 control.reply_received(msg)
 

@@ -11,6 +11,8 @@ from ipcluster import errors, verbs
 from ipcluster.controller.control import ControlChannel
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import Registry
+from ipcluster.limits import is_task_id
+from ipcluster.controller.sessions import REPLAYED, UNKNOWN_SESSION, ClientSessions
 from ipcluster.scheduler.scheduler import Scheduler
 from ipcluster.transport.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
 
@@ -18,7 +20,12 @@ Send = Callable[[Sequence[bytes]], bool]
 
 
 class ClientFrontEnd:
-    """Serves clients: engine listings, direct task submission, control verbs."""
+    """Serves clients: engine listings, direct task submission, control verbs.
+
+    ``connect`` opens a session (or confirms the one it carries); every other
+    request must carry a session the controller knows and a sequence number
+    not seen before in it (``sessions``).  Replies carry the client's session.
+    """
 
     log = Logger()
 
@@ -31,6 +38,7 @@ class ClientFrontEnd:
         clock: IReactorTime,
         send: Send,
         drops: DropLog,
+        sessions: ClientSessions,
     ) -> None:
         self.registry = registry
         self.control = control
@@ -39,20 +47,23 @@ class ClientFrontEnd:
         self.clock = clock
         self.send = send
         self.drops = drops
+        self.sessions = sessions
 
     def message_received(self, frames: list) -> None:
         identity, body = frames[0], frames[1:]
         try:
             msg = self.codec.decode(body, ACCEPTS["client"])
         except BadMessage as e:
-            self.drops.drop("client", e.reason, identity, e.detail)
-            header = e.header or {}
-            # Signed by a real client but malformed: tell it, do not leave it waiting.
-            error = errors.BadRequest(f"malformed request: {e}")
-            if header.get("type") == "submit" and isinstance(header.get("task"), str):
-                self._refuse_task(identity, header["task"], error)
-            elif isinstance(header.get("id"), str) and header["id"]:
-                self._error(identity, Message("reply", header["id"], header), error)
+            self._malformed(identity, e)
+            return
+        if msg.type == "connect":
+            self._connect(identity, msg)
+            return
+        why = self.sessions.accept(identity, msg.session, msg.seq)
+        if why is not None:
+            self.drops.drop("client", why, identity, f"{msg.type} #{msg.seq}")
+            if why == UNKNOWN_SESSION:
+                self._unknown(identity, msg)
             return
         if msg.type == "submit":
             self._submit(identity, msg)
@@ -70,11 +81,39 @@ class ClientFrontEnd:
         else:
             self._ok(identity, msg, result)
 
+    def _malformed(self, identity: bytes, e: BadMessage) -> None:
+        self.drops.drop("client", e.reason, identity, e.detail)
+        header = e.header or {}
+        session, seq = header.get("s"), header.get("n")
+        if not isinstance(session, str) or type(seq) is not int or seq < 1:
+            return
+        if self.sessions.accept(identity, session, seq) is not None:
+            return  # not answered: from no session we know, or answered once already
+        # Signed by a real client but malformed: tell it, do not leave it waiting.
+        error = errors.BadRequest(f"malformed request: {e}")
+        if header.get("type") == "submit" and isinstance(header.get("task"), str):
+            self._refuse_task(identity, session, header["task"], error)
+        elif isinstance(header.get("id"), str) and header["id"]:
+            self._error(identity, Message("reply", header["id"], header, (), session), error)
+
+    def _unknown(self, identity: bytes, msg: Message) -> None:
+        """Tell a client that its session is unknown here (it opens a new one): the request was not run."""
+        fields = {"reason": "the controller does not know this client's session", "ref": msg.id}
+        if msg.type == "submit":
+            fields["task"] = msg["task"]
+        self.send([identity, *self.codec.encode("unknown", fields, session=msg.session)])
+
     # -- requests --------------------------------------------------------------
 
-    def _on_connect(self, identity: bytes, msg: Message):
-        self.send([identity, *self.codec.encode("welcome", {"ref": msg.id, "version": PROTOCOL_VERSION})])
-        return _NO_REPLY
+    def _connect(self, identity: bytes, msg: Message) -> None:
+        """Welcome a client into its session: the one it carries if known here, else a new one."""
+        why = self.sessions.accept(identity, msg.session, msg.seq) if msg.session else UNKNOWN_SESSION
+        if why == REPLAYED:
+            self.drops.drop("client", why, identity, f"connect #{msg.seq}")
+            return
+        session = msg.session if why is None else self.sessions.open(identity)
+        welcome = {"ref": msg.id, "version": PROTOCOL_VERSION}
+        self.send([identity, *self.codec.encode("welcome", welcome, session=session)])
 
     def _on_engines(self, identity: bytes, msg: Message):
         now = self.clock.seconds()
@@ -87,7 +126,7 @@ class ClientFrontEnd:
         try:
             accepted = self._on_submit(identity, msg)
         except errors.ClusterError as e:
-            self._refuse_task(identity, task_id, e)
+            self._refuse_task(identity, msg.session, task_id, e)
             return
 
         def refused(failure):
@@ -96,13 +135,13 @@ class ClientFrontEnd:
                 failure = errors.ClusterError(f"the controller failed to accept task {task_id}: {failure.value!r}")
             else:
                 failure = failure.value
-            self._refuse_task(identity, task_id, failure)
+            self._refuse_task(identity, msg.session, task_id, failure)
 
         accepted.addErrback(refused)
 
-    def _refuse_task(self, identity: bytes, task_id: str, error: Exception) -> None:
+    def _refuse_task(self, identity: bytes, session: str, task_id: str, error: Exception) -> None:
         fields = {"task": task_id, "ok": False, "error": errors.to_wire(error)}
-        self.send([identity, *self.codec.encode("result", fields, [b"", b"", b""])])
+        self.send([identity, *self.codec.encode("result", fields, [b"", b"", b""], session=session)])
 
     def _on_submit(self, identity: bytes, msg: Message):
         engine, engines = msg.get("engine"), msg.get("engines")
@@ -113,9 +152,8 @@ class ClientFrontEnd:
         elif engines is not None and (not isinstance(engines, list) or not all(isinstance(e, str) for e in engines)):
             raise errors.BadRequest("engines must be a list of engine ids")
         after = msg.get("after") or []
-        if not isinstance(after, list) or not all(isinstance(t, str) for t in after):
+        if not isinstance(after, list) or not all(is_task_id(t) for t in after):
             raise errors.BadRequest("after must be a list of task ids")
-        name = msg.get("name") or ""
         return self.scheduler.submit(
             identity,
             msg["task"],
@@ -125,7 +163,7 @@ class ClientFrontEnd:
             retries=msg.get("retries"),
             timeout=msg.get("timeout"),
             after_failed=msg.get("after_failed") or "fail",
-            name=name if isinstance(name, str) else "",
+            name=msg.get("name") or "",
         )
 
     def _on_cancel(self, identity: bytes, msg: Message):
@@ -146,17 +184,15 @@ class ClientFrontEnd:
     # -- replies ---------------------------------------------------------------
 
     def _ok(self, identity: bytes, msg: Message, value) -> None:
-        if value is _NO_REPLY:
-            return
-        self.send([identity, *self.codec.encode("reply", {"ref": msg.id, "ok": True, "value": value})])
+        fields = {"ref": msg.id, "ok": True, "value": value}
+        self.send([identity, *self.codec.encode("reply", fields, session=msg.session)])
 
     def _error(self, identity: bytes, msg: Message, error: Exception) -> None:
-        self.send([identity, *self.codec.encode("reply", {"ref": msg.id, "ok": False, "error": errors.to_wire(error)})])
+        fields = {"ref": msg.id, "ok": False, "error": errors.to_wire(error)}
+        self.send([identity, *self.codec.encode("reply", fields, session=msg.session)])
 
     def _failed(self, identity: bytes, msg: Message, failure) -> None:
         if not failure.check(errors.ClusterError):
             self.log.failure("control request {verb} failed", failure, verb=msg.get("verb"))
         self._error(identity, msg, failure.value)
 
-
-_NO_REPLY = object()

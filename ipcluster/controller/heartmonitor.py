@@ -152,10 +152,10 @@ class HeartMonitor:
     # -- input ---------------------------------------------------------------
 
     def pong_received(self, identity: bytes, data: bytes) -> None:
-        """An echoed ping came back from ``identity``; raises BadMessage if it is not valid."""
-        record = self.registry.get(identity.decode("utf-8", "replace"))
+        """An echoed ping came back from routing token ``identity``; raises BadMessage if it is not valid."""
+        record = self.registry.by_identity(identity)
         if record is None or record.state not in (REGISTERING, ALIVE, BUSY):
-            raise BadMessage("pong from unknown engine", repr(identity[:40]))
+            raise BadMessage("pong from unknown engine")
         beat, sent = self.pings.pong(identity, data)
         if beat > self.beat:
             raise BadMessage("pong from the future", f"beat {beat} > {self.beat}")

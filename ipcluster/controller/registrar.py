@@ -8,13 +8,23 @@ from twisted.logger import Logger
 
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import DuplicateEngine, Registry
+from ipcluster.limits import MAX_ENGINE_ID_BYTES, is_engine_id, is_text
+from ipcluster.transport.security import engine_token, new_nonce
 from ipcluster.transport.wire import ACCEPTS, Codec, Message
 
 Send = Callable[[Sequence[bytes]], bool]
 
+MAX_HOST = 255  # a host name (RFC 1035: 255 octets at most)
+
 
 class Registrar:
     """Phase one of registration: record the engine and tell it the heartbeat settings.
+
+    The ``registered`` reply carries a fresh nonce; the engine's routing token
+    (its sockets' identity and its session) is ``engine_token(key, nonce,
+    instance)``, which only key holders can compute.  So a replayed
+    ``register`` gets its replayer a reply it can do nothing with, and a
+    pending registration that never pongs is purged.
 
     Phase two -- counting the engine -- happens at its first heart pong, in
     the HeartMonitor.
@@ -31,7 +41,11 @@ class Registrar:
         drops: DropLog,
         heartbeat_period: float,
         is_local: Callable[[str], bool] = lambda engine_id: False,
+        key: bytes = b"",
     ) -> None:
+        if not key:
+            raise ValueError("the registrar needs the cluster key to make routing tokens")
+        self.key = key
         self.registry = registry
         self.codec = codec
         self.clock = clock
@@ -45,19 +59,24 @@ class Registrar:
         if received is None:
             return
         identity, msg = received
-        engine_id = msg["engine"]
-        if not engine_id or len(engine_id.encode()) > 128 or not engine_id.isprintable():
-            self._reply(identity, msg, "rejected", engine=engine_id[:128], reason="engine id must be 1-128 bytes of printable text")
+        engine_id, instance = msg["engine"], msg["instance"]
+        if not (is_engine_id(engine_id) and is_engine_id(instance) and is_text(msg["host"], MAX_HOST)):
+            reason = f"engine id, instance and host must be printable text of 1-{MAX_ENGINE_ID_BYTES} bytes"
+            self._reply(identity, msg, "rejected", engine=repr(engine_id)[:MAX_ENGINE_ID_BYTES], reason=reason)
             return
+        nonce = new_nonce()
+        token = engine_token(self.key, nonce, instance)
         try:
             self.registry.register(
-                engine_id, msg["instance"], msg["host"], msg["pid"], self.clock.seconds(), self.is_local(engine_id)
+                engine_id, instance, msg["host"], msg["pid"], self.clock.seconds(), self.is_local(engine_id),
+                identity=token,
             )
         except DuplicateEngine as e:
             self.log.warn("refused registration of {engine}: {why}", engine=engine_id, why=str(e))
             self._reply(identity, msg, "rejected", engine=engine_id, reason=str(e))
             return
-        self._reply(identity, msg, "registered", engine=engine_id, heartbeat_period=self.heartbeat_period)
+        self._reply(identity, msg, "registered", token.decode(), engine=engine_id,
+                    heartbeat_period=self.heartbeat_period, nonce=nonce)
 
-    def _reply(self, identity: bytes, msg: Message, mtype: str, **fields) -> None:
-        self.send([identity, *self.codec.encode(mtype, dict(fields, ref=msg.id))])
+    def _reply(self, identity: bytes, msg: Message, mtype: str, session: str = "", **fields) -> None:
+        self.send([identity, *self.codec.encode(mtype, dict(fields, ref=msg.id), session=session)])

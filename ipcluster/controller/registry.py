@@ -10,15 +10,25 @@ States::
 ``busy`` means the heart (native, GIL-free) answers but the Python control
 channel does not: the engine's interpreter is held.  A busy engine is alive and
 is never failed for being busy.
+
+Engines are listed by id; their sockets are known by their routing token
+(``EngineRecord.identity``, ``Registry.by_identity``), which changes with every
+registration.  A registration of an engine whose record is still active (the
+same process registering again, or a replay of its ``register``) is *pending*:
+the active record stays untouched until the new token's first heart pong, and a
+pending registration that never pongs is purged without disturbing it.
 """
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
+import os
+from collections import OrderedDict, defaultdict
 from typing import Callable, Iterator, Optional
 
 import attr
 from twisted.logger import Logger
+
+from ipcluster.transport.replay import ReplayWindow
 
 REGISTERING = "registering"
 ALIVE = "alive"
@@ -48,8 +58,16 @@ class EngineEvent(str, enum.Enum):
 GONE_EVENTS = frozenset({EngineEvent.DEAD, EngineEvent.LEFT, EngineEvent.PURGED})
 
 
+#: Pending registrations kept per engine id (a replayed ``register`` cannot pile them up).
+MAX_PENDING = 4
+
+
 class DuplicateEngine(Exception):
     """Another live engine process already holds this engine id."""
+
+
+def _random_token() -> bytes:
+    return os.urandom(16).hex().encode()
 
 
 @attr.s(slots=True, eq=False)
@@ -75,10 +93,16 @@ class EngineRecord:
     queued: int = attr.ib(default=0)
     ended_at: Optional[float] = attr.ib(default=None)
     reason: str = attr.ib(default="")
+    #: The routing token of this registration: the ZeroMQ identity of the engine's sockets and
+    #: the session its messages carry.  Secret: never shown (logs and status show ``id``).
+    identity: bytes = attr.ib(factory=_random_token, repr=False)
+    #: Replay windows of the engine's messages, per socket.
+    windows: dict = attr.ib(factory=lambda: defaultdict(ReplayWindow), repr=False)
 
     @property
-    def identity(self) -> bytes:
-        return self.id.encode()
+    def session(self) -> str:
+        """The session the engine's messages carry (its token)."""
+        return self.identity.decode()
 
     def describe(self, now: float) -> dict:
         """A plain dict for clients and status views."""
@@ -112,6 +136,8 @@ class Registry:
 
     def __init__(self, keep_dead: int = 1000) -> None:
         self._engines: OrderedDict[str, EngineRecord] = OrderedDict()
+        #: Active records and pending registrations, by routing token.
+        self._by_identity: dict[bytes, EngineRecord] = {}
         self._listeners: list[Listener] = []
         self._keep_dead = keep_dead
 
@@ -135,6 +161,14 @@ class Registry:
     def get(self, engine_id: str) -> Optional[EngineRecord]:
         return self._engines.get(engine_id)
 
+    def by_identity(self, identity: bytes) -> Optional[EngineRecord]:
+        """The registering, alive or busy record (or pending registration) with this routing token."""
+        return self._by_identity.get(identity)
+
+    def listed(self, record: EngineRecord) -> bool:
+        """Whether ``record`` is the one listed for its engine id (not a pending registration)."""
+        return self._engines.get(record.id) is record
+
     def __iter__(self) -> Iterator[EngineRecord]:
         return iter(list(self._engines.values()))
 
@@ -142,8 +176,9 @@ class Registry:
         return len(self._engines)
 
     def active(self) -> list[EngineRecord]:
-        """Engines registering, alive or busy (the ones the heart monitor pings)."""
-        return [r for r in self._engines.values() if r.state in ACTIVE_STATES]
+        """Engines registering, alive or busy, then pending registrations (the heart monitor pings them all)."""
+        listed = [r for r in self._engines.values() if r.state in ACTIVE_STATES]
+        return listed + [r for r in self._by_identity.values() if not self.listed(r)]
 
     def live(self) -> list[EngineRecord]:
         """Engines that joined and are not dead: alive or busy."""
@@ -152,32 +187,75 @@ class Registry:
     # -- transitions ---------------------------------------------------------
 
     def register(
-        self, engine_id: str, instance: str, host: str, pid: int, now: float, local: bool = False
+        self,
+        engine_id: str,
+        instance: str,
+        host: str,
+        pid: int,
+        now: float,
+        local: bool = False,
+        identity: Optional[bytes] = None,
     ) -> EngineRecord:
         """Begin registering an engine (phase one); it counts once it pongs.
 
-        The same process registering again (same instance) replaces its old
-        record, which leaves.  A dead record with the same id is replaced.
-        Another process holding a live id raises :class:`DuplicateEngine`.
+        ``identity`` is the registration's routing token (the Registrar derives a
+        fresh one each time; a random one if not given).  When the same process
+        (same instance) already holds an active record, the new registration is
+        *pending*: known by its token only, it takes the record over at its first
+        pong (:meth:`mark_alive`); at most :data:`MAX_PENDING` are kept per id.
+        A dead record with the same id is replaced at once.  Another process
+        holding an active id raises :class:`DuplicateEngine`.
         """
         old = self._engines.get(engine_id)
-        if old is not None:
-            if old.state in ACTIVE_STATES and old.instance != instance:
-                raise DuplicateEngine(
-                    f"engine id {engine_id!r} is held by pid {old.pid} on {old.host} "
-                    f"({old.state}); it must exit or be declared dead first"
-                )
-            if old.state in ACTIVE_STATES:
-                self.remove(old, "re-registered by the same process", now)
-            else:
-                del self._engines[engine_id]
+        if old is not None and old.state in ACTIVE_STATES and old.instance != instance:
+            raise DuplicateEngine(
+                f"engine id {engine_id!r} is held by pid {old.pid} on {old.host} "
+                f"({old.state}); it must exit or be declared dead first"
+            )
         record = EngineRecord(engine_id, instance, host, pid, registered_at=now, local=local)
+        if identity is not None:
+            record.identity = identity
+        self._by_identity[record.identity] = record
+        if old is not None and old.state in ACTIVE_STATES:
+            self._pend(record, now)
+            return record
+        if old is not None:
+            del self._engines[engine_id]
         self._engines[engine_id] = record
         self._emit(EngineEvent.REGISTERING, record)
         return record
 
+    def _pend(self, record: EngineRecord, now: float) -> None:
+        """Keep ``record`` pending (the engine's listed record stays), the latest few per id."""
+        pending = [r for r in self._by_identity.values() if r.id == record.id and not self.listed(r)]
+        for superseded in pending[: max(0, len(pending) - MAX_PENDING)]:
+            self._forget(superseded, "superseded by a later registration", now)
+        self.log.info(
+            "engine {engine} registering again ({where}); its record stays until the new registration's "
+            "first heartbeat", engine=record.id, where=f"{record.host} pid {record.pid}",
+        )
+
+    def _forget(self, record: EngineRecord, reason: str, now: float) -> None:
+        """Drop a pending registration: no listener was told of it, so none is told of its end."""
+        self._by_identity.pop(record.identity, None)
+        record.state, record.reason, record.ended_at = DEAD, reason, now
+
+    def _take_over(self, record: EngineRecord, now: float) -> None:
+        """A pending registration's first pong: it replaces the record listed for its id (which leaves)."""
+        old = self._engines.get(record.id)
+        if old is not None and old.state in ACTIVE_STATES:
+            self.remove(old, "re-registered by the same process", now)
+        self._engines.pop(record.id, None)
+        for other in [r for r in self._by_identity.values() if r.id == record.id and r is not record]:
+            self._forget(other, "superseded by a later registration", now)
+        self._engines[record.id] = record
+
     def mark_alive(self, record: EngineRecord, now: float) -> None:
         if record.state == REGISTERING:
+            if self._by_identity.get(record.identity) is not record:
+                return  # purged or superseded meanwhile
+            if not self.listed(record):
+                self._take_over(record, now)
             record.state = ALIVE
             record.joined_at = now
             self._emit(EngineEvent.JOINED, record)
@@ -195,8 +273,9 @@ class Registry:
 
     def mark_dead(self, record: EngineRecord, reason: str, now: float) -> None:
         """Declare an engine dead; its record stays (state ``dead``) until replaced."""
-        if record.state not in ACTIVE_STATES or self._engines.get(record.id) is not record:
+        if record.state not in ACTIVE_STATES or not self.listed(record):
             return
+        self._by_identity.pop(record.identity, None)
         record.state = DEAD
         record.reason = reason
         record.ended_at = now
@@ -205,11 +284,19 @@ class Registry:
         self._trim_dead()
 
     def remove(self, record: EngineRecord, reason: str, now: float, event: EngineEvent = EngineEvent.LEFT) -> None:
-        """An engine left cleanly (or its registration was purged): forget it."""
-        if self._engines.get(record.id) is not record:
+        """An engine left cleanly (or its registration was purged): forget it.
+
+        A pending registration goes quietly (nobody was told of it).
+        """
+        if not self.listed(record):
+            if self._by_identity.get(record.identity) is record:
+                self._forget(record, reason, now)
+                self.log.warn("engine {engine}: pending registration dropped: {reason}", engine=record.id, reason=reason)
             return
         was_active = record.state in ACTIVE_STATES
         del self._engines[record.id]
+        if self._by_identity.get(record.identity) is record:
+            del self._by_identity[record.identity]
         record.reason = reason
         record.ended_at = now
         if was_active:

@@ -30,6 +30,7 @@ from ipcluster.controller.heartmonitor import HeartMonitor
 from ipcluster.controller.log import log_engine_event
 from ipcluster.controller.registrar import Registrar
 from ipcluster.controller.registry import Registry
+from ipcluster.controller.sessions import ClientSessions
 from ipcluster.controller.sockets import ControllerSockets
 from ipcluster.controller.status import ControllerStatus
 from ipcluster.interfaces import ITaskStore
@@ -77,7 +78,8 @@ class Controller(service.MultiService):
         self.pings = PingCodec(self.key)
         self.registry = Registry()
         self.drops = DropLog(reactor)
-        self.sockets = ControllerSockets(reactor, config, self.drops)
+        self.sockets = ControllerSockets(reactor, config, self.drops, self.key)
+        self.client_sessions = ClientSessions()
         self.info: Optional[ConnectionInfo] = None
         self.store: Optional[ITaskStore] = None
         send = self.sockets.sender
@@ -107,16 +109,18 @@ class Controller(service.MultiService):
             control_for=self.control.control_for,
             prefetch=config.prefetch,
             on_engine_traffic=self.monitor.control_seen,
+            session_of=self.client_sessions.session_of,
         )
         # The scheduler records what each engine runs; the control channel hears it in pongs.
         self.control.on_status = self.scheduler.engine_reported
         self.local_engines = LocalEngines(reactor, self.registry, str(config.connection_file), config.engines)
         self.registrar = Registrar(
             self.registry, self.codec, reactor, send("registration"), self.drops, config.heartbeat_period,
-            is_local=self.local_engines.is_local,
+            is_local=self.local_engines.is_local, key=self.key,
         )
         self.frontend = ClientFrontEnd(
-            self.registry, self.control, self.scheduler, self.codec, reactor, send("client"), self.drops
+            self.registry, self.control, self.scheduler, self.codec, reactor, send("client"), self.drops,
+            self.client_sessions,
         )
         self.status = ControllerStatus(reactor, self.registry, self.scheduler, self.drops, config, self.sockets.ports)
         self.registry.subscribe(log_engine_event)
@@ -127,13 +131,15 @@ class Controller(service.MultiService):
     # -- sockets ---------------------------------------------------------------
 
     def _on_heartbeat(self, frames: list) -> None:
+        record = self.registry.by_identity(frames[0]) if frames else None
+        peer = record.id.encode() if record is not None else b"an unregistered engine"  # never the token
         if len(frames) != 2:
-            self.drops.drop("heartbeat", "wrong frame count", frames[0] if frames else b"", f"{len(frames)} frames")
+            self.drops.drop("heartbeat", "wrong frame count", peer, f"{len(frames)} frames")
             return
         try:
             self.monitor.pong_received(frames[0], frames[1])
         except BadMessage as e:
-            self.drops.drop("heartbeat", e.reason, frames[0], e.detail)
+            self.drops.drop("heartbeat", e.reason, peer, e.detail)
 
     def bind(self) -> None:
         """Bind every socket (on the configured or random ports)."""
@@ -147,7 +153,8 @@ class Controller(service.MultiService):
             }
         )
         self.info = ConnectionInfo(
-            ip=self.sockets.advertised_address(), ports=self.sockets.ports(), key=self.key, controller_pid=os.getpid()
+            ip=self.sockets.advertised_address(), ports=self.sockets.ports(), key=self.key, controller_pid=os.getpid(),
+            max_message_size=self.config.max_message_size,
         )
 
     # -- service ---------------------------------------------------------------

@@ -4,26 +4,54 @@ Components never hold a socket: they get ``sender(channel)`` (a function of
 frames that returns whether the message went out) and, for the heart monitor,
 ``drainer(channels)``.  So every component can be built before the sockets are
 bound, and tested with a plain function instead.
+
+Who may connect is settled before a single frame is read: the ZAP handler
+(``transport.security.ZapHandler``, answered on the reactor) is bound first, in
+the same ZeroMQ context, and every socket is a PLAIN server.  Refused connections are counted
+in the DropLog: wrong credentials by the ZAP handler, peers without any (the
+ZeroMQ security mechanism does not match) by a monitor on each socket.  Each
+socket takes messages up to its own limits (``wire.limits``).
 """
 from __future__ import annotations
 
 import socket as _socket
 from typing import Callable, Mapping, Optional, Sequence
 
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
 from ipcluster.connection import CHANNELS
 from ipcluster.controller.droplog import DropLog
+from ipcluster.transport import security, wire
 
 Send = Callable[[Sequence[bytes]], bool]
+
+#: The handshake failures a socket monitor reports, and how the DropLog names them.
+_MONITORED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+
+
+def refusal(event: dict) -> Optional[str]:
+    """The DropLog reason for a monitor event (None: not a refusal we count)."""
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return "refused connection: no credentials"
+        return "refused connection: protocol error"
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return "refused connection: handshake failed"
+    return None
 
 
 class ControllerSockets:
     """Binds, sends on, drains and closes the controller's sockets."""
 
-    def __init__(self, reactor, config, drops: DropLog) -> None:
+    def __init__(self, reactor, config, drops: DropLog, key: bytes) -> None:
         self.reactor = reactor
         self.config = config
         self.drops = drops
+        self.key = key
         self.sockets: dict = {}
+        self.zap = security.ZapHandler(key)
+        self._auxiliary: list = []  # the ZAP handler and the monitors
         self._factory = None
 
     def sender(self, channel: str) -> Send:
@@ -54,24 +82,60 @@ class ControllerSockets:
         return bool(self.sockets)
 
     def bind(self, handlers: Mapping[str, Callable[[list], None]]) -> None:
-        """Bind every channel (on the configured or random ports), each feeding its handler."""
+        """Bind the ZAP handler, then every channel (on the configured or random ports), each
+        feeding its handler."""
         from ipcluster.transport.reactor import RouterSocket, make_factory
 
         self._factory = make_factory(self.reactor)
         try:
+            zap = RouterSocket(self._factory, security.ZAP_ENDPOINT, lambda frames: None, name="zap")
+            zap.on_message = lambda frames: self._authenticate(zap, frames)
+            self._auxiliary.append(zap)
             for channel in CHANNELS:
-                port = int(self.config.ports.get(channel, 0) or 0)
-                self.sockets[channel] = RouterSocket(
-                    self._factory,
-                    f"tcp://{self.config.ip}:{port or '*'}",
-                    handlers[channel],
-                    max_batch=self.config.max_batch,
-                    max_message_size=self.config.max_message_size,
-                    name=channel,
-                )
+                self.sockets[channel] = self._bind(RouterSocket, channel, handlers[channel])
         except Exception:
             self.close()
             raise
+
+    def _bind(self, router, channel: str, handler: Callable[[list], None]):
+        from ipcluster.transport.reactor import PairSocket
+
+        port = int(self.config.ports.get(channel, 0) or 0)
+        limits = wire.limits(channel, self.config.max_message_size)
+
+        def configure(sock: zmq.Socket) -> None:
+            security.configure_server(sock, channel)
+            monitor = f"inproc://ipcluster-monitor-{channel}-{id(self)}"
+            sock.monitor(monitor, _MONITORED)
+            self._auxiliary.append(PairSocket(self._factory, monitor, lambda frames: self._monitored(channel, frames)))
+
+        return router(
+            self._factory,
+            f"tcp://{self.config.ip}:{port or '*'}",
+            handler,
+            max_batch=self.config.max_batch,
+            max_message_size=limits.frame,
+            name=channel,
+            configure=configure,
+            max_frames=limits.frames,
+            max_size=limits.size,
+            on_oversize=lambda message: self.drops.drop(
+                channel, "oversize message", b"", f"{message.frames} frames, {message.size} bytes"
+            ),
+        )
+
+    def _authenticate(self, zap, frames: list) -> None:
+        reply, verdict = self.zap.answer(frames)
+        if reply is not None:
+            zap.send_frames(reply)
+        if not verdict.admitted:
+            channel = verdict.channel or "zap"
+            self.drops.drop(channel, "refused connection: wrong credentials", verdict.address.encode(), verdict.reason)
+
+    def _monitored(self, channel: str, frames: list) -> None:
+        reason = refusal(parse_monitor_message(frames)) if len(frames) == 2 else None
+        if reason is not None:
+            self.drops.drop(channel, reason)
 
     def ports(self) -> dict:
         return {channel: sock.port for channel, sock in self.sockets.items()}
@@ -89,6 +153,7 @@ class ControllerSockets:
             self._factory.shutdown()
             self._factory = None
         self.sockets = {}
+        self._auxiliary = []
 
     def get(self, channel: str) -> Optional[object]:
         return self.sockets.get(channel)

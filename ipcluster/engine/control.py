@@ -25,7 +25,8 @@ from ipcluster.engine.commands import ControlCommands
 from ipcluster.engine.diagnostics import say
 from ipcluster.engine.link import Link, MonotonicClock, new_link
 from ipcluster.engine.taskqueue import QueuedTask
-from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, BadMessage, Codec, Message
+from ipcluster.transport.security import configure_client, engine_token
+from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
 from ipcluster.transport.zmqfast import recv_frames, send_frames
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ class ControlThread:
         self.engine = engine
         #: Where the main thread sends its frames (``[b"send", *frames]``) and its ``b"stop"``.
         self.wake_address = f"inproc://ipcluster-engine-{engine.instance}"
-        #: The key of the controller registered with last (written here, read by the main thread).
-        self.key: Optional[bytes] = None
+        #: ``(key, session, max_message_size)`` of the registration last made (written here, read
+        #: by the main thread, which signs its results with them).
+        self.sealing: Optional[tuple] = None
         self.link: Link = new_link(
             engine.id,
             MonotonicClock(),
@@ -118,7 +120,7 @@ class ControlThread:
         deadline = time.monotonic() + self.engine.register_attempt_timeout
         outcome = self._attempt(wake, deadline)
         if isinstance(outcome, Channels):
-            self.key = outcome.key
+            self.sealing = (outcome.key, outcome.session, outcome.max_message_size)
             self.link.registered(outcome)
             return
         self.link.attempt_failed(outcome)
@@ -133,9 +135,10 @@ class ControlThread:
             info = connection.read(engine.connection_file)
         except errors.NoController as e:
             return str(e)
-        codec = Codec(info.key, max_header=MAX_REPLY_HEADER_BYTES)
+        codec = Codec(info.key, max_header=MAX_REPLY_HEADER_BYTES, sequence=engine.sequence)
         reg = engine.context.socket(zmq.DEALER)
         reg.setsockopt(zmq.LINGER, 0)
+        configure_client(reg, info)
         reg.connect(info.address("registration"))
         try:
             request = codec.new_id()
@@ -148,8 +151,12 @@ class ControlThread:
             return None
         if reply.type == "rejected":
             return f"registration refused: {reply['reason']}"
+        token = engine_token(info.key, reply["nonce"], engine.instance)
+        if reply.session != token.decode():
+            return "the controller's registration reply names another routing token"
+        codec.session = reply.session
         period = float(reply["heartbeat_period"])
-        return Channels(engine.context, info, codec, period, engine.identity, engine.instance)
+        return Channels(engine.context, info, codec, period, token, engine.instance)
 
     def _await_reply(
         self, reg: zmq.Socket, wake: zmq.Socket, codec: Codec, request: str, deadline: float
@@ -168,7 +175,7 @@ class ControlThread:
             if reg not in events:
                 continue
             try:
-                msg = codec.decode(reg.recv_multipart(zmq.NOBLOCK))
+                msg = codec.decode(reg.recv_multipart(zmq.NOBLOCK), PEER_ACCEPTS["registration"])
             except (BadMessage, zmq.Again):
                 continue
             if msg.get("ref") == request and msg.type in ("registered", "rejected"):
@@ -185,10 +192,10 @@ class ControlThread:
         poller.register(wake, zmq.POLLIN)
         while not self.engine.leaving.is_set():
             events = dict(poller.poll(self._poll_wait()))
-            if channels.control in events and not self._drain(channels.control, channels, self._on_control):
+            if channels.control in events and not self._drain("control", channels, self._on_control):
                 return  # the controller forgot this engine: the link is lost
             if channels.task in events:
-                self._drain(channels.task, channels, self._on_task)
+                self._drain("task", channels, self._on_task)
             if wake in events:
                 self._forward(wake, channels)
             self._announce(channels)
@@ -229,17 +236,20 @@ class ControlThread:
             started = {"task": current.id, "instance": self.engine.instance, "running_for": running_for}
             send_frames(channels.task, channels.codec.encode("started", started), 0)
 
-    def _drain(self, sock: zmq.Socket, channels: Channels, handler: Callable[[Channels, Message], bool]) -> bool:
-        """Handle every message waiting on ``sock``; False once the link is lost."""
+    def _drain(self, channel: str, channels: Channels, handler: Callable[[Channels, Message], bool]) -> bool:
+        """Handle every message waiting on ``channel``'s socket; False once the link is lost."""
+        sock = getattr(channels, channel)
         while True:
             try:
                 frames = recv_frames(sock)
             except zmq.Again:
                 return True
             try:
-                msg = channels.codec.decode(frames)
+                msg = channels.codec.decode(frames, PEER_ACCEPTS[channel])
             except BadMessage as e:
                 say(f"dropped a bad message from the controller: {e}")
+                continue
+            if not channels.accept(channel, msg):
                 continue
             self._heard()
             if not handler(channels, msg):

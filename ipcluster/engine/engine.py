@@ -14,6 +14,7 @@ with a clear message and exit code 3.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from typing import Optional
 
 import zmq
 
-from ipcluster import connection
+from ipcluster import connection, errors
 from ipcluster.engine.control import ControlThread
 from ipcluster.engine.diagnostics import say
 from ipcluster.engine.runner import EngineStop, Runner
@@ -50,8 +51,9 @@ class Engine:
     ) -> None:
         self.connection_file = connection_file
         self.id = engine_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.identity = self.id.encode()
         self.instance = uuid.uuid4().hex
+        #: The numbers of every message this engine signs (``n``), shared by its threads.
+        self.sequence = itertools.count(1)
         self.reconnect_timeout = reconnect_timeout
         self.controller_timeout = controller_timeout
         self.register_attempt_timeout = register_attempt_timeout
@@ -63,7 +65,7 @@ class Engine:
         #: Set when the engine leaves: the control thread says ``bye`` and ends.
         self.leaving = threading.Event()
         self.control = ControlThread(self)
-        self._main_codecs: dict[bytes, Codec] = {}
+        self._main_codecs: dict[tuple, Codec] = {}
         #: (signum, task) of the signal command's SIGINT, set just before it is sent.
         self._control_signal: Optional[tuple] = None
         #: The main thread is on its way out: signals no longer raise EngineStop.
@@ -115,18 +117,31 @@ class Engine:
                 say(f"could not report task {task.id}:\n{traceback.format_exc()}")
 
     def _run_one(self, task: QueuedTask, out: zmq.Socket) -> None:
-        codec = self._main_codec()
         fields, payloads = self.runner.run(task)
-        send_frames(out, [b"send", *codec.encode("result", fields, payloads)], 0)
+        codec, limit = self._main_codec()
+        frames = codec.encode("result", fields, payloads)
+        size = sum(len(frame) for frame in frames)
+        if size > limit:
+            # Sent, it would cost the controller its link to this engine (and the client its result).
+            error = errors.PayloadTooLarge(
+                f"the result of task {task.id} is {size} bytes, over the controller's limit of {limit} bytes "
+                "(--max-message-size)"
+            )
+            failed = {"task": task.id, "ok": False, "error": errors.to_wire(error), "started": fields.get("started"),
+                      "finished": fields.get("finished")}
+            frames = codec.encode("result", failed, [b"", b"", b""])
+        send_frames(out, [b"send", *frames], 0)
 
-    def _main_codec(self) -> Codec:
-        key = self.control.key  # set at registration, before any task can arrive
-        assert key is not None
-        codec = self._main_codecs.get(key)
+    def _main_codec(self) -> tuple[Codec, int]:
+        """The codec of the registration now (set before any task can arrive), and its size limit."""
+        sealing = self.control.sealing
+        assert sealing is not None
+        codec = self._main_codecs.get(sealing)
         if codec is None:
-            self._main_codecs = {key: Codec(key)}
-            codec = self._main_codecs[key]
-        return codec
+            key, session, _ = sealing
+            self._main_codecs = {sealing: Codec(key, session=session, sequence=self.sequence)}
+            codec = self._main_codecs[sealing]
+        return codec, sealing[2]
 
     def _on_sigterm(self, signum, frame) -> None:
         if self._stopping:

@@ -1,6 +1,6 @@
 """The engine's heart: a GIL-free echo of heartbeat pings in a native thread.
 
-One DEALER socket (identity = the engine id) connected to the controller's
+One DEALER socket (identity = the engine's routing token) connected to the controller's
 heartbeat ROUTER, and ``zmq.proxy_steerable(sock, sock, None, ctl)``: libzmq's
 proxy loop, run by pyzmq with the GIL released, sends every ping it receives
 straight back.  So the heart answers even while the engine's main thread holds
@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 import zmq
 
 
 class Heart:
-    """Starts and stops the echo thread cleanly."""
+    """Starts and stops the echo thread cleanly.
 
-    def __init__(self, context: zmq.Context, address: str, identity: bytes) -> None:
+    ``configure`` sets up the socket before it connects (the connection's
+    security options, ``transport.security.configure_client``).
+    """
+
+    def __init__(
+        self, context: zmq.Context, address: str, identity: bytes,
+        configure: Optional[Callable[[zmq.Socket], None]] = None,
+    ) -> None:
         self.context = context
         self.address = address
         self.identity = identity
+        self.configure = configure
         self._ctl_address = f"inproc://ipcluster-heart-{uuid.uuid4().hex}"
         self._ctl: Optional[zmq.Socket] = None
         self._thread: Optional[threading.Thread] = None
@@ -52,6 +60,8 @@ class Heart:
             sock = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.IDENTITY, self.identity)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.configure is not None:
+                self.configure(sock)
             sock.connect(self.address)
             ctl = self.context.socket(zmq.PAIR)
             ctl.setsockopt(zmq.LINGER, 0)

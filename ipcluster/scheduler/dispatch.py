@@ -103,8 +103,9 @@ class Dispatcher:
     def assign(self, task: Task, engine_id: str) -> bool:
         """Send ``task`` to the engine; False (task queued again, first) if it is unreachable."""
         record = self.registry.get(engine_id)
-        frames = self.codec.encode("task", {"task": task.id}, [task.payload])
-        if record is None or not self.send_engine([record.identity, *frames]):
+        if record is None or not self.send_engine(
+            [record.identity, *self.codec.encode("task", {"task": task.id}, [task.payload], session=record.session)]
+        ):
             # Gone without a word yet (its death will be noticed): keep the task for others.
             self.queues.push(task, front=True)
             return False

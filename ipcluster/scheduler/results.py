@@ -26,21 +26,23 @@ class ResultPost:
     """Sends results to the clients that asked (at submit, or by ``fetch``) and records them in the store."""
 
     def __init__(
-        self, codec: Codec, clock: IReactorTime, send_client: Callable[[Sequence[bytes]], bool], tasks: Mapping[str, Task]
+        self, codec: Codec, clock: IReactorTime, send_client: Callable[[Sequence[bytes]], bool], tasks: Mapping[str, Task],
+        session_of: Callable[[bytes], str] = lambda client: "",
     ) -> None:
         self.codec = codec
         self.clock = clock
         self.send_client = send_client
         self.tasks = tasks  # unfinished tasks by id
+        #: The session each client (by identity) checks our messages against.
+        self.session_of = session_of
 
     def deliver(self, store: ITaskStore, task: Task, ok: bool, fields: dict, payloads: Sequence[bytes], error) -> None:
         """Send a finished task's result to each of its clients, and record it."""
         fields = dict(fields, task=task.id, ok=ok)
         if task.engine is not None:
             fields["engine"] = task.engine
-        frames = self.codec.encode("result", fields, list(payloads))
         for client in task.clients:
-            self.send_client([client, *frames])
+            self.send_client([client, *self.codec.encode("result", fields, list(payloads), session=self.session_of(client))])
         store.finished(
             task.id, ok, self.clock.seconds(), task.engine, error if not ok else None,
             payloads[0] if ok else payloads[0] or None, _text(payloads[1]), _text(payloads[2]),
@@ -72,7 +74,7 @@ class ResultPost:
         if not ok and record["error"]:
             fields["error"] = record["error"]
         payloads = [record["result"] or b"", (record["stdout"] or "").encode(), (record["stderr"] or "").encode()]
-        self.send_client([client, *self.codec.encode("result", fields, payloads)])
+        self.send_client([client, *self.codec.encode("result", fields, payloads, session=self.session_of(client))])
         return "done"
 
 

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from ipcluster import errors
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import GONE_EVENTS, LIVE_STATES, EngineEvent, EngineRecord, Registry
+from ipcluster.controller.sessions import EngineInbox
 from ipcluster.interfaces import IEngineControl, ITaskStore
 from ipcluster.scheduler.dependencies import Dependencies
 from ipcluster.scheduler.dispatch import Dispatcher, log_control_failure
@@ -35,7 +36,7 @@ from ipcluster.scheduler.submission import check_engines, check_fields
 from ipcluster.scheduler.task import (
     ASSIGNED, DEFAULT_RETRIES, DONE, READY, RUNNING, WAITING, NoTransition, Task,
 )
-from ipcluster.transport.wire import ACCEPTS, Codec, Message
+from ipcluster.transport.wire import Codec, Message
 
 __all__ = ["Scheduler", "DEFAULT_PREFETCH", "DEFAULT_RETRIES", "WAITING", "READY", "ASSIGNED", "RUNNING", "DONE"]
 
@@ -63,6 +64,7 @@ class Scheduler:
         prefetch: int = DEFAULT_PREFETCH,
         on_engine_traffic: Callable[[EngineRecord], None] = lambda record: None,
         remember: int = 100_000,
+        session_of: Callable[[bytes], str] = lambda client: "",
     ) -> None:
         self.registry = registry
         self.codec = codec
@@ -74,7 +76,7 @@ class Scheduler:
         self.prefetch = prefetch
         self.on_engine_traffic = on_engine_traffic
         self.tasks: dict[str, Task] = {}  # unfinished tasks only
-        self.results = ResultPost(codec, clock, send_client, self.tasks)
+        self.results = ResultPost(codec, clock, send_client, self.tasks, session_of)
         self.dispatcher = Dispatcher(registry, codec, send_engine, self.tasks, 1 + prefetch, self._withdrawn, control_for)
         self.dependencies = Dependencies(self.tasks, remember)
         self.completed = 0
@@ -83,6 +85,7 @@ class Scheduler:
         self._on_engine_event = {EngineEvent.JOINED: self._engine_joined, EngineEvent.ALIVE: self._engine_alive}
         self._on_engine_event.update(dict.fromkeys(GONE_EVENTS, self._engine_gone))
         self._on_task_message = {"started": self._started, "result": self._result}
+        self.inbox = EngineInbox(registry, codec, drops, "task")
         registry.subscribe(self._registry_event)
 
     # -- what the status source, the manhole and the tests read -------------------------
@@ -172,7 +175,8 @@ class Scheduler:
 
     def _new_task(self, client, task_id, payload, engines, retries, timeout, after_failed, name) -> Task:
         retries = DEFAULT_RETRIES if retries is None else retries
-        check_fields({"task_id": task_id, "retries": retries, "timeout": timeout, "after_failed": after_failed})
+        check_fields({"task_id": task_id, "retries": retries, "timeout": timeout, "after_failed": after_failed,
+                      "name": name or ""})
         if task_id in self.tasks:
             raise errors.BadRequest(f"task id {task_id!r} is already in flight")
         return Task(
@@ -219,28 +223,27 @@ class Scheduler:
 
     def message_received(self, frames: list) -> None:
         """A message from an engine on the task socket: ``started``, ``result`` or ``bye``."""
-        received = self.drops.decode(self.codec, "task", frames, ACCEPTS["task"])
-        if received is None:
-            return
-        identity, msg = received
-        engine_id = identity.decode("utf-8", "replace")
-        record = self.registry.get(engine_id)
-        if record is not None and record.state in LIVE_STATES:
+        received = self.inbox.receive(frames)
+        if received is None or received[1] is None or not self.registry.listed(received[1]):
+            return  # dropped, or from no registration the scheduler gives work to
+        identity, record, msg = received
+        engine_id = record.id
+        if record.state in LIVE_STATES:
             self.on_engine_traffic(record)
         if msg.type == "bye":
             self._bye(identity, record, msg)
             return
         task = self.dispatcher.assignments.held(engine_id).get(msg["task"])
         if task is None:
-            self.drops.drop("task", f"{msg.type} for a task not assigned to this engine", identity, msg["task"])
+            self.drops.drop("task", f"{msg.type} for a task not assigned to this engine", engine_id.encode(), msg["task"])
             return
         self._on_task_message[msg.type](identity, engine_id, record, task, msg)
 
-    def _bye(self, identity: bytes, record: Optional[EngineRecord], msg: Message) -> None:
-        if record is not None and record.instance == msg["instance"]:
+    def _bye(self, identity: bytes, record: EngineRecord, msg: Message) -> None:
+        if record.instance == msg["instance"]:
             self.registry.remove(record, f"exited: {msg['reason']}", self.clock.seconds())
         else:
-            self.drops.drop("task", "bye from an unknown engine instance", identity)
+            self.drops.drop("task", "bye from an unknown engine instance", record.id.encode())
 
     def _started(self, identity: bytes, engine_id: str, record: Optional[EngineRecord], task: Task, msg: Message) -> None:
         started_at = self.clock.seconds() - (_seconds(msg.get("running_for")) or 0.0)

@@ -6,36 +6,29 @@ option is wrong (``BadRequest``), or why no engine can take the task
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable, Mapping, Optional
 
 from ipcluster import errors
 from ipcluster.controller.registry import ACTIVE_STATES, Registry
+from ipcluster.limits import (
+    MAX_ENGINE_ID_BYTES, MAX_NAME, MAX_RETRIES, MAX_SECONDS, MAX_TASK_ID,
+    is_engine_id, is_retries, is_seconds, is_task_id, is_text,
+)
 
-MAX_TASK_ID = 200
 AFTER_FAILED = ("fail", "run")
 
 
-def _is_task_id(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_TASK_ID
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _is_timeout(value: object) -> bool:
-    if value is None:
-        return True
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value and math.isfinite(value)
+    return value is None or (is_seconds(value) and value > 0)
 
 
 #: ``(option, check, what the client is told)``, in the order they are checked.
 FIELD_CHECKS: tuple[tuple[str, Callable[[object], bool], str], ...] = (
-    ("task_id", _is_task_id, f"task id must be a non-empty string of at most {MAX_TASK_ID} characters"),
-    ("retries", _is_count, "retries must be a whole number >= 0"),
-    ("timeout", _is_timeout, "timeout must be a positive number of seconds"),
+    ("task_id", is_task_id, f"task id must be printable text of 1-{MAX_TASK_ID} characters"),
+    ("retries", is_retries, f"retries must be a whole number from 0 to {MAX_RETRIES}"),
+    ("timeout", _is_timeout, f"timeout must be a positive number of seconds, at most {MAX_SECONDS:.0f}"),
     ("after_failed", lambda value: value in AFTER_FAILED, "after_failed must be 'fail' or 'run'"),
+    ("name", lambda value: is_text(value, MAX_NAME, empty=True), f"name must be printable text of at most {MAX_NAME} characters"),
 )
 
 
@@ -53,6 +46,8 @@ def check_engines(registry: Registry, engines: Optional[Iterable[str]]) -> Optio
     allowed = frozenset(engines)
     if not allowed:
         raise errors.BadRequest("engines must name at least one engine")
+    if not all(is_engine_id(e) for e in allowed):
+        raise errors.BadRequest(f"engines must be engine ids (printable text of 1-{MAX_ENGINE_ID_BYTES} bytes)")
     records = [registry.get(e) for e in allowed]
     if all(r is None for r in records):
         raise errors.UnknownEngine(f"no engine {', '.join(sorted(map(repr, allowed)))}")

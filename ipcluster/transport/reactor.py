@@ -18,8 +18,14 @@ from twisted.logger import Logger
 from txzmq import ZmqConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory
 
 from ipcluster.transport import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_RCVHWM, DEFAULT_SNDHWM
-from ipcluster.transport.zmqfast import readable, recv_frames, send_frames
+from ipcluster.transport.zmqfast import Oversize, readable, recv_bounded, send_frames
 
+#: Set up a socket before it binds or connects (security options: ``transport.security``).
+Configure = Callable[[zmq.Socket], None]
+#: ``on_oversize(message)``: a message over the socket's limits was thrown away.
+OnOversize = Callable[[Oversize], None]
+
+_UNLIMITED = 2**62
 
 
 def make_factory(reactor) -> ZmqFactory:
@@ -37,6 +43,12 @@ class RouterSocket(ZmqConnection):
     learn an engine is not connected instead of dropping silently) and
     ROUTER_HANDOVER lets a restarted engine take over its identity from a
     connection that is stale (its old process hung or gone).
+
+    ``configure`` runs before the bind (the socket's security options).  A
+    message with more than ``max_frames`` frames or ``max_size`` bytes in all
+    (the identity frame included) is thrown away before anything looks at it,
+    and reported to ``on_oversize``; ``max_message_size`` is libzmq's
+    ``MAXMSGSIZE``, a limit per frame.
     """
 
     socketType = zmq.ROUTER
@@ -50,13 +62,22 @@ class RouterSocket(ZmqConnection):
         max_batch: int = DEFAULT_MAX_BATCH,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         name: str = "router",
+        configure: Optional[Configure] = None,
+        max_frames: int = _UNLIMITED,
+        max_size: int = _UNLIMITED,
+        on_oversize: Optional[OnOversize] = None,
     ) -> None:
         self.on_message = on_message
         self.max_batch = max_batch
         self.name = name
         self.batches_cut = 0
         self.received = 0
+        self.max_frames = max_frames
+        self.max_size = max_size
+        self.on_oversize = on_oversize
         super().__init__(factory)
+        if configure is not None:
+            configure(self.socket)
         # Bounded queues (txZMQ leaves them unlimited): a flooding peer is throttled by TCP
         # back-pressure, and a peer that does not read gets EAGAIN, not all our memory.
         self.socket.setsockopt(zmq.RCVHWM, DEFAULT_RCVHWM)
@@ -68,7 +89,7 @@ class RouterSocket(ZmqConnection):
         self.addEndpoints([ZmqEndpoint(ZmqEndpointType.bind, address)])
         endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.address = endpoint
-        self.port = int(endpoint.rsplit(":", 1)[1])
+        self.port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp://") else 0
 
     def logPrefix(self) -> str:
         return f"ZMQ:{self.name}"
@@ -90,7 +111,7 @@ class RouterSocket(ZmqConnection):
                     self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
                 return
             try:
-                frames = recv_frames(self.socket)
+                frames = recv_bounded(self.socket, self.max_frames, self.max_size)
             except zmq.ZMQError as e:
                 if e.errno == zmq.EAGAIN:
                     continue
@@ -98,10 +119,17 @@ class RouterSocket(ZmqConnection):
             n += 1
             self.received += 1
             try:
-                self.on_message(frames)
+                if type(frames) is not list:
+                    self._oversize(frames)
+                else:
+                    self.on_message(frames)
             except Exception:
                 # A handler bug must not take the socket off the reactor.
                 self.log.failure("error handling a message on the {name} socket", name=self.name)
+
+    def _oversize(self, message: Oversize) -> None:
+        if self.on_oversize is not None:
+            self.on_oversize(message)
 
     def drain(self, limit: int = 10_000) -> None:
         """Read what is waiting now (bounded), e.g. pongs before judging liveness."""
@@ -134,13 +162,27 @@ class DealerSocket(RouterSocket):
     socketType = zmq.DEALER
 
     def __init__(self, factory: ZmqFactory, address: str, on_message: Callable[[list], None],
-                 max_batch: int = DEFAULT_MAX_BATCH, name: str = "dealer") -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, name: str = "dealer",
+                 configure: Optional[Configure] = None) -> None:
         self.on_message = on_message
         self.max_batch = max_batch
         self.name = name
         self.batches_cut = 0
         self.received = 0
+        self.max_frames = self.max_size = _UNLIMITED
+        self.on_oversize = None
         ZmqConnection.__init__(self, factory)
+        if configure is not None:
+            configure(self.socket)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.addEndpoints([ZmqEndpoint(ZmqEndpointType.connect, address)])
         self.address = address
+        # An inproc connect attaches its pipe at once, marked readable: until someone finds it
+        # empty, the peer's writes raise no readiness edge.  So look now.
+        self.doRead()
+
+
+class PairSocket(DealerSocket):
+    """A connecting PAIR on the reactor: reads a socket monitor's events (``zmq_socket_monitor``)."""
+
+    socketType = zmq.PAIR

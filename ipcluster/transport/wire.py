@@ -7,7 +7,10 @@ Every message (after the identity frame a ROUTER adds) is::
 ``signature`` is HMAC-SHA256, keyed with the connection file's key, over every
 following frame, each preceded by its length (8 bytes, big-endian), so bytes
 cannot be moved between frames.  ``header`` is a msgpack map holding ``v``
-(protocol version), ``type``, ``id`` (a message id) and the type's fields.
+(protocol version), ``type``, ``id`` (a message id), ``s`` (the sender's
+session) and ``n`` (its sequence number: every message a sender signs gets the
+next one) and the type's fields.  Because ``s`` and ``n`` are signed, a
+receiver can refuse a replayed message (``ipcluster.transport.replay``).
 Payloads are opaque bytes (cloudpickle for functions, arguments and results):
 the controller checks signatures and routes them, and never unpickles them.
 
@@ -23,17 +26,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
 import struct
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import attr
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_HEADER_BYTES = 64 * 1024  # what the controller accepts from its peers
 MAX_REPLY_HEADER_BYTES = 64 * 1024 * 1024  # what clients and engines accept from the controller
 SIGNATURE_BYTES = 32
+MAX_SESSION_CHARS = 64  # a session is a 32-hex-digit nonce or token; "" before one is issued
+MAX_SEQUENCE = 2**63 - 1
 
 
 class BadMessage(Exception):
@@ -67,7 +73,7 @@ _MAP = (dict,)
 SCHEMAS: dict[str, Schema] = {
     # registration socket (engine DEALER, random identity -> controller ROUTER)
     "register": Schema(0, {"engine": _STR, "instance": _STR, "host": _STR, "pid": _INT}),
-    "registered": Schema(0, {"engine": _STR, "heartbeat_period": _NUM}),
+    "registered": Schema(0, {"engine": _STR, "heartbeat_period": _NUM, "nonce": _STR}),
     "rejected": Schema(0, {"engine": _STR, "reason": _STR}),
     # control socket (engine DEALER, identity = engine id)
     "ping": Schema(0, {"beat": _INT}),
@@ -99,6 +105,21 @@ ACCEPTS = {
     "client": frozenset({"connect", "engines", "submit", "control", "cancel", "fetch", "purge"}),
 }
 
+#: Which message types engines and clients accept from the controller, per socket.
+PEER_ACCEPTS = {
+    "registration": frozenset({"registered", "rejected"}),
+    "control": frozenset({"ping", "command", "unknown"}),
+    "task": frozenset({"task"}),
+    "client": frozenset({"welcome", "reply", "result", "unknown"}),
+}
+
+#: The requests that may come before their sender has a session (their ``s`` is "" or stale):
+#: they ask for one.  Their replies are matched by ``ref`` to the request's id.
+OPENING = frozenset({"register", "connect"})
+
+#: How many payload frames at most each socket's messages carry.
+_MOST_PAYLOADS = {channel: max(SCHEMAS[t].payloads for t in types) for channel, types in ACCEPTS.items()}
+
 
 @attr.s(frozen=True, slots=True)
 class Message:
@@ -108,6 +129,10 @@ class Message:
     id: str = attr.ib()
     fields: dict = attr.ib()
     payloads: tuple = attr.ib(default=())
+    #: The sender's session (``s``): "" for a request that opens one.
+    session: str = attr.ib(default="")
+    #: The sender's sequence number (``n``).
+    seq: int = attr.ib(default=0)
 
     def __getitem__(self, name: str) -> Any:
         return self.fields[name]
@@ -137,13 +162,26 @@ _LEN = struct.Struct(">Q")
 
 
 class Codec:
-    """Signs, encodes, verifies and decodes envelopes with one key."""
+    """Signs, encodes, verifies and decodes envelopes with one key.
 
-    def __init__(self, key: bytes, max_header: int = MAX_HEADER_BYTES) -> None:
+    ``session`` is what :meth:`encode` puts in ``s`` unless told otherwise;
+    ``sequence`` yields the numbers for ``n`` (codecs of one sender that run in
+    different threads share one: ``next`` on an ``itertools.count`` is atomic).
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        max_header: int = MAX_HEADER_BYTES,
+        session: str = "",
+        sequence: Optional[Iterator[int]] = None,
+    ) -> None:
         if not key:
             raise ValueError("an empty signing key is not allowed")
         self._key = key
         self.max_header = max_header
+        self.session = session
+        self._sequence = sequence if sequence is not None else itertools.count(1)
         self._packer = msgpack.Packer(use_bin_type=True)
         self.new_id = MessageIds()
 
@@ -161,11 +199,18 @@ class Codec:
         fields: Mapping[str, Any] | None = None,
         payloads: Sequence[bytes] = (),
         msg_id: str | None = None,
+        session: str | None = None,
     ) -> list[bytes]:
-        """Frames for one message: ``[signature, header, *payloads]``."""
+        """Frames for one message: ``[signature, header, *payloads]``.
+
+        ``session`` (default: the codec's) is the ``s`` the receiver checks:
+        the controller labels each message with its receiver's session.
+        """
         header = {"v": PROTOCOL_VERSION, "type": type, "id": msg_id or self.new_id()}
         if fields:
             header.update(fields)
+        header["s"] = self.session if session is None else session
+        header["n"] = next(self._sequence)
         body = [self._packer.pack(header), *payloads]
         return [self.sign(body), *body]
 
@@ -183,13 +228,14 @@ class Codec:
         msg_id = header.get("id")
         if not isinstance(msg_id, str) or not msg_id:
             raise BadMessage("missing id", mtype)
+        session, seq = _sender(header)
         payloads = tuple(frames[2:])
         if len(payloads) != schema.payloads:
             raise BadMessage(
                 "wrong frame count", f"{mtype} carries {schema.payloads} payload(s), got {len(payloads)}", header
             )
         _check_fields(mtype, schema, header)
-        return Message(mtype, msg_id, header, payloads)
+        return Message(mtype, msg_id, header, payloads, session, seq)
 
     def _verified_header(self, frames: Sequence[bytes]) -> dict:
         """The header of a correctly signed message of our protocol version."""
@@ -210,6 +256,16 @@ class Codec:
         if type(version) is not int or version != PROTOCOL_VERSION:
             raise BadMessage("protocol version", f"got {version!r}, speak {PROTOCOL_VERSION}")
         return header
+
+
+def _sender(header: dict) -> tuple[str, int]:
+    """The sender's session and sequence number, checked."""
+    session, seq = header.get("s"), header.get("n")
+    if not isinstance(session, str) or len(session) > MAX_SESSION_CHARS:
+        raise BadMessage("bad session", repr(session)[:40])
+    if type(seq) is not int or not 0 < seq <= MAX_SEQUENCE:
+        raise BadMessage("bad sequence number", repr(seq)[:40])
+    return session, seq
 
 
 def _check_fields(mtype: str, schema: Schema, header: dict) -> None:
@@ -247,3 +303,38 @@ class PingCodec:
         if not hmac.compare_digest(mac, self._mac(engine, body)):
             raise BadMessage("bad pong", "signature")
         return _PING.unpack(body)
+
+
+# -- what a whole message may be, per controller socket ------------------------
+
+#: Room for the identity frame a ROUTER puts first (ZeroMQ identities are at most 255 bytes).
+IDENTITY_ALLOWANCE = 256
+#: ``MAXMSGSIZE`` of the heartbeat socket.
+HEARTBEAT_FRAME_LIMIT = 512
+
+
+@attr.s(frozen=True, slots=True)
+class Limits:
+    """What one controller socket accepts as one message, checked before it is decoded or hashed.
+
+    ``frame`` is ZeroMQ's ``MAXMSGSIZE`` (libzmq disconnects a peer that sends a
+    larger frame); ``frames`` and ``size`` bound the whole message as received
+    (the identity frame included).
+    """
+
+    frame: int = attr.ib()
+    frames: int = attr.ib()
+    size: int = attr.ib()
+
+
+def limits(channel: str, max_message_size: int) -> Limits:
+    """The limits of a controller socket: heartbeat, one ping; registration and control, small
+    headers; task and client, ``max_message_size`` (``--max-message-size``) for the whole message."""
+    if channel == "heartbeat":
+        # MAXMSGSIZE also bounds the handshake's commands (READY carries the identity):
+        # measured, 96 bytes pass a 32-character token and 384 a 255-byte identity.
+        return Limits(HEARTBEAT_FRAME_LIMIT, 2, IDENTITY_ALLOWANCE + PING_BYTES)
+    frames = 1 + 2 + _MOST_PAYLOADS[channel]
+    if _MOST_PAYLOADS[channel] == 0:
+        return Limits(MAX_HEADER_BYTES, frames, IDENTITY_ALLOWANCE + SIGNATURE_BYTES + MAX_HEADER_BYTES)
+    return Limits(max_message_size, frames, IDENTITY_ALLOWANCE + max_message_size)

@@ -48,5 +48,48 @@ def recv_frames(sock: zmq.Socket, flags: int = NOBLOCK) -> list:
     return frames
 
 
+class Oversize:
+    """A message that was over its limits: read and thrown away, never copied whole."""
+
+    __slots__ = ("first", "frames", "size")
+
+    def __init__(self, first: bytes, frames: int, size: int) -> None:
+        self.first = first  # the first frame (a ROUTER's: the sender's identity)
+        self.frames = frames
+        self.size = size
+
+
+def recv_bounded(sock: zmq.Socket, max_frames: int, max_size: int, flags: int = NOBLOCK):
+    """One whole message as a list of frames, or :class:`Oversize` if it has more than
+    ``max_frames`` frames or ``max_size`` bytes in all.
+
+    Frames are copied only while the message is within its limits; the rest is
+    received without a copy and released at once, so an over-size message
+    costs at most about one frame of memory here.  Raises ``zmq.Again`` when
+    none waits.
+    """
+    frames = [_recv(sock, flags)]
+    size = len(frames[0])
+    while size <= max_size:
+        if not _get(sock, RCVMORE):
+            return frames
+        if len(frames) >= max_frames:
+            break
+        frame = _recv(sock, flags)
+        size += len(frame)
+        frames.append(frame)
+    return _discard(sock, frames, size, flags)
+
+
+def _discard(sock: zmq.Socket, frames: list, size: int, flags: int) -> Oversize:
+    count = len(frames)
+    first = frames[0]
+    frames.clear()
+    while _get(sock, RCVMORE):
+        size += len(_recv(sock, flags, False))
+        count += 1
+    return Oversize(first, count, size)
+
+
 def readable(sock: zmq.Socket) -> bool:
     return bool(_get(sock, EVENTS) & POLLIN)
