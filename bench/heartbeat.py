@@ -116,6 +116,7 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
     from ipcluster import connection
     from ipcluster.engine.heart import Heart
     from ipcluster.transport.wire import BadMessage, Codec
+    from ipcluster.transport.security import configure_client, engine_token
 
     stop = [False]
 
@@ -134,6 +135,7 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
     host, pid = socket.gethostname(), os.getpid()
     engines = []  # (engine_id, instance, heart, control socket)
     controls: dict = {}
+    sessions: dict = {}  # control socket -> its engine's session (the token)
     counters = {"engines": n, "pings": 0, "pongs": 0, "commands": 0, "unknown": 0, "bad": 0}
 
     def cleanup() -> None:
@@ -160,7 +162,8 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
                 continue
             if msg.type == "ping":
                 counters["pings"] += 1
-                ctl.send_multipart(codec.encode("pong", {"beat": msg["beat"], "instance": controls[ctl], "queued": 0}))
+                pong = {"beat": msg["beat"], "instance": controls[ctl], "queued": 0}
+                ctl.send_multipart(codec.encode("pong", pong, session=sessions[ctl]))
                 counters["pongs"] += 1
             elif msg.type == "command":
                 counters["commands"] += 1
@@ -168,7 +171,7 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
                     reply = {"ref": msg.id, "ok": True, "value": None}
                 else:
                     reply = {"ref": msg.id, "ok": False, "error": {"type": "BadRequest", "message": "simulated engine"}}
-                ctl.send_multipart(codec.encode("reply", reply))
+                ctl.send_multipart(codec.encode("reply", reply, session=sessions[ctl]))
             elif msg.type == "unknown":
                 counters["unknown"] += 1
 
@@ -185,14 +188,17 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
             raise RuntimeError(f"engine {engine_id} rejected: {msg['reason']}")
         if msg.type != "registered":
             return
-        heart = Heart(ctx, info.address("heartbeat"), engine_id.encode())
+        token = engine_token(info.key, msg["nonce"], instance)  # the routing token, as an engine derives it
+        heart = Heart(ctx, info.address("heartbeat"), token, lambda sock: configure_client(sock, info))
         heart.start()
         ctl = ctx.socket(zmq.DEALER)
-        ctl.setsockopt(zmq.IDENTITY, engine_id.encode())
+        ctl.setsockopt(zmq.IDENTITY, token)
         ctl.setsockopt(zmq.LINGER, 0)
+        configure_client(ctl, info)
         ctl.connect(info.address("control"))
         engines.append((engine_id, instance, heart, ctl))
         controls[ctl] = instance
+        sessions[ctl] = token.decode()
         poller.register(ctl, zmq.POLLIN)
         poller.unregister(reg)
         reg.close(0)
@@ -207,6 +213,7 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
             instance = uuid.uuid4().hex
             reg = ctx.socket(zmq.DEALER)
             reg.setsockopt(zmq.LINGER, 0)
+            configure_client(reg, info)
             reg.connect(info.address("registration"))
             request = codec.new_id()
             reg.send_multipart(
