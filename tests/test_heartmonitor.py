@@ -252,6 +252,45 @@ class HeartMonitorTests(SynchronousTestCase):
         self.answer("e1")  # late pongs still count: it joins
         self.assertEqual(r.state, ALIVE)
 
+    # -- routing tokens ----------------------------------------------------------
+
+    def test_an_echo_under_the_engine_id_counts_for_nothing(self):
+        """The heart is known by its token: a keyless echo that names the engine id is no one."""
+        a = self.registry.register("e0", "i", "host", 1, self.clock.seconds(), identity=b"T" * 32)
+        self.monitor.start()
+        self.addCleanup(self.monitor.stop)
+        [ping] = self.unanswered[b"T" * 32]
+        for guess in (b"e0", b"T" * 31, b"t" * 32):
+            e = self.assertRaises(BadMessage, self.monitor.pong_received, guess, ping)
+            self.assertIn(e.reason, ("pong from unknown engine", "bad pong"))
+        self.assertEqual(a.state, REGISTERING)
+        self.monitor.pong_received(b"T" * 32, ping)
+        self.assertEqual(a.state, ALIVE)
+
+    def test_a_pending_registration_joins_at_its_first_pong_and_replaces_the_record(self):
+        old, = self.join("e1")
+        self.run_for(PERIOD, answering=["e1"])
+        new = self.register("e1", identity=b"new-token")
+        self.assertIs(self.registry.get("e1"), old)
+        self.run_for(PERIOD, answering=["e1"])
+        self.assertIn(b"new-token", self.unanswered, "the pending registration's heart is pinged")
+        self.assertEqual(old.state, ALIVE)
+        for ping in self.unanswered.pop(b"new-token"):
+            self.monitor.pong_received(b"new-token", ping)
+        self.assertIs(self.registry.get("e1"), new)
+        self.assertEqual((old.state, new.state), ("left", ALIVE))
+        self.assertEqual(self.events_of("e1"), ["registering", "joined", "left", "joined"])
+
+    def test_a_pending_registration_that_never_pongs_is_purged_quietly(self):
+        old, = self.join("e1")
+        pending = self.register("e1", identity=b"replayed")
+        self.run_for(12.0, answering=["e1"], controlled=["e1"])
+        self.assertIsNone(self.registry.by_identity(b"replayed"))
+        self.assertEqual(pending.state, DEAD)
+        self.assertIs(self.registry.get("e1"), old)
+        self.assertEqual(old.state, ALIVE)
+        self.assertEqual(self.events_of("e1"), ["registering", "joined"])
+
     # -- bad pongs and RTT -----------------------------------------------------
 
     def test_pong_from_unknown_engine(self):

@@ -1309,7 +1309,7 @@ class SendFailureTests(Fixture):
 # =====================================================================================
 
 
-class ClientFrontEndTests(Fixture):
+class FrontEndFixture(Fixture):
     """ClientFrontEnd with a real ControlChannel; the scheduler's stealing uses it too."""
 
     def setUp(self):
@@ -1369,6 +1369,37 @@ class ClientFrontEndTests(Fixture):
         self.assertEqual((reply.type, reply["ok"]), ("reply", True), reply.fields)
         self.assertEqual(reply["value"], value)
 
+
+    # -- submit: no reply when accepted; a refused task fails with a result ------------
+
+    def submit_request(self, fields, payloads=(b"p",), client=b"client-1"):
+        """Send a submit; returns what was sent back to any client."""
+        session = self.session(client)
+        before = len(self.to_clients)
+        self.frontend.message_received([client, *self.codec.encode("submit", fields, list(payloads), session=session)])
+        return self.to_clients[before:]
+
+    def assertAccepted(self, fields, payloads=(b"p",), client=b"client-1"):
+        self.assertEqual(self.submit_request(fields, payloads, client), [], "an accepted submit gets no reply")
+        self.assertIn(fields["task"], self.scheduler.tasks)
+        self.assertEqual(self.scheduler.tasks[fields["task"]].clients, [client])
+
+    def assertRefused(self, fields, error_type, payloads=(b"p",), client=b"client-1"):
+        """Refused: the client gets one failed result for that task id, and nothing else happens."""
+        tasks, records, sent = list(self.scheduler.tasks), dict(self.store.records), len(self.to_engines)
+        replies = self.submit_request(fields, payloads, client)
+        self.assertEqual(len(replies), 1, replies)
+        [(to, msg)] = replies
+        self.assertEqual((to, msg.type, msg["task"], msg["ok"]), (client, "result", fields["task"], False))
+        self.assertEqual(msg["error"]["type"], error_type, msg["error"])
+        self.assertEqual(msg.payloads, (b"", b"", b""))
+        self.assertEqual(list(self.scheduler.tasks), tasks)
+        self.assertEqual(self.store.records, records)
+        self.assertEqual(len(self.to_engines), sent)
+        return msg["error"]["message"]
+
+
+class ClientFrontEndTests(FrontEndFixture):
     # -- control verbs (ported) ----------------------------------------------------------
 
     def test_bad_verb(self):
@@ -1429,34 +1460,6 @@ class ClientFrontEndTests(Fixture):
         self.assertEqual(self.drops.totals[("client", "too few frames")], 1)
         self.assertEqual(self.drops.totals[("client", "bad signature")], 2)
         self.assertEqual(self.drops.totals[("client", "unexpected type")], 1)
-
-    # -- submit: no reply when accepted; a refused task fails with a result ------------
-
-    def submit_request(self, fields, payloads=(b"p",), client=b"client-1"):
-        """Send a submit; returns what was sent back to any client."""
-        session = self.session(client)
-        before = len(self.to_clients)
-        self.frontend.message_received([client, *self.codec.encode("submit", fields, list(payloads), session=session)])
-        return self.to_clients[before:]
-
-    def assertAccepted(self, fields, payloads=(b"p",), client=b"client-1"):
-        self.assertEqual(self.submit_request(fields, payloads, client), [], "an accepted submit gets no reply")
-        self.assertIn(fields["task"], self.scheduler.tasks)
-        self.assertEqual(self.scheduler.tasks[fields["task"]].clients, [client])
-
-    def assertRefused(self, fields, error_type, payloads=(b"p",), client=b"client-1"):
-        """Refused: the client gets one failed result for that task id, and nothing else happens."""
-        tasks, records, sent = list(self.scheduler.tasks), dict(self.store.records), len(self.to_engines)
-        replies = self.submit_request(fields, payloads, client)
-        self.assertEqual(len(replies), 1, replies)
-        [(to, msg)] = replies
-        self.assertEqual((to, msg.type, msg["task"], msg["ok"]), (client, "result", fields["task"], False))
-        self.assertEqual(msg["error"]["type"], error_type, msg["error"])
-        self.assertEqual(msg.payloads, (b"", b"", b""))
-        self.assertEqual(list(self.scheduler.tasks), tasks)
-        self.assertEqual(self.store.records, records)
-        self.assertEqual(len(self.to_engines), sent)
-        return msg["error"]["message"]
 
     def test_submit_load_balanced(self):
         e2 = self.engine("e2")

@@ -168,3 +168,39 @@ class RouterSocketTests(SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1, "one read scheduled, not one per path")
         self.close_factory()
         self.assertEqual(self.clock.getDelayedCalls(), [], "shutdown cancels every scheduled read")
+
+
+class WholeMessageLimits(SynchronousTestCase):
+    """Messages over a socket's frame count or total size are thrown away before any handler."""
+
+    def setUp(self):
+        self.clock = FakeReactor()
+        self.factory = make_factory(self.clock)
+        self.addCleanup(lambda: self.factory.connections is not None and self.factory.shutdown())
+        self.handled, self.oversize = [], []
+        self.router = RouterSocket(
+            self.factory, "tcp://127.0.0.1:*", self.handled.append, name="limited",
+            max_frames=4, max_size=1000, on_oversize=self.oversize.append,
+        )
+        self.context = zmq.Context()
+        self.addCleanup(self.context.term)
+        self.dealer = self.context.socket(zmq.DEALER)
+        self.addCleanup(self.dealer.close, 0)
+        self.dealer.setsockopt(zmq.IDENTITY, b"d")
+        self.dealer.connect(self.router.address)
+
+    def read(self, count):
+        deadline = time.monotonic() + DEADLINE
+        while len(self.handled) + len(self.oversize) < count and time.monotonic() < deadline:
+            self.router.socket.poll(100)
+            self.router.doRead()
+
+    def test_over_the_limits_is_dropped_and_the_rest_goes_on(self):
+        self.dealer.send_multipart([b"a", b"b", b"c"])  # 4 frames with the identity: fits
+        self.dealer.send_multipart([b"a", b"b", b"c", b"d"])  # 5 frames
+        self.dealer.send_multipart([b"x" * 600, b"y" * 600])  # 1,201 bytes
+        self.dealer.send_multipart([b"x" * 998])  # 999 bytes with the identity: fits
+        self.dealer.send_multipart([b"last"])
+        self.read(5)
+        self.assertEqual([f[1:] for f in self.handled], [[b"a", b"b", b"c"], [b"x" * 998], [b"last"]])
+        self.assertEqual([(o.first, o.frames, o.size) for o in self.oversize], [(b"d", 5, 5), (b"d", 3, 1201)])

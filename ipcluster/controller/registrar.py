@@ -75,8 +75,9 @@ class Registrar:
             self.log.warn("refused registration of {engine}: {why}", engine=engine_id, why=str(e))
             self._reply(identity, msg, "rejected", engine=engine_id, reason=str(e))
             return
-        self._reply(identity, msg, "registered", token.decode(), engine=engine_id,
-                    heartbeat_period=self.heartbeat_period, nonce=nonce)
+        # Labelled with no session: the token must not travel (whoever replays a register
+        # gets this reply), the engine computes it.
+        self._reply(identity, msg, "registered", engine=engine_id, heartbeat_period=self.heartbeat_period, nonce=nonce)
 
-    def _reply(self, identity: bytes, msg: Message, mtype: str, session: str = "", **fields) -> None:
-        self.send([identity, *self.codec.encode(mtype, dict(fields, ref=msg.id), session=session)])
+    def _reply(self, identity: bytes, msg: Message, mtype: str, **fields) -> None:
+        self.send([identity, *self.codec.encode(mtype, dict(fields, ref=msg.id), session="")])
