@@ -99,7 +99,7 @@ class ZapAnswers(SynchronousTestCase):
         self.assertEqual(refusal(no_key), "refused connection: no credentials")
         self.assertEqual(refusal(garbage), "refused connection: protocol error")
         self.assertEqual(refusal({"event": zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, "value": 0}),
-                         "refused connection: handshake failed")
+                         "refused connection: handshake failed (no credentials, or the peer hung up)")
         self.assertIsNone(refusal({"event": zmq.EVENT_HANDSHAKE_SUCCEEDED, "value": 0}))
 
 

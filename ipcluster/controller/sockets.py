@@ -37,7 +37,7 @@ def refusal(event: dict) -> Optional[str]:
             return "refused connection: no credentials"
         return "refused connection: protocol error"
     if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-        return "refused connection: handshake failed"
+        return "refused connection: handshake failed (no credentials, or the peer hung up)"
     return None
 
 
