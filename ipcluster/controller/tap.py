@@ -69,8 +69,10 @@ class Options(usage.Options):
          "asks for a password from --manhole-passwords."],
         ["manhole-authorized-keys", None, None, "OpenSSH authorized_keys file for manhole SSH logins."],
         ["manhole-passwords", None, None, "File of user:password lines for manhole logins."],
-        ["max-message-size", None, 256 * 1024 * 1024, "Largest message frame accepted, in bytes (a task's "
-         "pickled function and arguments are one frame); a peer that sends more is disconnected.", _positive(int)],
+        ["max-message-size", None, 256 * 1024 * 1024, "Largest message the task and client sockets accept, in "
+         "bytes, all its frames counted (a task's pickled function and arguments; a result with its printed "
+         "output). Written to the connection file: clients refuse larger tasks and engines larger results "
+         "(PayloadTooLarge); larger messages are dropped unread.", _positive(int)],
     ] + [
         [f"{channel}-port", None, 0, f"TCP port of the {channel} socket (0: any free port).", _port]
         for channel in CHANNELS
