@@ -16,6 +16,7 @@ import signal
 
 import zmq
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.trial import unittest
 
 from ipcluster import errors
@@ -24,6 +25,12 @@ from ipcluster.transport import security
 from tests.cluster import BOUND, connect_client, error_of, event, start_controller, start_engines, until, within
 
 REFUSED = "refused connection"
+log = Logger()
+
+
+def report(testcase, controller) -> None:
+    """What the controller counted, in the test log (the figures of the closing note)."""
+    log.info("attack counts in {test}: {totals}", test=testcase.id(), totals=dict(sorted(controller.drops.totals.items())))
 
 
 def refused(controller, channels) -> defer.Deferred:
@@ -115,6 +122,7 @@ class Takeover(unittest.TestCase):
         self.assertEqual(record.state, "alive")
         self.assertNotEqual(record.identity, b"e0")
         self.assertNotIn(record.identity.decode(), repr(record.describe(0.0)), "the token is never shown")
+        report(self, controller)
 
     @defer.inlineCallbacks
     def test_a_stopped_engine_dies_while_impostors_echo_in_its_name(self):
@@ -130,6 +138,7 @@ class Takeover(unittest.TestCase):
         self.assertIn("heart silent", reason)
         procs["e1"].kill(signal.SIGCONT)
         yield refused(controller, ("heartbeat",))
+        report(self, controller)
 
 
 class Replays(unittest.TestCase):
@@ -167,6 +176,7 @@ class Replays(unittest.TestCase):
         self.assertEqual(impostors.received(), 0, "a replayer got an answer")
         self.assertEqual(controller.scheduler.completed, 1)
         self.assertEqual(client._core.refused, 0)
+        report(self, controller)
 
 
 class Limits(unittest.TestCase):
@@ -194,6 +204,7 @@ class Limits(unittest.TestCase):
         yield until(lambda: controller.drops.totals[("task", "oversize message")] >= 1, what="the over-size message")
         self.assertEqual((yield within(client.submit(pow, 2, 8, engine="e0"), BOUND, "a task")), 256)
         self.assertEqual(controller.registry.get("e0").state, "alive")
+        report(self, controller)
 
     @staticmethod
     def raw_submit(client, fields):

@@ -11,8 +11,8 @@ from ipcluster import errors, verbs
 from ipcluster.controller.control import ControlChannel
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import Registry
-from ipcluster.limits import is_task_id
 from ipcluster.controller.sessions import REPLAYED, UNKNOWN_SESSION, ClientSessions
+from ipcluster.limits import is_task_id
 from ipcluster.scheduler.scheduler import Scheduler
 from ipcluster.transport.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
 

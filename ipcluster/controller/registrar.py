@@ -61,7 +61,8 @@ class Registrar:
         identity, msg = received
         engine_id, instance = msg["engine"], msg["instance"]
         if not (is_engine_id(engine_id) and is_engine_id(instance) and is_text(msg["host"], MAX_HOST)):
-            reason = f"engine id, instance and host must be printable text of 1-{MAX_ENGINE_ID_BYTES} bytes"
+            reason = (f"engine id and instance must be printable text of 1-{MAX_ENGINE_ID_BYTES} bytes, "
+                      f"and host of 1-{MAX_HOST} characters")
             self._reply(identity, msg, "rejected", engine=repr(engine_id)[:MAX_ENGINE_ID_BYTES], reason=reason)
             return
         nonce = new_nonce()
