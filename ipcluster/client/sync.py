@@ -127,6 +127,11 @@ class Client(ControlVerbs, Executor):
         :class:`~ipcluster.errors.TaskInterrupted`.  These keyword names are
         taken by submit: pass them to ``fn`` through a wrapper or
         ``functools.partial``.
+
+        Raises :class:`~ipcluster.errors.PayloadTooLarge` (nothing is sent) if the
+        pickled function and arguments make a message larger than the
+        controller's ``--max-message-size``, and ``ValueError``/``TypeError`` for
+        bad options (``retries`` above 1,000, a timeout above 365 days, ...).
         """
         options = submit_options(engine, engines, after, retries, timeout, after_failed)
         future: TaskFuture

@@ -58,7 +58,8 @@ class TwistedClient(ControlVerbs):
         """Fires with the task's result (or fails with its exception); options as ``Client.submit``.
 
         The Deferred carries ``task_id``, and once it fires ``engine``,
-        ``stdout`` and ``stderr``.
+        ``stdout`` and ``stderr``.  A task too large to send (``PayloadTooLarge``)
+        or bad options give a Deferred that has already failed.
         """
         try:
             options = submit_options(engine, engines, after, retries, timeout, after_failed)
