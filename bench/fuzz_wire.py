@@ -106,7 +106,7 @@ def main(argv: list) -> None:
                         "real messages of every type are written there as seeds")
     args = parser.parse_args(argv[1:])
     libfuzzer = [argv[0], f"-runs={args.runs}", f"-max_total_time={args.seconds}", "-rss_limit_mb=2048",
-                 "-print_final_stats=1"]
+                 "-print_final_stats=1", "-use_value_profile=1"]
     corpus = args.corpus or tempfile.mkdtemp(prefix="ipcluster-fuzz-")
     os.makedirs(corpus, exist_ok=True)
     for i, seed in enumerate(seeds()):
