@@ -42,6 +42,12 @@ def nap(seconds):
     return seconds
 
 
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (state T in /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[-1].split()[0] in ("T", "t")
+
+
 class Liveness(unittest.TestCase):
     timeout = 180
 
@@ -57,6 +63,8 @@ class Liveness(unittest.TestCase):
         # Hung: SIGSTOP, then a command that can only wait, then dead.
         s_dead = event(controller.registry, "dead", "s")
         procs["s"].kill(signal.SIGSTOP)
+        # A signal lands a moment later: until then the engine could still answer the command.
+        yield until(lambda: _stopped(procs["s"].pid), what="engine s to stop")
         pending = controller.control.control_for("s").beat(timeout=120)
         record, reason = yield s_dead
         self.assertIn("heart silent", reason)
