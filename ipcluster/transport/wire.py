@@ -113,10 +113,6 @@ PEER_ACCEPTS = {
     "client": frozenset({"welcome", "reply", "result", "unknown"}),
 }
 
-#: The requests that may come before their sender has a session (their ``s`` is "" or stale):
-#: they ask for one.  Their replies are matched by ``ref`` to the request's id.
-OPENING = frozenset({"register", "connect"})
-
 #: How many payload frames at most each socket's messages carry.
 _MOST_PAYLOADS = {channel: max(SCHEMAS[t].payloads for t in types) for channel, types in ACCEPTS.items()}
 
