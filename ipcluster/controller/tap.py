@@ -1,6 +1,8 @@
 """``twistd ipcluster``: command-line options and the service maker."""
 from __future__ import annotations
 
+import os
+
 from twisted.python import usage
 
 from ipcluster.connection import CHANNELS, default_data_dir
@@ -85,6 +87,21 @@ class Options(usage.Options):
             raise usage.UsageError("--store must be 'sqlite' or 'memory'")
 
 
+#: twistd's own default pid file, in the working directory.
+TWISTD_DEFAULT_PIDFILE = "twistd.pid"
+PIDFILE = "ipcluster.pid"
+
+
+def _pidfile_in_data_dir(options: Options, data_dir) -> None:
+    """twistd writes ``./twistd.pid`` unless told otherwise; a controller's pid belongs in its data
+    directory (where ``ipcluster stop`` looks), so two controllers started from one folder with
+    different data dirs do not refuse each other.  An explicit ``--pidfile`` is kept."""
+    parent = getattr(options, "parent", None)
+    # (twistd has made its default absolute by now: ./twistd.pid of the working directory)
+    if parent is not None and parent.get("pidfile") in (TWISTD_DEFAULT_PIDFILE, os.path.abspath(TWISTD_DEFAULT_PIDFILE)):
+        parent["pidfile"] = str(data_dir / PIDFILE)
+
+
 def makeService(options: Options):
     from ipcluster.controller.service import AlreadyRunning, Controller, ControllerConfig
 
@@ -105,6 +122,7 @@ def makeService(options: Options):
         store_max_age=options["store-max-age"],
         store_max_tasks=options["store-max-tasks"],
     )
+    _pidfile_in_data_dir(options, config.data_dir)
     controller = Controller(config)
     try:
         controller.check_data_dir()
