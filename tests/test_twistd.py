@@ -38,6 +38,24 @@ class Twistd(unittest.TestCase):
                        "--prefetch", "--store", "--web", "--manhole-ssh", "--manhole-telnet", "--manhole-authorized-keys"):
             self.assertIn(option, helptext)
 
+    def test_port_in_use_is_one_clear_line(self):
+        import socket
+
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "ipcluster", "--data-dir", self.mktemp(), "--client-port", str(port)],
+            capture_output=True, text=True, timeout=BOUND,
+        )
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn(f"twistd ipcluster: cannot listen on tcp://127.0.0.1:{port} (the client socket): "
+                      "Address already in use", output)
+        self.assertNotIn("Traceback", output)
+
     @defer.inlineCallbacks
     def test_pid_file_goes_in_the_data_dir(self):
         """Plain `twistd -n ipcluster` leaves no twistd.pid in the working folder, and a second

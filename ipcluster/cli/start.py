@@ -151,10 +151,30 @@ def start_daemon(dd: DataDir, engines: int, timeout: float, out: Optional[TextIO
             stop_cluster(dd, timeout=DEFAULT_STOP_TIMEOUT, out=None)
         _settle(dd.logfile)
         tail = dd.log_tail(offset=log_offset) if dd.logfile.exists() else ""
-        raise CLIError(f"{e}\n{tail}".rstrip()) from None
+        reason = _controller_said(dd.logfile, log_offset)
+        first = f"the controller failed to start: {reason}" if reason else str(e)
+        rest = str(e) if reason else ""
+        raise CLIError("\n".join(part for part in (first, rest, tail) if part)) from None
     if out is not None:
         out.write(_running_message(dd, pid, ids))
         out.flush()
+
+
+#: How the controller words a start-up failure in its log (``twistd ipcluster: REASON``).
+_REASON_MARKER = "twistd ipcluster: "
+
+
+def _controller_said(log: Path, offset: int) -> Optional[str]:
+    """The controller's own one-line reason for failing to start, from its log (twistd's status
+    pipe cuts it at 100 bytes); None if it gave none."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    reasons = [line.split(_REASON_MARKER, 1)[1].strip() for line in text.splitlines() if _REASON_MARKER in line]
+    return reasons[-1] if reasons else None
 
 
 def _size(path: Path) -> Optional[int]:

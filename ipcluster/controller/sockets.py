@@ -7,6 +7,7 @@ bound, and tested with a plain function instead.
 """
 from __future__ import annotations
 
+import os
 import socket as _socket
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -14,6 +15,10 @@ from ipcluster.connection import CHANNELS
 from ipcluster.controller.droplog import DropLog
 
 Send = Callable[[Sequence[bytes]], bool]
+
+
+class CannotListen(OSError):
+    """A controller socket could not be bound (its port is in use, its address is not this host's)."""
 
 
 class ControllerSockets:
@@ -57,18 +62,25 @@ class ControllerSockets:
         """Bind every channel (on the configured or random ports), each feeding its handler."""
         from ipcluster.transport.reactor import RouterSocket, make_factory
 
+        import zmq
+
         self._factory = make_factory(self.reactor)
         try:
             for channel in CHANNELS:
                 port = int(self.config.ports.get(channel, 0) or 0)
-                self.sockets[channel] = RouterSocket(
-                    self._factory,
-                    f"tcp://{self.config.ip}:{port or '*'}",
-                    handlers[channel],
-                    max_batch=self.config.max_batch,
-                    max_message_size=self.config.max_message_size,
-                    name=channel,
-                )
+                address = f"tcp://{self.config.ip}:{port or '*'}"
+                try:
+                    self.sockets[channel] = RouterSocket(
+                        self._factory,
+                        address,
+                        handlers[channel],
+                        max_batch=self.config.max_batch,
+                        max_message_size=self.config.max_message_size,
+                        name=channel,
+                    )
+                except zmq.ZMQError as e:
+                    why = os.strerror(e.errno) if e.errno else str(e)
+                    raise CannotListen(e.errno, f"cannot listen on {address} (the {channel} socket): {why}") from e
         except Exception:
             self.close()
             raise

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from twisted.application import service
 from twisted.python import usage
 
 from ipcluster.connection import CHANNELS, default_data_dir
@@ -102,6 +103,31 @@ def _pidfile_in_data_dir(options: Options, data_dir) -> None:
         parent["pidfile"] = str(data_dir / PIDFILE)
 
 
+class _Twistd(service.MultiService):
+    """What twistd runs: the controller, whose start-up failures read as one clear line.
+
+    A controller socket that cannot be bound (a port in use) ends ``twistd -n``
+    with that line and exit code 1 (the line says which socket, which address
+    and why: a traceback would add nothing).  As a daemon, twistd reports the
+    same line through its status pipe and the log.
+    """
+
+    def __init__(self, controller, nodaemon: bool) -> None:
+        super().__init__()
+        self.controller = controller
+        self.nodaemon = nodaemon
+        controller.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        from ipcluster.controller.sockets import CannotListen
+
+        try:
+            super().privilegedStartService()
+        except CannotListen as e:
+            line = f"twistd ipcluster: {e.strerror}"
+            raise (SystemExit(line) if self.nodaemon else RuntimeError(line)) from None
+
+
 def makeService(options: Options):
     from ipcluster.controller.service import AlreadyRunning, Controller, ControllerConfig
 
@@ -149,4 +175,5 @@ def makeService(options: Options):
             web_service(controller, options["web"]).setServiceParent(controller)
         except ValueError as e:
             raise SystemExit(f"twistd ipcluster: --web: {e}") from None
-    return controller
+    parent = getattr(options, "parent", None)
+    return _Twistd(controller, nodaemon=bool(parent is None or parent.get("nodaemon")))
