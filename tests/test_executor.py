@@ -17,7 +17,7 @@ from concurrent.futures import CancelledError
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from ipcluster import Client
+from ipcluster import Client, errors
 from tests.cluster import BOUND, start_controller, start_engines, until, within
 
 
@@ -189,6 +189,19 @@ class Shutdown(ClusterCase):
         yield self.blocking(io_thread.join, BOUND)
         self.assertFalse(io_thread.is_alive(), "and ends once they are done")
         yield until(lambda: self.client._closed, what="the client to close itself")
+
+    @defer.inlineCallbacks
+    def test_wait_true_ends_when_the_controller_is_gone(self):
+        """Pending futures fail once the controller has been silent for controller_timeout: shutdown
+        does not wait for ever."""
+        client = yield self.blocking(Client, self.conn, BOUND, 2.0)
+        self.addCleanup(lambda: threads.deferToThread(client.close))
+        pending = client.submit(gated, self.gate, "orphan")
+        yield until(lambda: self.unfinished() == 1, what="the task to reach the controller")
+        yield self.controller.stopService()
+        yield self.blocking(client.shutdown, wait=True)
+        self.assertIsInstance(pending.exception(0), errors.NoController)
+        self.assertTrue(client._closed)
 
     @defer.inlineCallbacks
     def test_map_then_shutdown_without_iterating_runs_every_task(self):
