@@ -35,6 +35,15 @@ class TaskAborted(ClusterError):
     """A queued task was removed by ``abort`` or ``reset`` before it ran."""
 
 
+class TaskCancelled(TaskAborted):
+    """A client cancelled the task before it started; it never runs.
+
+    A client's future for it is *cancelled* (``Future.cancelled()`` is True,
+    ``result()`` raises ``concurrent.futures.CancelledError``) rather than
+    failed with this error.
+    """
+
+
 class BadRequest(ClusterError):
     """The controller refused a malformed or invalid request."""
 
@@ -96,6 +105,7 @@ _BY_NAME = {
         EngineDied,
         ControlTimeout,
         TaskAborted,
+        TaskCancelled,
         BadRequest,
         DependencyError,
         TaskTimeout,

@@ -231,6 +231,9 @@ class EngineTrafficTests(Fixture):
         self.submit("t2", client=b"client-2")
         self.assertEqual(self.sent(), {"e1": ["t1"], "e2": ["t2"]})
         self.started("e1", "t1")
+        [(to, running)] = self.to_clients
+        self.assertEqual((to, running.type, running["task"], running["engine"]), (b"client-1", "running", "t1", "e1"))
+        del self.to_clients[:]
         self.result("e1", "t1", started=1.0, finished=2.0)
         [(to, msg)] = self.to_clients
         self.assertEqual(to, b"client-1")
@@ -1066,7 +1069,7 @@ class CancelTests(Fixture):
 
     def test_ready_task(self):
         self.assertIs(self.successResultOf(self.scheduler.cancel("t3")), True)
-        self.assertIn("t3", self.error_of("t3", "TaskAborted"))
+        self.assertIn("t3", self.error_of("t3", "TaskCancelled"))
         self.assertNotIn("t3", self.scheduler.tasks)
         self.result("a", "t1")
         self.result("a", "t2")
@@ -1077,7 +1080,7 @@ class CancelTests(Fixture):
         self.submit("t4", after=["t1"])
         self.submit("t5", after=["t4"])
         self.assertIs(self.successResultOf(self.scheduler.cancel("t4")), True)
-        self.error_of("t4", "TaskAborted")
+        self.error_of("t4", "TaskCancelled")
         self.assertIn("t4", self.error_of("t5", "DependencyError"))
         self.assertNotIn("t4", self.scheduler.dependents.get("t1", set()), "removed from the dependency graph")
         self.result("a", "t1")
@@ -1091,7 +1094,7 @@ class CancelTests(Fixture):
         self.assertEqual((task, release), ("t2", True))
         answer.callback("released")
         self.assertIs(self.successResultOf(d), True)
-        self.error_of("t2", "TaskAborted")
+        self.error_of("t2", "TaskCancelled")
         # The freed slot takes the next ready task.
         self.assertEqual(self.held("a"), ["t1", "t3"])
         self.assertEqual(self.sent("a"), ["t1", "t2", "t3"])
@@ -1327,7 +1330,7 @@ class ClientFrontEndTests(Fixture):
         frames = self.codec.encode(mtype, fields, list(payloads))
         before = len(self.to_clients)
         self.frontend.message_received([client, *frames])
-        replies = [(to, msg) for to, msg in self.to_clients[before:] if msg.type != "result"]
+        replies = [(to, msg) for to, msg in self.to_clients[before:] if msg.type not in ("result", "running")]
         if not replies:
             return None
         [(to, msg)] = replies
@@ -1518,7 +1521,7 @@ class ClientFrontEndTests(Fixture):
         for i in range(1, 4):
             self.request("submit", {"task": f"t{i}"}, [b"p"])
         self.assertValue(self.request("cancel", {"task": "t3"}), True)
-        self.error_of("t3", "TaskAborted", b"client-1")
+        self.error_of("t3", "TaskCancelled", b"client-1")
         self.assertValue(self.request("cancel", {"task": "nope"}), False)
         self.assertError(self.request("cancel", {}), "BadRequest")
         # A prefetched task: the scheduler asks the engine (over the real control channel).
@@ -1528,7 +1531,7 @@ class ClientFrontEndTests(Fixture):
         self.control.message_received([b"e1", *self.codec.encode("reply", {"ref": command.id, "ok": True, "value": "released"})])
         replies = [msg for _, msg in self.to_clients if msg.type == "reply"]
         self.assertEqual(replies[-1]["value"], True)
-        self.error_of("t2", "TaskAborted", b"client-1")
+        self.error_of("t2", "TaskCancelled", b"client-1")
 
     def test_fetch(self):
         self.request("submit", {"task": "t1"}, [b"p"])
@@ -1539,6 +1542,16 @@ class ClientFrontEndTests(Fixture):
             self.assertEqual(self.result_of("t1", client).payloads, (b"value-t1", b"out", b"err"))
         self.assertError(self.request("fetch", {"task": "nope"}), "BadRequest")
         self.assertError(self.request("fetch", {"task": 5}), "BadRequest")
+
+    def test_running_is_told_to_every_client_of_the_task(self):
+        self.request("submit", {"task": "t1"}, [b"p"])
+        self.request("fetch", {"task": "t1"}, client=b"client-2")
+        self.started("e1", "t1")
+        running = [(to, msg["task"]) for to, msg in self.to_clients if msg.type == "running"]
+        self.assertEqual(running, [(b"client-1", "t1"), (b"client-2", "t1")])
+        # A client that asks once it runs hears it at once.
+        self.request("fetch", {"task": "t1"}, client=b"client-3")
+        self.assertEqual([to for to, msg in self.to_clients if msg.type == "running"][-1], b"client-3")
 
     def test_purge(self):
         for i in range(3):
@@ -1609,7 +1622,7 @@ class ControllerRestartTests(TestCase):
         self.reply(scheduler, "result", {"task": "good", "ok": True}, [b"value", b"out\n", b"err\n"])
         error = {"type": "ValueError", "message": "bad", "traceback": "tb"}
         self.reply(scheduler, "result", {"task": "bad", "ok": False, "error": error}, [b"", b"", b"oops"])
-        self.assertEqual(len(to_clients), 2)
+        self.assertEqual([msg.type for _, msg in to_clients], ["running", "result", "result"])
         yield store.close()  # the controller stops with "lost" still running
 
         scheduler, store, to_engines, to_clients = self.controller()
@@ -1816,7 +1829,7 @@ class WithdrawDuringStealTests(Fixture):
         self.assertEqual(len(self.aborts), 1, "one release request per task")
         self.aborts[0][3].callback("released")
         self.assertIs(self.successResultOf(d), True)
-        self.error_of("t3", "TaskAborted")
+        self.error_of("t3", "TaskCancelled")
         self.assertEqual(self.sent("b"), ["t2", "t4"], "a cancelled task does not move")
         self.assertEqual(self.held("a"), ["t1"])
         self.assertEqual(self.scheduler.stolen, 0)

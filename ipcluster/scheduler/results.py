@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ipcluster import errors
 from ipcluster.interfaces import ITaskStore
-from ipcluster.scheduler.task import Task
+from ipcluster.scheduler.task import RUNNING, Task
 from ipcluster.transport.wire import Codec
 
 #: The payloads of a result that has none (a failure the controller decided).
@@ -32,6 +32,15 @@ class ResultPost:
         self.clock = clock
         self.send_client = send_client
         self.tasks = tasks  # unfinished tasks by id
+
+    def started(self, task: Task) -> None:
+        """Tell the task's clients it runs (a ``running`` message): their futures' ``running()``."""
+        frames = self._running(task)
+        for client in task.clients:
+            self.send_client([client, *frames])
+
+    def _running(self, task: Task) -> list:
+        return self.codec.encode("running", {"task": task.id, "engine": task.engine or ""})
 
     def deliver(self, store: ITaskStore, task: Task, ok: bool, fields: dict, payloads: Sequence[bytes], error) -> None:
         """Send a finished task's result to each of its clients, and record it."""
@@ -57,6 +66,8 @@ class ResultPost:
         if task is not None:
             if client not in task.clients:
                 task.clients.append(client)
+            if task.state == RUNNING:  # it started before this client asked
+                self.send_client([client, *self._running(task)])
             return defer.succeed("pending")
         return store.get(task_id).addCallback(self._replay, client, task_id)
 

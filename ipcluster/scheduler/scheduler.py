@@ -202,18 +202,24 @@ class Scheduler:
     # -- cancel ------------------------------------------------------------------------------
 
     def cancel(self, task_id: str) -> defer.Deferred:
-        """Remove a task that has not started; fires with True if it was removed."""
+        """Remove a task that has not started; fires with True exactly when it will never run.
+
+        Decided here, on the reactor: a waiting or ready task is cancelled at
+        once; a prefetched one once its engine gave it back (the engine says
+        ``released`` only for a task it will not run).  A cancelled task's
+        clients get a ``TaskCancelled`` result before the reply.
+        """
         task = self.tasks.get(task_id)
         if task is None:
             return defer.succeed(False)
         if task.state in (WAITING, READY):
-            self._fail(task, task.lifecycle.cancel, errors.TaskAborted(f"task {task_id} was cancelled"))
+            self._withdrawn(task)
             return defer.succeed(True)
         return self.dispatcher.withdraw(task)
 
     def _withdrawn(self, task: Task) -> None:
-        """A prefetched task its engine gave back for a cancel."""
-        self._fail(task, task.lifecycle.cancel, errors.TaskAborted(f"task {task.id} was cancelled"))
+        """Cancel a task that has not started (waiting, ready, or given back by its engine)."""
+        self._fail(task, task.lifecycle.cancel, errors.TaskCancelled(f"task {task.id} was cancelled"))
 
     # -- engine traffic ---------------------------------------------------------------------
 
@@ -252,6 +258,7 @@ class Scheduler:
         if record is not None:
             _note_running(record, task.id, started_at)
         self.store.started(task.id, engine_id, started_at)
+        self.results.started(task)
 
     def _result(self, identity: bytes, engine_id: str, record: Optional[EngineRecord], task: Task, msg: Message) -> None:
         self.dispatcher.assignments.remove(engine_id, task.id)  # the slot is free whatever happens to the task

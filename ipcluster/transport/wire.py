@@ -83,6 +83,7 @@ SCHEMAS: dict[str, Schema] = {
     # client socket (client DEALER -> controller ROUTER)
     "connect": Schema(0, {}),
     "welcome": Schema(0, {"ref": _STR, "version": _INT}),
+    "running": Schema(0, {"task": _STR}),
     "engines": Schema(0, {}),
     "submit": Schema(1, {"task": _STR}),
     "cancel": Schema(0, {"task": _STR}),
