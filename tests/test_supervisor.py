@@ -490,3 +490,50 @@ class HelpTexts(SynchronousTestCase):
 
         for bad in (["--restart-limit", "-1"], ["--engine-memory-limit", "lots"], ["--no-engine-timeout", "-1"]):
             self.assertRaises(usage.UsageError, tap.Options().parseOptions, bad)
+
+
+class StatusShowsSupervision(SynchronousTestCase):
+    """engines() (IStatusSource) carries the supervision of local engines, and lists a local
+    engine that is down without ever having registered (a crash loop at start-up)."""
+
+    def setUp(self):
+        from ipcluster.controller.config import ControllerConfig
+        from ipcluster.controller.droplog import DropLog
+        from ipcluster.controller.status import ControllerStatus
+        from ipcluster.interfaces import IStatusSource
+        from tests.test_web import _Scheduler
+
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.registry = Registry()
+        self.launcher = FakeLauncher()
+        self.engines = LocalEngines(self.clock, self.registry, "/d/c.json", 2, launcher=self.launcher,
+                                    policy=RestartPolicy(limit=1))
+        self.launcher.on_ended = self.engines.process_ended
+        drops = DropLog(self.clock)
+        self.addCleanup(drops.stop)
+        self.status = ControllerStatus(self.clock, self.registry, _Scheduler(), drops,
+                                       ControllerConfig(data_dir="/nonexistent"), dict, self.engines)
+        verifyObject(IStatusSource, self.status)
+
+    def test_engines_show_restarts_and_the_next_one(self):
+        from ipcluster.web.prometheus import exposition
+        from ipcluster.web.view import StatusView
+
+        self.engines.startService()
+        record = self.registry.register("e0", "i", "host", self.launcher.procs["e0"], self.clock.seconds(), local=True)
+        self.registry.mark_alive(record, self.clock.seconds())
+        self.assertEqual([e["id"] for e in self.status.engines()], ["e0"], "e1 is starting: not shown yet")
+        self.launcher.end("e0", FakeProcessEnd.KILLED)
+        self.launcher.end("e1", FakeProcessEnd.SEGV)
+        e0, e1 = self.status.engines()
+        self.assertEqual((e0["state"], e0["supervisor"], e0["restarts"], e0["next_restart_at"]),
+                         ("dead", BACKING_OFF, 1, 1000.5))
+        self.assertEqual((e1["id"], e1["state"], e1["supervisor"], e1["reason"]), ("e1", "dead", BACKING_OFF, FakeProcessEnd.SEGV))
+        self.clock.advance(0.5)
+        self.launcher.end("e1", FakeProcessEnd.SEGV)
+        e1 = self.status.engines()[1]
+        self.assertEqual((e1["supervisor"], e1["restarts"], e1["last_exit"]), (GIVEN_UP, 1, FakeProcessEnd.SEGV))
+        text = exposition(StatusView(self.status, self.clock).status())
+        self.assertIn('ipcluster_engine_restarts_total{engine="e1"} 1', text)
+        self.engines.stopService()

@@ -24,7 +24,8 @@ from ipcluster.launchers.local import CLEAN_EXIT, EngineProcess, LocalLauncher
 class LocalEngines(service.Service):
     """Starts ``count`` engines (ids ``e0``, ``e1``, ...), keeps them running, and stops them on shutdown.
 
-    A launcher passed in must report each process's end to :meth:`process_ended`.
+    A launcher passed in must report each process's end to :meth:`process_ended`;
+    ``drain()`` reads the engines' sockets (the controller's task and control sockets).
     """
 
     log = Logger()
@@ -40,6 +41,7 @@ class LocalEngines(service.Service):
         launcher: Optional[ILauncher] = None,
         policy: RestartPolicy = RestartPolicy(),
         rss_of: Callable[[int], Optional[int]] = read_rss,
+        drain: Callable[[], None] = lambda: None,
     ) -> None:
         self.reactor = reactor
         self.registry = registry
@@ -47,6 +49,7 @@ class LocalEngines(service.Service):
         self.prefix = prefix
         self.stop_timeout = stop_timeout
         self.policy = policy
+        self.drain = drain  # reads what engines sent that the reactor has not read yet
         self.launcher = launcher if launcher is not None else LocalLauncher(reactor, connection_file, self.process_ended)
         self._listeners: list[Callable[[], None]] = []
         self.supervisors = {
@@ -105,19 +108,26 @@ class LocalEngines(service.Service):
         return self.launcher.start_engine(engine_id)
 
     def process_ended(self, engine_id: str, pid: int, why: str) -> None:
-        """The launcher's news: engine ``engine_id``'s process ``pid`` ended, ``why``."""
+        """The launcher's news: engine ``engine_id``'s process ``pid`` ended, ``why``.
+
+        What the engine sent before it died is read first (``drain``): a result
+        it sent just before a task of its killed it must count, or the finished
+        task would be taken for the one that killed it.  Then its supervisor
+        decides (so that the death is announced with the restart already
+        planned), and the engine is declared dead.
+        """
+        self.drain()
+        sup = self.supervisors.get(engine_id)
+        if sup is not None:
+            try:
+                sup.process_ended(why, clean=why == CLEAN_EXIT)
+            except NoTransition:  # a process its supervisor did not start (start_engine)
+                self.log.warn("engine {engine} ended while its supervisor is {phase}", engine=engine_id, phase=sup.phase)
         record = self.registry.get(engine_id)
         if record is not None and record.state in ACTIVE_STATES and record.pid == pid:
             self.registry.mark_dead(record, why, self.reactor.seconds())
         else:
             self.log.info("engine {engine} process ended: {why}", engine=engine_id, why=why)
-        sup = self.supervisors.get(engine_id)
-        if sup is None:
-            return
-        try:
-            sup.process_ended(why, clean=why == CLEAN_EXIT)
-        except NoTransition:  # a process its supervisor did not start (start_engine)
-            self.log.warn("engine {engine} ended while its supervisor is {phase}", engine=engine_id, phase=sup.phase)
 
     def _condemn(self, engine_id: str, reason: str) -> None:
         """Declare a local engine dead before it is recycled: its task fails or moves with ``reason``."""

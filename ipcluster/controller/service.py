@@ -97,7 +97,8 @@ class Controller(service.MultiService):
             self.registry, self.monitor, self.codec, reactor, send("control"), self.drops, config.control_timeout
         )
         self.local_engines = LocalEngines(
-            reactor, self.registry, str(config.connection_file), config.engines, policy=config.restart_policy()
+            reactor, self.registry, str(config.connection_file), config.engines, policy=config.restart_policy(),
+            drain=self.sockets.drainer("task", "control"),
         )
         # A dead local engine its supervisor gave up on stays listed: it will not come back by itself.
         self.registry.keep_dead = lambda record: self.local_engines.gave_up(record.id)
