@@ -27,6 +27,10 @@ class EngineDied(ClusterError):
     """A task's engine died or left before the task finished."""
 
 
+class NoEngines(ClusterError):
+    """No engine was alive, and none was coming back, for ``--no-engine-timeout`` seconds."""
+
+
 class ControlTimeout(ClusterError):
     """A control command got no reply within its timeout."""
 
@@ -103,6 +107,7 @@ _BY_NAME = {
         UnknownEngine,
         EngineDead,
         EngineDied,
+        NoEngines,
         ControlTimeout,
         TaskAborted,
         TaskCancelled,

@@ -274,19 +274,18 @@ class EngineTrafficTests(Fixture):
         self.assertEqual(self.scheduler.failed, 1)
         self.assertEqual((self.store.records["t1"]["status"], self.store.records["t1"]["error"]), ("failed", error))
 
-    def test_engine_death_without_retries_fails_tasks_in_flight(self):
+    def test_engine_death_without_retries_fails_the_task_it_ran(self):
         self.submit("t1", client=b"c1", retries=0)
         self.submit("t2", client=b"c2", retries=0)
         self.assertEqual(self.sent("e1"), ["t1", "t2"])
         self.started("e1", "t1")
         self.die(self.e1, "heart silent for 3 beats")
-        for task, client, where in (("t1", b"c1", "while running it"), ("t2", b"c2", "before running it")):
-            message = self.error_of(task, "EngineDied", client=client)
-            self.assertIn(where, message)
-            self.assertIn("heart silent", message)
-            self.assertIn("e1", message)
-            self.assertIn(task, message)
-        self.assertEqual(self.scheduler.tasks, {})
+        message = self.error_of("t1", "EngineDied", client=b"c1")
+        self.assertEqual(message, "engine e1 dead while running task t1: heart silent for 3 beats")
+        # t2 was queued behind it: it did not run, so it waits for another engine with its retries intact.
+        self.assertEqual(self.results("t2"), [])
+        self.assertEqual((self.state("t2"), self.scheduler.tasks["t2"].retries), (READY, 0))
+        self.assertEqual(list(self.scheduler.tasks), ["t2"])
         # A late result for a failed task is dropped: never two results.
         self.result("e1", "t1")
         self.assertEqual(len(self.results("t1")), 1)
@@ -522,7 +521,7 @@ class RestrictionTests(Fixture):
             message = self.error_of(task, "EngineDied")
             self.assertIn(task, message)
             self.assertIn("b", message)
-        self.assertIn("while running it", self.error_of("t0", "EngineDied"))
+        self.assertIn("while running task t0", self.error_of("t0", "EngineDied"))
         self.assertIn("heart silent", self.error_of("t0", "EngineDied"))
         self.assertEqual(self.scheduler.retried, 0, "nowhere else to run: not retried")
         self.assertEqual(self.results("free"), [])
@@ -893,7 +892,8 @@ class RetryTests(Fixture):
         self.die(self.a)
         self.assertEqual(self.results(), [])
         self.assertEqual(sorted(self.sent("b")), ["t1", "t2"])
-        self.assertEqual(self.scheduler.retried, 2)
+        self.assertEqual(self.scheduler.retried, 1, "t2, queued behind t1, went back without a retry")
+        self.assertEqual((self.scheduler.tasks["t1"].retries, self.scheduler.tasks["t2"].retries), (0, 1))
         # A late result from the dead engine is dropped: never two results.
         self.result("a", "t1")
         self.assertEqual(self.results(), [])

@@ -29,13 +29,20 @@ DESCRIPTION = (
     "Ctrl-C (or `ipcluster stop`). With --daemon it runs in the background, its pid\n"
     "in DATA_DIR/ipcluster.pid and its log in DATA_DIR/ipcluster.log, and the command\n"
     "returns once the controller and its engines are up.\n\n"
+    "The controller supervises its local engines: one that dies is restarted with\n"
+    "the same id (after 0.5 s, backing off to 30 s), at most 10 times within 300 s;\n"
+    "one that exits with code 0 left on purpose and stays down. Queued tasks fail\n"
+    "with NoEngines after 60 s without any engine. Tune it with the twistd options\n"
+    "--restart-limit, --restart-window, --engine-memory-limit, --no-engine-timeout\n"
+    "and --dead-engine-ttl (after `--`).\n\n"
     "Fails (exit code 1) if a cluster already runs in the data directory, if the\n"
     "data directory cannot be used, or if the controller does not come up (the end\n"
     "of its log is shown)."
 )
 EPILOG = (
     "Options after `--` go to `twistd ipcluster` (see `twistd ipcluster --help`), e.g.\n"
-    "  ipcluster start --daemon -n 2 -- --heartbeat-period 0.5 --store memory"
+    "  ipcluster start --daemon -n 2 -- --heartbeat-period 0.5 --store memory\n"
+    "  ipcluster start -n 4 -- --restart-limit 3 --engine-memory-limit 2GB"
 )
 
 
