@@ -483,7 +483,7 @@ class HelpTexts(SynchronousTestCase):
                          (3, 20.0, 2 * 10**9))
         self.assertEqual((options["no-engine-timeout"], options["dead-engine-ttl"]), (0.0, 5.0))
         options["data-dir"] = self.mktemp()
-        config = tap.makeService(options).config
+        config = tap.makeService(options).controller.config
         self.assertEqual(config.restart_policy(), RestartPolicy(limit=3, window=20.0, memory_limit=2 * 10**9))
         self.assertEqual((config.no_engine_timeout, config.dead_engine_ttl), (None, 5.0), "0: wait forever")
         from twisted.python import usage
