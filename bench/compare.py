@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from benchsys import ALIASES, LABELS, PEERS, SYSTEMS  # noqa: E402  (bench/ is on sys.path)
 from benchsys.base import descendants, end_processes
@@ -279,6 +280,17 @@ def write_outputs(args, results: dict, env: dict, notes: list) -> None:
         print(f"Markdown written to {path}")
 
 
+def shared_venv_warning() -> Optional[str]:
+    """Why the project's venv is not fit to be measured, if a peer was installed into it."""
+    import importlib.util
+
+    if importlib.util.find_spec("ipyparallel") is None:
+        return None
+    return (f"ipyparallel is installed for {sys.executable}: its 'ipcluster' console script replaces "
+            f"ipcluster's own there. Uninstall it (pip uninstall ipyparallel; pip install -e . again) and "
+            f"keep the peers in their own venv (--peers-python)")
+
+
 def run_all(args) -> tuple:
     """Each system of ``--only`` in turn: (results by system, whether we were interrupted)."""
     results: dict = {}
@@ -299,6 +311,30 @@ def run_all(args) -> tuple:
     return results, interrupted
 
 
+def print_header(args, env: dict) -> None:
+    print(
+        f"ipcluster vs {', '.join(LABELS[s] for s in args.only if s != 'ipcluster')}: 2 local engines/workers "
+        f"each, {args.rtt_samples} round trips, {args.tasks:,} tasks per throughput run, "
+        f"{args.map_items:,}-item map, {args.payload_mb:g} MB payload"
+    )
+    print(
+        f"python {env['python']} on {env['platform']}, {env['cpus']} CPUs ({env['cpu']}); "
+        f"load average {', '.join(f'{x:.2f}' for x in env['loadavg_before'] or ())}"
+    )
+
+
+def report(args, results: dict, env: dict, warning: Optional[str]) -> None:
+    """The table, versions and notes on stdout; --json and --markdown files."""
+    print(f"\nRatios ({RATIO_MEANING}).")
+    print(table(results, child_params(args)))
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in all_versions(results, env).items() if v))
+    notes = collect_notes(results, env) + ([f"warning: {warning}"] if warning else [])
+    print()
+    for n in notes:
+        print(f"- {n}")
+    write_outputs(args, results, env, notes)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -313,29 +349,16 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     reaper = set_subreaper()
     env = environment(args)
-    print(
-        f"ipcluster vs {', '.join(LABELS[s] for s in args.only if s != 'ipcluster')}: 2 local engines/workers "
-        f"each, {args.rtt_samples} round trips, {args.tasks:,} tasks per throughput run, "
-        f"{args.map_items:,}-item map, {args.payload_mb:g} MB payload"
-    )
-    print(
-        f"python {env['python']} on {env['platform']}, {env['cpus']} CPUs ({env['cpu']}); "
-        f"load average {', '.join(f'{x:.2f}' for x in env['loadavg_before'] or ())}"
-    )
+    print_header(args, env)
+    shared = shared_venv_warning()
+    if shared:
+        print(f"warning: {shared}", flush=True)
     results, interrupted = run_all(args)
     if interrupted:
         print("\ninterrupted; everything started has been stopped", flush=True)
     env["loadavg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["subreaper"] = reaper
-
-    print(f"\nRatios ({RATIO_MEANING}).")
-    print(table(results, child_params(args)))
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in all_versions(results, env).items() if v))
-    notes = collect_notes(results, env)
-    print()
-    for n in notes:
-        print(f"- {n}")
-    write_outputs(args, results, env, notes)
+    report(args, results, env, shared)
     if interrupted:
         return 130
     failed = any(not str(e).startswith("n/a") for r in results.values() for e in r.get("errors", {}).values())
