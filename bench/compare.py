@@ -7,7 +7,7 @@ ipyparallel installs a console script named ``ipcluster`` that replaces ours::
 
     .venv/bin/pip install -e '.[bench]'    # psutil and numpy for the project's venv
     python3 -m venv bench/.peers-venv && bench/.peers-venv/bin/pip install ipyparallel distributed ray numpy psutil
-    .venv/bin/python bench/compare.py                                   # everything, ~10 minutes
+    .venv/bin/python bench/compare.py                                   # everything, ~15 minutes
     .venv/bin/python bench/compare.py --quick                           # smaller runs
     .venv/bin/python bench/compare.py --peers-python /work/peers/bin/python --markdown bench/results/run.md
 
@@ -312,8 +312,9 @@ def run_all(args) -> tuple:
 
 
 def print_header(args, env: dict) -> None:
+    names = ", ".join(LABELS[s] for s in args.only)
     print(
-        f"ipcluster vs {', '.join(LABELS[s] for s in args.only if s != 'ipcluster')}: 2 local engines/workers "
+        f"{names}: 2 local engines/workers "
         f"each, {args.rtt_samples} round trips, {args.tasks:,} tasks per throughput run, "
         f"{args.map_items:,}-item map, {args.payload_mb:g} MB payload"
     )
