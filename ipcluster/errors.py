@@ -27,12 +27,25 @@ class EngineDied(ClusterError):
     """A task's engine died or left before the task finished."""
 
 
+class NoEngines(ClusterError):
+    """No engine was alive, and none was coming back, for ``--no-engine-timeout`` seconds."""
+
+
 class ControlTimeout(ClusterError):
     """A control command got no reply within its timeout."""
 
 
 class TaskAborted(ClusterError):
     """A queued task was removed by ``abort`` or ``reset`` before it ran."""
+
+
+class TaskCancelled(TaskAborted):
+    """A client cancelled the task before it started; it never runs.
+
+    A client's future for it is *cancelled* (``Future.cancelled()`` is True,
+    ``result()`` raises ``concurrent.futures.CancelledError``) rather than
+    failed with this error.
+    """
 
 
 class BadRequest(ClusterError):
@@ -110,8 +123,10 @@ _BY_NAME = {
         UnknownEngine,
         EngineDead,
         EngineDied,
+        NoEngines,
         ControlTimeout,
         TaskAborted,
+        TaskCancelled,
         BadRequest,
         DependencyError,
         TaskTimeout,

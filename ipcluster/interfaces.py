@@ -128,7 +128,10 @@ class IStatusSource(Interface):
 
     def engines():
         """Every known engine as a plain dict (``EngineRecord.describe`` plus ``assigned``,
-        ``local``, ``joined_at``, ``ended_at``, ``last_pong_ago``), in natural id order."""
+        ``local``, ``joined_at``, ``ended_at``, ``last_pong_ago``, and the supervision of the
+        controller's own engines: ``supervisor`` (``running``, ``backing off``, ``given up``,
+        ``exited``, ``stopping``, ...; None for engines it did not start), ``restarts``,
+        ``next_restart_at``, ``last_exit``, ``rss``), in natural id order."""
 
     def tasks():
         """Task counters as a plain dict: ``in_flight``, ``waiting``, ``ready``, ``by_state``,

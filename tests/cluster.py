@@ -129,10 +129,10 @@ class Process(protocol.ProcessProtocol):
         return (self.out + self.err).decode("utf-8", "replace")
 
 
-def spawn(testcase, name: str, argv: list, env: Optional[dict] = None) -> Process:
-    """Start a child process; at cleanup SIGCONT+SIGKILL it (if still running) and reap it."""
+def spawn(testcase, name: str, argv: list, env: Optional[dict] = None, path: Optional[str] = None) -> Process:
+    """Start a child process (in directory ``path``); at cleanup SIGCONT+SIGKILL it (if still running) and reap it."""
     proc = Process(name)
-    reactor.spawnProcess(proc, argv[0], argv, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+    reactor.spawnProcess(proc, argv[0], argv, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), path=path)
 
     def reap():
         if proc.running:

@@ -399,6 +399,9 @@ class Errors(CLITestCase):
         self.assert_exit(result, 1)
         self.assertIn("failed to start", result.stderr)
         self.assertIn("Address already in use", result.stderr)
+        # The reason comes first and whole (twistd's own report of it is cut at 100 bytes).
+        self.assertEqual(result.stderr.splitlines()[1], f"ipcluster: error: the controller failed to start: cannot "
+                         f"listen on tcp://127.0.0.1:{port} (the client socket): Address already in use")
         self.assertIn(f"last lines of {path / 'ipcluster.log'}", result.stderr)
         self.assertFalse((path / "connection.json").exists())
         self.assertFalse((path / "ipcluster.pid").exists())

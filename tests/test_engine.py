@@ -13,6 +13,7 @@ from ipcluster.engine.diagnostics import say
 from ipcluster.engine.engine import Engine
 from ipcluster.engine.runner import EngineStop, Runner, Running
 from ipcluster.engine.runner import describe as _describe
+from ipcluster.engine import taskqueue
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
 from ipcluster.transport.wire import Codec
 
@@ -49,6 +50,38 @@ class Queue(SynchronousTestCase):
         self.assertEqual([t.id for t in q.close()], ["c"])
         self.assertIsNone(q.get())
         self.assertFalse(q.put(QueuedTask("d", b"")))
+
+    def test_withdraw_decides_whether_a_task_runs_here(self):
+        now = [0.0]
+        q = TaskQueue(clock=lambda: now[0])
+        q.put(QueuedTask("queued", b""))
+        q.put(QueuedTask("taken", b""))
+        self.assertEqual(q.withdraw("queued"), taskqueue.QUEUED)
+        self.assertEqual(q.get().id, "taken")
+        self.assertEqual(q.withdraw("taken"), taskqueue.TAKEN)
+        # Withdrawn before it arrived (the release overtook the task): discarded when it comes.
+        self.assertEqual(q.withdraw("late"), taskqueue.NOT_SEEN)
+        self.assertTrue(q.put(QueuedTask("late", b"")))
+        self.assertEqual((len(q), q.discarded), (0, 1))
+        # Only once: the same id sent again (moved back here later) is queued.
+        self.assertTrue(q.put(QueuedTask("late", b"")))
+        self.assertEqual(len(q), 1)
+
+    def test_a_tombstone_expires(self):
+        now = [0.0]
+        q = TaskQueue(clock=lambda: now[0])
+        q.withdraw("lost")  # its task message was lost with its connection
+        now[0] = taskqueue.TOMBSTONE_SECONDS + 1
+        q.put(QueuedTask("lost", b""))
+        self.assertEqual((len(q), q.discarded), (1, 0))
+
+    def test_memory_is_bounded(self):
+        q = TaskQueue()
+        for i in range(taskqueue.REMEMBER + 10):
+            q.withdraw(f"t{i}")
+        self.assertEqual(len(q._tombstones), taskqueue.REMEMBER)
+        q.put(QueuedTask("t0", b""))  # its tombstone was forgotten first
+        self.assertEqual(len(q), 1)
 
 
 # -- the runner ---------------------------------------------------------------------------

@@ -108,6 +108,23 @@ class Verbs(Fixture):
         self.assertIsInstance(error, errors.TaskAborted)
         self.assertEqual(len(self.engine.queue), 0)
 
+    def test_release_is_released_exactly_when_the_task_will_not_run_here(self):
+        self.queue("t1", "t2")
+        self.assertEqual(self.engine.queue.get().id, "t1")  # taken by the main thread
+        self.assertEqual(self.command("abort", {"task": "t1", "release": True}), "unknown")
+        self.running("t1")
+        self.assertEqual(self.command("abort", {"task": "t1", "release": True}), "running")
+        self.assertEqual(self.command("abort", {"task": "t2", "release": True}), "released")
+        # The release overtook its task (another socket): released, and the task never queues.
+        self.assertEqual(self.command("abort", {"task": "t3", "release": True}), "released")
+        self.queue("t3")
+        self.assertEqual(len(self.engine.queue), 0)
+        self.assertEqual(self.channels.dropped, [])
+        # A user's abort of a task not seen is just "unknown": no tombstone.
+        self.assertEqual(self.command("abort", {"task": "t4"}), "unknown")
+        self.queue("t4")
+        self.assertEqual(len(self.engine.queue), 1)
+
     def test_signal(self):
         self.running("t0")
         self.assertFalse(self.command("signal", {"signum": int(signal.SIGINT), "task": "other"}))

@@ -211,3 +211,59 @@ class RegistryTests(SynchronousTestCase):
         self.register()
         self.assertEqual(seen, [])
         self.assertEqual(self.names(), ["registering"])
+
+
+class DeadEngineTTL(SynchronousTestCase):
+    """Dead records leave the list ``dead_ttl`` seconds after the death (on task.Clock)."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.registry = Registry(clock=self.clock, dead_ttl=300.0)
+
+    def dead(self, engine_id="e1", instance="i1"):
+        r = self.registry.register(engine_id, instance, "host", 100, self.clock.seconds())
+        self.registry.mark_alive(r, self.clock.seconds())
+        self.registry.mark_dead(r, "heart silent", self.clock.seconds())
+        return r
+
+    def test_a_dead_record_leaves_after_the_ttl(self):
+        self.dead()
+        self.clock.advance(299.9)
+        self.assertEqual(self.registry.get("e1").state, DEAD)
+        self.clock.advance(0.1)
+        self.assertIsNone(self.registry.get("e1"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_record_replaced_in_time_stays(self):
+        self.dead()
+        self.clock.advance(100)
+        new = self.registry.register("e1", "i2", "host", 101, self.clock.seconds())
+        self.assertEqual(self.clock.getDelayedCalls(), [], "the old record's expiry was cancelled")
+        self.clock.advance(1000)
+        self.assertIs(self.registry.get("e1"), new)
+
+    def test_kept_records_stay(self):
+        self.registry.keep_dead = lambda record: record.id == "kept"
+        self.dead("kept")
+        self.dead("other")
+        self.clock.advance(300)
+        self.assertEqual([r.id for r in self.registry], ["kept"])
+
+    def test_stop_cancels_the_expiries(self):
+        self.dead()
+        self.registry.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_without_a_ttl_dead_records_stay(self):
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        registry = Registry(clock=clock)
+        r = registry.register("e1", "i1", "host", 1, 0.0)
+        registry.mark_dead(r, "gone", 0.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_ttl_needs_a_clock(self):
+        self.assertRaises(ValueError, Registry, dead_ttl=1.0)

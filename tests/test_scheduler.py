@@ -236,6 +236,9 @@ class EngineTrafficTests(Fixture):
         self.submit("t2", client=b"client-2")
         self.assertEqual(self.sent(), {"e1": ["t1"], "e2": ["t2"]})
         self.started("e1", "t1")
+        [(to, running)] = self.to_clients
+        self.assertEqual((to, running.type, running["task"], running["engine"]), (b"client-1", "running", "t1", "e1"))
+        del self.to_clients[:]
         self.result("e1", "t1", started=1.0, finished=2.0)
         [(to, msg)] = self.to_clients
         self.assertEqual(to, b"client-1")
@@ -276,19 +279,18 @@ class EngineTrafficTests(Fixture):
         self.assertEqual(self.scheduler.failed, 1)
         self.assertEqual((self.store.records["t1"]["status"], self.store.records["t1"]["error"]), ("failed", error))
 
-    def test_engine_death_without_retries_fails_tasks_in_flight(self):
+    def test_engine_death_without_retries_fails_the_task_it_ran(self):
         self.submit("t1", client=b"c1", retries=0)
         self.submit("t2", client=b"c2", retries=0)
         self.assertEqual(self.sent("e1"), ["t1", "t2"])
         self.started("e1", "t1")
         self.die(self.e1, "heart silent for 3 beats")
-        for task, client, where in (("t1", b"c1", "while running it"), ("t2", b"c2", "before running it")):
-            message = self.error_of(task, "EngineDied", client=client)
-            self.assertIn(where, message)
-            self.assertIn("heart silent", message)
-            self.assertIn("e1", message)
-            self.assertIn(task, message)
-        self.assertEqual(self.scheduler.tasks, {})
+        message = self.error_of("t1", "EngineDied", client=b"c1")
+        self.assertEqual(message, "engine e1 dead while running task t1: heart silent for 3 beats")
+        # t2 was queued behind it: it did not run, so it waits for another engine with its retries intact.
+        self.assertEqual(self.results("t2"), [])
+        self.assertEqual((self.state("t2"), self.scheduler.tasks["t2"].retries), (READY, 0))
+        self.assertEqual(list(self.scheduler.tasks), ["t2"])
         # A late result for a failed task is dropped: never two results.
         self.result("e1", "t1")
         self.assertEqual(len(self.results("t1")), 1)
@@ -524,7 +526,7 @@ class RestrictionTests(Fixture):
             message = self.error_of(task, "EngineDied")
             self.assertIn(task, message)
             self.assertIn("b", message)
-        self.assertIn("while running it", self.error_of("t0", "EngineDied"))
+        self.assertIn("while running task t0", self.error_of("t0", "EngineDied"))
         self.assertIn("heart silent", self.error_of("t0", "EngineDied"))
         self.assertEqual(self.scheduler.retried, 0, "nowhere else to run: not retried")
         self.assertEqual(self.results("free"), [])
@@ -895,7 +897,8 @@ class RetryTests(Fixture):
         self.die(self.a)
         self.assertEqual(self.results(), [])
         self.assertEqual(sorted(self.sent("b")), ["t1", "t2"])
-        self.assertEqual(self.scheduler.retried, 2)
+        self.assertEqual(self.scheduler.retried, 1, "t2, queued behind t1, went back without a retry")
+        self.assertEqual((self.scheduler.tasks["t1"].retries, self.scheduler.tasks["t2"].retries), (0, 1))
         # A late result from the dead engine is dropped: never two results.
         self.result("a", "t1")
         self.assertEqual(self.results(), [])
@@ -1071,7 +1074,7 @@ class CancelTests(Fixture):
 
     def test_ready_task(self):
         self.assertIs(self.successResultOf(self.scheduler.cancel("t3")), True)
-        self.assertIn("t3", self.error_of("t3", "TaskAborted"))
+        self.assertIn("t3", self.error_of("t3", "TaskCancelled"))
         self.assertNotIn("t3", self.scheduler.tasks)
         self.result("a", "t1")
         self.result("a", "t2")
@@ -1082,7 +1085,7 @@ class CancelTests(Fixture):
         self.submit("t4", after=["t1"])
         self.submit("t5", after=["t4"])
         self.assertIs(self.successResultOf(self.scheduler.cancel("t4")), True)
-        self.error_of("t4", "TaskAborted")
+        self.error_of("t4", "TaskCancelled")
         self.assertIn("t4", self.error_of("t5", "DependencyError"))
         self.assertNotIn("t4", self.scheduler.dependents.get("t1", set()), "removed from the dependency graph")
         self.result("a", "t1")
@@ -1096,7 +1099,7 @@ class CancelTests(Fixture):
         self.assertEqual((task, release), ("t2", True))
         answer.callback("released")
         self.assertIs(self.successResultOf(d), True)
-        self.error_of("t2", "TaskAborted")
+        self.error_of("t2", "TaskCancelled")
         # The freed slot takes the next ready task.
         self.assertEqual(self.held("a"), ["t1", "t3"])
         self.assertEqual(self.sent("a"), ["t1", "t2", "t3"])
@@ -1346,7 +1349,7 @@ class FrontEndFixture(Fixture):
         frames = self.codec.encode(mtype, fields, list(payloads), session=self.session(client))
         before = len(self.to_clients)
         self.frontend.message_received([client, *frames])
-        replies = [(to, msg) for to, msg in self.to_clients[before:] if msg.type != "result"]
+        replies = [(to, msg) for to, msg in self.to_clients[before:] if msg.type not in ("result", "running")]
         if not replies:
             return None
         [(to, msg)] = replies
@@ -1542,7 +1545,7 @@ class ClientFrontEndTests(FrontEndFixture):
         for i in range(1, 4):
             self.request("submit", {"task": f"t{i}"}, [b"p"])
         self.assertValue(self.request("cancel", {"task": "t3"}), True)
-        self.error_of("t3", "TaskAborted", b"client-1")
+        self.error_of("t3", "TaskCancelled", b"client-1")
         self.assertValue(self.request("cancel", {"task": "nope"}), False)
         self.assertError(self.request("cancel", {}), "BadRequest")
         # A prefetched task: the scheduler asks the engine (over the real control channel).
@@ -1552,7 +1555,7 @@ class ClientFrontEndTests(FrontEndFixture):
         self.control.message_received([b"e1", *self.e1_codec.encode("reply", {"ref": command.id, "ok": True, "value": "released"})])
         replies = [msg for _, msg in self.to_clients if msg.type == "reply"]
         self.assertEqual(replies[-1]["value"], True)
-        self.error_of("t2", "TaskAborted", b"client-1")
+        self.error_of("t2", "TaskCancelled", b"client-1")
 
     def test_fetch(self):
         self.request("submit", {"task": "t1"}, [b"p"])
@@ -1563,6 +1566,16 @@ class ClientFrontEndTests(FrontEndFixture):
             self.assertEqual(self.result_of("t1", client).payloads, (b"value-t1", b"out", b"err"))
         self.assertError(self.request("fetch", {"task": "nope"}), "BadRequest")
         self.assertError(self.request("fetch", {"task": 5}), "BadRequest")
+
+    def test_running_is_told_to_every_client_of_the_task(self):
+        self.request("submit", {"task": "t1"}, [b"p"])
+        self.request("fetch", {"task": "t1"}, client=b"client-2")
+        self.started("e1", "t1")
+        running = [(to, msg["task"]) for to, msg in self.to_clients if msg.type == "running"]
+        self.assertEqual(running, [(b"client-1", "t1"), (b"client-2", "t1")])
+        # A client that asks once it runs hears it at once.
+        self.request("fetch", {"task": "t1"}, client=b"client-3")
+        self.assertEqual([to for to, msg in self.to_clients if msg.type == "running"][-1], b"client-3")
 
     def test_purge(self):
         for i in range(3):
@@ -1633,7 +1646,7 @@ class ControllerRestartTests(TestCase):
         self.reply(scheduler, "result", {"task": "good", "ok": True}, [b"value", b"out\n", b"err\n"])
         error = {"type": "ValueError", "message": "bad", "traceback": "tb"}
         self.reply(scheduler, "result", {"task": "bad", "ok": False, "error": error}, [b"", b"", b"oops"])
-        self.assertEqual(len(to_clients), 2)
+        self.assertEqual([msg.type for _, msg in to_clients], ["running", "result", "result"])
         yield store.close()  # the controller stops with "lost" still running
 
         scheduler, store, to_engines, to_clients = self.controller()
@@ -1840,7 +1853,7 @@ class WithdrawDuringStealTests(Fixture):
         self.assertEqual(len(self.aborts), 1, "one release request per task")
         self.aborts[0][3].callback("released")
         self.assertIs(self.successResultOf(d), True)
-        self.error_of("t3", "TaskAborted")
+        self.error_of("t3", "TaskCancelled")
         self.assertEqual(self.sent("b"), ["t2", "t4"], "a cancelled task does not move")
         self.assertEqual(self.held("a"), ["t1"])
         self.assertEqual(self.scheduler.stolen, 0)

@@ -27,6 +27,7 @@ INPUTS = {
     "released": (),
     "kept": (),
     "retry": (),
+    "put_back": (),
     "result": (),
     "cancel": (),
     "dependency_failed": (),
@@ -50,6 +51,7 @@ TRANSITIONS = {
     (ASSIGNED, "start"): RUNNING,
     (ASSIGNED, "release"): RELEASING,
     (ASSIGNED, "retry"): READY,
+    (ASSIGNED, "put_back"): READY,
     (ASSIGNED, "result"): DONE,
     (ASSIGNED, "engine_lost"): DONE,
     (ASSIGNED, "abandon"): DONE,
@@ -57,6 +59,7 @@ TRANSITIONS = {
     (RELEASING, "released"): READY,
     (RELEASING, "kept"): ASSIGNED,
     (RELEASING, "retry"): READY,
+    (RELEASING, "put_back"): READY,
     (RELEASING, "result"): DONE,
     (RELEASING, "cancel"): DONE,
     (RELEASING, "engine_lost"): DONE,
@@ -170,6 +173,13 @@ class TaskLifecycleTests(SynchronousTestCase):
             task = self.task(phase, retries=2)
             task.lifecycle.retry()
             self.assertEqual((task.state, task.engine, task.started_at, task.retries), (READY, None, None, 1), phase)
+
+    def test_put_back_keeps_its_retries(self):
+        for phase in (ASSIGNED, RELEASING):
+            task = self.task(phase, retries=2)
+            task.lifecycle.put_back()
+            self.assertEqual((task.state, task.engine, task.started_at, task.retries), (READY, None, None, 2), phase)
+        self.assertRaises(NoTransition, self.task(RUNNING).lifecycle.put_back)
 
     def test_engine_lost_keeps_the_engine(self):
         task = self.task(RUNNING)

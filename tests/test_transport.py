@@ -1,11 +1,16 @@
-"""RouterSocket's bounded read loop, over real ZeroMQ sockets and a fake reactor (Clock)."""
+"""RouterSocket's bounded read loop, over real ZeroMQ sockets and a fake reactor (Clock);
+its reads after every send, on the real reactor."""
+import select
 import time
 
 import zmq
-from twisted.internet.task import Clock
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipcluster.transport.reactor import RouterSocket, make_factory
+from tests.cluster import within
 
 COUNT = 1000
 BATCH = 100
@@ -131,7 +136,15 @@ class RouterSocketTests(SynchronousTestCase):
 
     def test_send_to_unknown_identity_fails(self):
         self.assertFalse(self.router.send_frames([b"nobody", b"hello"]))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failed_send_still_schedules_a_read(self):
+        """A failed send swallows the readable edge of waiting messages: it must schedule the read."""
+        self.push(3)
+        self.wait_readable()
+        self.assertFalse(self.router.send_frames([b"nobody", b"hello"]))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "a read is scheduled after a failed send")
+        self.clock.advance(0)
+        self.assertEqual([frames[1] for frames in self.handled], [b"0", b"1", b"2"])
 
     def test_send_to_known_identity(self):
         self.push(1)
@@ -204,3 +217,54 @@ class WholeMessageLimits(SynchronousTestCase):
         self.read(5)
         self.assertEqual([f[1:] for f in self.handled], [[b"a", b"b", b"c"], [b"x" * 998], [b"last"]])
         self.assertEqual([(o.first, o.frames, o.size) for o in self.oversize], [(b"d", 5, 5), (b"d", 3, 1201)])
+
+
+class EdgeTriggeredDescriptor(unittest.TestCase):
+    """On the real reactor: ZeroMQ's descriptor is edge-triggered, and a failed send eats the edge."""
+
+    def test_the_premise_a_failed_send_hides_waiting_messages_from_select(self):
+        """Plain pyzmq, no reactor: why every send path must schedule a read."""
+        context = zmq.Context()
+        self.addCleanup(context.term)
+        router = context.socket(zmq.ROUTER)
+        self.addCleanup(router.close, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer = context.socket(zmq.DEALER)
+        self.addCleanup(dealer.close, 0)
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        fd = router.getsockopt(zmq.FD)
+        router.getsockopt(zmq.EVENTS)  # consume the connection's edge
+        dealer.send(b"waiting")
+        self.assertTrue(select.select([fd], [], [], DEADLINE)[0], "the message's edge")
+        self.assertRaises(zmq.ZMQError, router.send_multipart, [b"nobody", b"x"], zmq.NOBLOCK)
+        self.assertFalse(select.select([fd], [], [], 0.2)[0], "the failed send ate the edge")
+        self.assertTrue(router.getsockopt(zmq.EVENTS) & zmq.POLLIN, "yet the message waits")
+
+    @defer.inlineCallbacks
+    def test_router_hears_a_message_that_waited_through_a_failed_send(self):
+        handled = []
+        arrived = defer.Deferred()
+
+        def on_message(frames):
+            handled.append(frames[1])
+            if not arrived.called:
+                arrived.callback(None)
+
+        factory = make_factory(reactor)
+        self.addCleanup(factory.shutdown)
+        router = RouterSocket(factory, "tcp://127.0.0.1:*", on_message, name="edge")
+        context = zmq.Context()
+        self.addCleanup(context.term)
+        dealer = context.socket(zmq.DEALER)
+        self.addCleanup(dealer.close, 0)
+        dealer.connect(router.address)
+        # Let the reactor take the connection's edge, then have a message wait, unread, on the socket.
+        yield deferLater(reactor, 0.05, lambda: None)
+        fd = router.socket.getsockopt(zmq.FD)
+        router.socket.getsockopt(zmq.EVENTS)
+        dealer.send(b"waiting")
+        self.assertTrue(select.select([fd], [], [], DEADLINE)[0], "the message's edge")
+        self.assertFalse(router.send_frames([b"gone-client", b"result"]))
+        yield within(arrived, DEADLINE, "the message that waited through a failed send")
+        self.assertEqual(handled, [b"waiting"])

@@ -38,6 +38,46 @@ class Twistd(unittest.TestCase):
                        "--prefetch", "--store", "--web", "--manhole-ssh", "--manhole-telnet", "--manhole-authorized-keys"):
             self.assertIn(option, helptext)
 
+    def test_port_in_use_is_one_clear_line(self):
+        import socket
+
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "ipcluster", "--data-dir", self.mktemp(), "--client-port", str(port)],
+            capture_output=True, text=True, timeout=BOUND,
+        )
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn(f"twistd ipcluster: cannot listen on tcp://127.0.0.1:{port} (the client socket): "
+                      "Address already in use", output)
+        self.assertNotIn("Traceback", output)
+
+    @defer.inlineCallbacks
+    def test_pid_file_goes_in_the_data_dir(self):
+        """Plain `twistd -n ipcluster` leaves no twistd.pid in the working folder, and a second
+        controller started from that folder (with its own data dir) is not refused for it."""
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        procs = []
+        for name in ("a", "b"):
+            data_dir = os.path.join(cwd, name)
+            proc = spawn(self, f"twistd {name}", [TWISTD, "-n", "ipcluster", "--data-dir", data_dir], path=cwd)
+            procs.append(proc)
+            conn = os.path.join(data_dir, "connection.json")
+            yield until(lambda: os.path.exists(conn) or not proc.running, what=f"controller {name}")
+            self.assertTrue(proc.running, proc.output())
+            with open(os.path.join(data_dir, "ipcluster.pid")) as f:
+                self.assertEqual(int(f.read()), proc.pid)
+        self.assertFalse(os.path.exists(os.path.join(cwd, "twistd.pid")))
+        for proc in procs:
+            proc.kill(signal.SIGTERM)
+            yield within(proc.ended, BOUND, "the controller to stop")
+        self.assertFalse(os.path.exists(os.path.join(cwd, "a", "ipcluster.pid")))
+
     @defer.inlineCallbacks
     def test_cluster_with_local_engines(self):
         data_dir = os.path.abspath(self.mktemp())

@@ -29,13 +29,20 @@ DESCRIPTION = (
     "Ctrl-C (or `ipcluster stop`). With --daemon it runs in the background, its pid\n"
     "in DATA_DIR/ipcluster.pid and its log in DATA_DIR/ipcluster.log, and the command\n"
     "returns once the controller and its engines are up.\n\n"
+    "The controller supervises its local engines: one that dies is restarted with\n"
+    "the same id (after 0.5 s, backing off to 30 s), at most 10 times within 300 s;\n"
+    "one that exits with code 0 left on purpose and stays down. Queued tasks fail\n"
+    "with NoEngines after 60 s without any engine. Tune it with the twistd options\n"
+    "--restart-limit, --restart-window, --engine-memory-limit, --no-engine-timeout\n"
+    "and --dead-engine-ttl (after `--`).\n\n"
     "Fails (exit code 1) if a cluster already runs in the data directory, if the\n"
     "data directory cannot be used, or if the controller does not come up (the end\n"
     "of its log is shown)."
 )
 EPILOG = (
     "Options after `--` go to `twistd ipcluster` (see `twistd ipcluster --help`), e.g.\n"
-    "  ipcluster start --daemon -n 2 -- --heartbeat-period 0.5 --store memory"
+    "  ipcluster start --daemon -n 2 -- --heartbeat-period 0.5 --store memory\n"
+    "  ipcluster start -n 4 -- --restart-limit 3 --engine-memory-limit 2GB"
 )
 
 
@@ -151,10 +158,30 @@ def start_daemon(dd: DataDir, engines: int, timeout: float, out: Optional[TextIO
             stop_cluster(dd, timeout=DEFAULT_STOP_TIMEOUT, out=None)
         _settle(dd.logfile)
         tail = dd.log_tail(offset=log_offset) if dd.logfile.exists() else ""
-        raise CLIError(f"{e}\n{tail}".rstrip()) from None
+        reason = _controller_said(dd.logfile, log_offset)
+        first = f"the controller failed to start: {reason}" if reason else str(e)
+        rest = str(e) if reason else ""
+        raise CLIError("\n".join(part for part in (first, rest, tail) if part)) from None
     if out is not None:
         out.write(_running_message(dd, pid, ids))
         out.flush()
+
+
+#: How the controller words a start-up failure in its log (``twistd ipcluster: REASON``).
+_REASON_MARKER = "twistd ipcluster: "
+
+
+def _controller_said(log: Path, offset: int) -> Optional[str]:
+    """The controller's own one-line reason for failing to start, from its log (twistd's status
+    pipe cuts it at 100 bytes); None if it gave none."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    reasons = [line.split(_REASON_MARKER, 1)[1].strip() for line in text.splitlines() if _REASON_MARKER in line]
+    return reasons[-1] if reasons else None
 
 
 def _size(path: Path) -> Optional[int]:

@@ -88,6 +88,7 @@ class ClientCore:
         self._lock = threading.Lock()
         self._replies: dict[str, Callback] = {}
         self._results: dict[str, list] = {}  # task id -> callbacks waiting for its result
+        self._running: dict[str, list] = {}  # task id -> callbacks waiting to hear it started
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
         self._reconnecting = False
         #: How the driver sends frames from within :meth:`received` (its I/O thread, or the reactor).
@@ -115,11 +116,13 @@ class ClientCore:
         kwargs: dict,
         options: dict,
         on_result: Callable[[TaskResult], None],
+        on_running: Optional[Callable[[str], None]] = None,
     ) -> tuple[str, list]:
         """``(task_id, frames)`` for a task; the payload is cloudpickled here.
 
         ``options`` are the scheduling fields checked by :func:`submit_options`.
         There is no reply: a refused task fails through ``on_result``.
+        ``on_running(engine)`` is called if the controller says it started.
         """
         payload = cloudpickle.dumps((fn, args, kwargs))
         task_id = uuid.uuid4().hex
@@ -132,7 +135,7 @@ class ClientCore:
                 f"{len(payload)} bytes), over the controller's limit of {self.max_message_size} bytes "
                 "(--max-message-size)"
             )
-        self.expect(task_id, on_result)
+        self.expect(task_id, on_result, on_running)
         return task_id, frames
 
     def waiting(self) -> bool:
@@ -140,10 +143,14 @@ class ClientCore:
         with self._lock:
             return bool(self._replies or self._results)
 
-    def expect(self, task_id: str, on_result: Callable[[TaskResult], None]) -> None:
-        """Route the result of ``task_id`` to ``on_result`` too (submit and any fetches)."""
+    def expect(self, task_id: str, on_result: Callable[[TaskResult], None],
+               on_running: Optional[Callable[[str], None]] = None) -> None:
+        """Route the result of ``task_id`` to ``on_result`` too (submit and any fetches), and
+        the news that it started to ``on_running``."""
         with self._lock:
             self._results.setdefault(task_id, []).append(on_result)
+            if on_running is not None:
+                self._running.setdefault(task_id, []).append(on_running)
 
     def forget(self, msg_id: Optional[str] = None, task_id: Optional[str] = None, on_result=None) -> None:
         """Stop waiting for a reply, or for a task's result (only ``on_result``'s wait, if given)."""
@@ -156,6 +163,7 @@ class ClientCore:
                     waiting.remove(on_result)
                 if on_result is None or not waiting:
                     self._results.pop(task_id, None)
+                    self._running.pop(task_id, None)
 
     def expire(self, msg_id: str, error: BaseException) -> None:
         """No reply came in time: fail the waiter."""
@@ -168,6 +176,7 @@ class ClientCore:
         with self._lock:
             replies, self._replies = self._replies, {}
             results, self._results = self._results, {}
+            self._running = {}
         for callback in replies.values():
             callback(False, error)
         for task_id, waiting in results.items():
@@ -198,6 +207,11 @@ class ClientCore:
                 callback(True, msg.get("value"))
             else:
                 callback(False, errors.from_wire(msg.get("error")))
+        elif msg.type == "running":
+            with self._lock:
+                waiting = self._running.pop(msg["task"], ())
+            for on_running in waiting:
+                on_running(str(msg.get("engine") or ""))
         else:
             self._result(msg)
 
@@ -225,6 +239,7 @@ class ClientCore:
         if isinstance(task_id, str):
             with self._lock:
                 waiting = self._results.pop(task_id, [])
+                self._running.pop(task_id, None)
             for on_result in waiting:
                 on_result(_Failed(task_id, error))
         elif isinstance(ref, str):
@@ -243,6 +258,7 @@ class ClientCore:
     def _result(self, msg: Message) -> None:
         with self._lock:
             waiting = self._results.pop(msg["task"], None)
+            self._running.pop(msg["task"], None)
         if not waiting:
             self.dropped += 1
             return
@@ -308,6 +324,15 @@ _OPTION_CHECKS = {
     "timeout": _timeout,
     "after_failed": _after_failed,
 }
+
+
+#: The keyword arguments ``Client.submit`` takes as scheduling options (not the task's).
+OPTION_NAMES = tuple(_OPTION_CHECKS)
+
+
+def take_options(kwargs: dict) -> dict:
+    """Remove submit's own option names from ``kwargs`` (the task's keyword arguments); them."""
+    return {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
 
 
 def submit_options(engine=None, engines=None, after=None, retries=None, timeout=None, after_failed=None) -> dict:

@@ -1,22 +1,36 @@
-"""A task's future: a ``concurrent.futures.Future`` with the task's id, engine and output."""
+"""A task's future: a ``concurrent.futures.Future`` with the task's id, engine and output.
+
+Its state follows the controller:
+
+* *pending* until the controller says the task started (it does for tasks that
+  run 20 ms or more), then *running*; a task that finishes sooner goes from
+  pending straight to finished.
+* ``cancel()`` asks the controller, which decides on its own thread whether the
+  task can still be kept from running; the answer is ``cancel()``'s, and the
+  future is cancelled exactly when the task will never run.
+* done-callbacks run on the client's callback thread (never its I/O thread), in
+  the order they were added; a raising callback is logged.
+"""
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ipcluster import errors
-from ipcluster.client.core import TaskResult
+from ipcluster.client.callbacks import call_logged
 
 if TYPE_CHECKING:
+    from ipcluster.client.core import TaskResult
     from ipcluster.client.sync import Client
+
+# Where a future's done-callbacks are: waiting for it to finish, handed to the callback
+# thread, or all run (a callback added now is called at once, as Future documents).
+_WAITING, _POSTED, _RAN = "waiting", "posted", "ran"
 
 
 class TaskFuture(Future):
-    """A ``concurrent.futures.Future`` for one task, with its id, engine and output.
-
-    It stays pending until the result arrives.  ``cancel()`` asks the
-    controller to remove the task if it has not started.
-    """
+    """A ``concurrent.futures.Future`` for one task, with its id, engine and output."""
 
     def __init__(self, task_id: str, client: Optional["Client"] = None) -> None:
         super().__init__()
@@ -25,39 +39,99 @@ class TaskFuture(Future):
         self.stdout = ""
         self.stderr = ""
         self._client = client
-        self._cancelling = False
+        self._lock = threading.RLock()  # our transitions: started, delivered, cancelled
+        self._callbacks: list = []
+        self._dispatch = _WAITING
         self._callback = self._deliver  # what the client core calls with the result
+        super().add_done_callback(self._completed)
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} on {self.engine} {self._state.lower()}>"
 
-    def cancel(self) -> bool:
-        if self.done():
-            return self.cancelled()
-        if self._client is None or self._client._closed:
-            return False
-        self._cancelling = True
-        try:
-            removed = self._client._call("cancel", {"task": self.task_id}, self._client.timeout)
-        except errors.ClusterError:
-            removed = False
-        finally:
-            self._cancelling = False
-        if removed:
-            self._client._core.forget(task_id=self.task_id, on_result=self._callback)
-            return super().cancel()
-        return False
+    # -- the Future API ---------------------------------------------------------------
 
-    def _deliver(self, result: TaskResult) -> None:
-        if self.done():
+    def cancel(self) -> bool:
+        """Keep the task from running: True if it never will (the controller removed it).
+
+        False if it runs or ran (or the controller could not be asked).  Asks the
+        controller and waits for its answer (one round trip); a future already
+        running or done answers at once.
+        """
+        if self.cancelled():
+            return True
+        if self.running() or self.done() or self._client is None:
+            return False
+        return self._client._cancel_tasks([self])[0]
+
+    def add_done_callback(self, fn: Callable[["TaskFuture"], object]) -> None:
+        """Call ``fn(future)`` once it is done, on the client's callback thread, in the order added.
+
+        If the future is done and its callbacks have run, ``fn`` is called at
+        once, in this thread.  An exception in ``fn`` is logged.
+        """
+        with self._lock:
+            if self._dispatch != _RAN:
+                self._callbacks.append(fn)
+                return
+        call_logged(fn, self)
+
+    # -- what the client calls -------------------------------------------------------
+
+    def _started(self, engine: str) -> None:
+        """The controller says the task started on ``engine``."""
+        with self._lock:
+            if engine:
+                self.engine = engine
+            if not (self.running() or self.done()):
+                self.set_running_or_notify_cancel()
+
+    def _deliver(self, result: "TaskResult") -> None:
+        """The task's outcome arrived (or the client gave up on it)."""
+        with self._lock:
+            if self.done():
+                return
+            if not result.ok and isinstance(result.value, errors.TaskCancelled):
+                self._cancelled_by_controller(result.value)
+                return
+            self.engine = result.engine or self.engine
+            self.stdout, self.stderr = result.stdout, result.stderr
+            if not self.running():
+                self.set_running_or_notify_cancel()
+            if result.ok:
+                self.set_result(result.value)
+            else:
+                self.set_exception(result.value)
+
+    def _cancelled_by_controller(self, error: Optional[BaseException] = None) -> None:
+        """The controller cancelled the task: cancel the future and tell its waiters
+        (``wait``/``as_completed`` hear of a cancel through set_running_or_notify_cancel)."""
+        with self._lock:
+            if self.done():
+                return
+            if Future.cancel(self):
+                self.set_running_or_notify_cancel()
+            else:  # it was running here (it started, then was retried and cancelled)
+                self.set_exception(error or errors.TaskCancelled(f"task {self.task_id} was cancelled"))
+
+    # -- callbacks ---------------------------------------------------------------------
+
+    def _completed(self, _: Future) -> None:
+        # Runs in the thread that completed the future (the I/O thread, mostly): hand the
+        # callbacks to the callback thread and tell the client this future is settled.
+        with self._lock:
+            self._dispatch = _POSTED
+        client = self._client
+        if client is None:
+            self._run_callbacks()
             return
-        if self._cancelling and isinstance(result.value, errors.TaskAborted):
-            return  # cancel() is about to mark it cancelled
-        self.engine = result.engine
-        self.stdout, self.stderr = result.stdout, result.stderr
-        if not self.set_running_or_notify_cancel():
-            return
-        if result.ok:
-            self.set_result(result.value)
-        else:
-            self.set_exception(result.value)
+        client._settled(self)
+        client._callbacks.post(self._run_callbacks)
+
+    def _run_callbacks(self) -> None:
+        while True:
+            with self._lock:
+                if not self._callbacks:
+                    self._dispatch = _RAN
+                    return
+                fn = self._callbacks.pop(0)
+            call_logged(fn, self)

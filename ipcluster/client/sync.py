@@ -3,6 +3,8 @@
 A background thread owns the ZeroMQ socket; calls from any thread hand it
 frames through a lock-guarded inproc pipe.  ``submit`` returns a
 ``concurrent.futures.Future``; the control verbs block and return their value.
+Done-callbacks run on a second thread of the client's (``callbacks.py``), so
+the I/O thread never runs user code.
 """
 from __future__ import annotations
 
@@ -10,23 +12,23 @@ import threading
 import time
 import uuid
 import concurrent.futures
-from collections import deque
-from concurrent.futures import Executor, Future
-from typing import Any, Callable, Optional
+from concurrent.futures import Future
+from typing import Any, Optional
 
 import zmq
 
 from ipcluster import connection, errors
+from ipcluster.client.executor import TaskExecutor, settle_reply
 from ipcluster.client.future import TaskFuture
 from ipcluster.client.verbs import ControlVerbs
-from ipcluster.client.core import ChunkCall, ClientCore, TaskResult, submit_options
+from ipcluster.client.core import ClientCore
 from ipcluster.transport.security import configure_client
 from ipcluster.transport.zmqfast import recv_frames, send_frames
 
 LIVE = ("alive", "busy")
 
 
-class Client(ControlVerbs, Executor):
+class Client(ControlVerbs, TaskExecutor):
     """A connection to a running controller; also a ``concurrent.futures.Executor``.
 
     ``Client()`` reads the default connection file (``$IPCLUSTER_DIR`` or
@@ -51,6 +53,7 @@ class Client(ControlVerbs, Executor):
         self._pipe_in.bind(self._pipe_address)
         self._pipe_lock = threading.Lock()
         self._closed = False
+        self._init_executor()
         self._dealer = self._context.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
         # Never block the I/O thread on a controller that is gone: it must stay free to notice.
@@ -99,105 +102,6 @@ class Client(ControlVerbs, Executor):
 
     # -- tasks ---------------------------------------------------------------------
 
-    def submit(
-        self,
-        fn: Callable,
-        *args: Any,
-        engine: Optional[str] = None,
-        engines: Optional[list] = None,
-        after: Optional[list] = None,
-        retries: Optional[int] = None,
-        timeout: Optional[float] = None,
-        after_failed: Optional[str] = None,
-        **kwargs: Any,
-    ) -> TaskFuture:
-        """Run ``fn(*args, **kwargs)`` on an engine; a Future of its result.
-
-        Without ``engine``/``engines`` the task is load-balanced over all
-        engines.  ``engine=`` pins it to one engine, ``engines=[...]`` limits
-        it to some.  ``after=[futures or ids]`` runs it once all of those
-        succeeded (if one failed: DependencyError, or run anyway with
-        ``after_failed="run"``).  ``retries`` (default 1) reruns it elsewhere
-        when its engine dies; ``timeout`` (seconds from its start) interrupts
-        it and fails it with TaskTimeout.
-
-        The future's ``stdout``/``stderr`` hold what the task printed.  A task
-        that raised re-raises its exception (with the remote traceback as its
-        ``__cause__``); KeyboardInterrupt and SystemExit arrive as
-        :class:`~ipcluster.errors.TaskInterrupted`.  These keyword names are
-        taken by submit: pass them to ``fn`` through a wrapper or
-        ``functools.partial``.
-
-        Raises :class:`~ipcluster.errors.PayloadTooLarge` (nothing is sent) if the
-        pickled function and arguments make a message larger than the
-        controller's ``--max-message-size``, and ``ValueError``/``TypeError`` for
-        bad options (``retries`` above 1,000, a timeout above 365 days, ...).
-        """
-        options = submit_options(engine, engines, after, retries, timeout, after_failed)
-        future: TaskFuture
-        def deliver(result: TaskResult) -> None:
-            future._deliver(result)
-
-        task_id, frames = self._core.submit(fn, args, kwargs, options, deliver)
-        future = TaskFuture(task_id, self)
-        future._callback = deliver
-        self._send(frames)
-        return future
-
-    def map(
-        self,
-        fn: Callable,
-        *iterables: Any,
-        timeout: Optional[float] = None,
-        chunksize: int = 1,
-        window: int = 10_000,
-        **options: Any,
-    ):
-        """Like the builtin ``map``, run on the cluster: an ordered, lazy iterator of results.
-
-        Arguments are consumed lazily, with at most ``window`` tasks in
-        flight; ``chunksize`` > 1 sends that many calls in one task.
-        ``options`` are submit's (engines, retries, timeout, ...).  A task's
-        exception is raised when its result is reached.
-        """
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        calls = zip(*iterables)
-        if chunksize > 1:
-            chunked = ChunkCall(fn)
-            calls = ((chunk,) for chunk in _chunks(calls, chunksize))
-            fn = chunked
-        pending: deque = deque()
-        window = max(1, window // chunksize)
-
-        def refill() -> None:
-            while len(pending) < window:
-                try:
-                    args = next(calls)
-                except StopIteration:
-                    return
-                pending.append(self.submit(fn, *args, **options))
-
-        refill()
-
-        def results():
-            try:
-                while pending:
-                    future = pending.popleft()
-                    refill()
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    value = future.result(left)
-                    if chunksize > 1:
-                        yield from value
-                    else:
-                        yield value
-            finally:
-                for future in pending:
-                    future.cancel()
-
-        return results()
-
     def as_completed(self, futures, timeout: Optional[float] = None, progress: bool = False):
         """Yield futures as they finish (``concurrent.futures.as_completed``), with a tqdm bar if ``progress``."""
         futures = list(futures)
@@ -222,11 +126,16 @@ class Client(ControlVerbs, Executor):
         """A future for a task submitted earlier, by any client: it works after the submitter left
         and after a controller restart (results are kept in the task store)."""
         future = TaskFuture(task_id, self)
-        self._core.expect(task_id, future._deliver)
+        with self._pending_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot fetch tasks after the client was shut down")
+            self._core.expect(task_id, future._deliver, future._started)
+            self._pending.setdefault(task_id, future)
         try:
             self._call("fetch", {"task": task_id}, self.timeout)
         except errors.ClusterError:
             self._core.forget(task_id=task_id, on_result=future._callback)
+            self._settled(future)
             raise
         return future
 
@@ -235,22 +144,11 @@ class Client(ControlVerbs, Executor):
         fields = {} if older_than is None else {"older_than": float(older_than)}
         return self._call("purge", fields, self.timeout)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Executor API: close the client (tasks already submitted keep running on the cluster)."""
-        self.close()
-
     # -- plumbing ---------------------------------------------------------------------
 
     def _call(self, mtype: str, fields: dict, timeout: float) -> Any:
         future: Future = Future()
-
-        def on_reply(ok: bool, value: Any) -> None:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-        msg_id, frames = self._core.request(mtype, fields, on_reply)
+        msg_id, frames = self._core.request(mtype, fields, settle_reply(future))
         self._send(frames)
         try:
             return future.result(timeout)
@@ -261,9 +159,9 @@ class Client(ControlVerbs, Executor):
             ) from None
 
     def _send(self, frames: list) -> None:
-        if self._closed:
-            raise errors.NoController("this client is closed")
         with self._pipe_lock:
+            if self._closed:
+                raise errors.NoController("this client is closed")
             send_frames(self._pipe_in, frames, 0)
 
     def _io_main(self) -> None:
@@ -320,33 +218,32 @@ class Client(ControlVerbs, Executor):
             pipe.close(0)
 
     def close(self) -> None:
-        """Close the connection; pending futures fail with NoController."""
-        if self._closed:
-            return
+        """Close the connection now; pending futures fail with NoController.
+
+        Their tasks go on on the cluster (``fetch`` gets their results later).
+        ``shutdown()`` is the Executor's way: it waits for them.
+        """
+        self._close(wait_for_callbacks=False)
+
+    def _close(self, wait_for_callbacks: bool) -> None:
+        with self._pending_lock:
+            self._shutdown = True
         with self._pipe_lock:
-            self._pipe_in.send_multipart([b"close"])
-        self._closed = True
-        self._thread.join(5.0)
-        self._pipe_in.close(0)
-        self._context.term()
-        self._core.fail_all(errors.NoController("client closed"))
+            closing = not self._closed
+            if closing:
+                self._pipe_in.send_multipart([b"close"])
+                self._closed = True
+        if closing:
+            self._thread.join(5.0)
+            with self._pipe_lock:
+                self._pipe_in.close(0)
+            self._context.term()
+            self._core.fail_all(errors.NoController("client closed"))
+        self._callbacks.stop(wait=wait_for_callbacks)
 
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _chunks(iterable, size: int):
-    chunk = []
-    for item in iterable:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _progress(iterable, total: int):

@@ -8,7 +8,10 @@ import attr
 
 from ipcluster import connection
 from ipcluster.controller.control import DEFAULT_TIMEOUT
+from ipcluster.controller.registry import DEFAULT_DEAD_ENGINE_TTL
 from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD
+from ipcluster.controller.supervisor import DEFAULT_RESTART_LIMIT, DEFAULT_RESTART_WINDOW, RestartPolicy
+from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT
 from ipcluster.scheduler.scheduler import DEFAULT_PREFETCH
 from ipcluster.transport import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_SIZE
 
@@ -33,6 +36,15 @@ class ControllerConfig:
     store: str = attr.ib(default="sqlite")
     store_max_age: Optional[float] = attr.ib(default=7 * 24 * 3600.0)
     store_max_tasks: Optional[int] = attr.ib(default=1_000_000)
+    # Supervision of the local engines (see controller/supervisor.py) and what happens without engines.
+    restart_limit: int = attr.ib(default=DEFAULT_RESTART_LIMIT)
+    restart_window: float = attr.ib(default=DEFAULT_RESTART_WINDOW)
+    engine_memory_limit: Optional[int] = attr.ib(default=None)
+    no_engine_timeout: Optional[float] = attr.ib(default=DEFAULT_NO_ENGINE_TIMEOUT)
+    dead_engine_ttl: Optional[float] = attr.ib(default=DEFAULT_DEAD_ENGINE_TTL)
+
+    def restart_policy(self) -> RestartPolicy:
+        return RestartPolicy(limit=self.restart_limit, window=self.restart_window, memory_limit=self.engine_memory_limit)
 
     @property
     def connection_file(self) -> Path:

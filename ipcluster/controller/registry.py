@@ -4,7 +4,7 @@ States::
 
     registering --first pong--> alive <--> busy
          |                        |         |
-         +--purged (no pong)      +--> dead <+
+         +--purged (no pong)      +--> dead <+  (record kept for ``dead_ttl`` s, or until replaced)
                                   +--> left (clean exit, record removed)
 
 ``busy`` means the heart (native, GIL-free) answers but the Python control
@@ -26,6 +26,7 @@ from collections import OrderedDict, defaultdict
 from typing import Callable, Iterator, Optional
 
 import attr
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ipcluster.transport.replay import ReplayWindow
@@ -37,6 +38,8 @@ DEAD = "dead"
 LEFT = "left"
 ACTIVE_STATES = frozenset({REGISTERING, ALIVE, BUSY})
 LIVE_STATES = frozenset({ALIVE, BUSY})
+#: Seconds a dead engine's record stays (``--dead-engine-ttl``).
+DEFAULT_DEAD_ENGINE_TTL = 300.0
 
 
 class EngineEvent(str, enum.Enum):
@@ -134,12 +137,19 @@ class Registry:
 
     log = Logger()
 
-    def __init__(self, keep_dead: int = 1000) -> None:
+    def __init__(self, keep_dead: int = 1000, clock: Optional[IReactorTime] = None, dead_ttl: Optional[float] = None) -> None:
+        if dead_ttl is not None and clock is None:
+            raise ValueError("a dead-engine TTL needs a clock")
         self._engines: OrderedDict[str, EngineRecord] = OrderedDict()
         #: Active records and pending registrations, by routing token.
         self._by_identity: dict[bytes, EngineRecord] = {}
         self._listeners: list[Listener] = []
         self._keep_dead = keep_dead
+        self.clock = clock
+        self.dead_ttl = dead_ttl
+        #: Dead records this says to keep stay past their TTL (a local engine its supervisor gave up on).
+        self.keep_dead: Callable[[EngineRecord], bool] = lambda record: False
+        self._expiries: dict[EngineRecord, IDelayedCall] = {}
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -179,6 +189,10 @@ class Registry:
         """Engines registering, alive or busy, then pending registrations (the heart monitor pings them all)."""
         listed = [r for r in self._engines.values() if r.state in ACTIVE_STATES]
         return listed + [r for r in self._by_identity.values() if not self.listed(r)]
+
+    def any_active(self) -> bool:
+        """Whether some engine is registering, alive or busy."""
+        return any(r.state in ACTIVE_STATES for r in self._engines.values())
 
     def live(self) -> list[EngineRecord]:
         """Engines that joined and are not dead: alive or busy."""
@@ -220,7 +234,7 @@ class Registry:
             self._pend(record, now)
             return record
         if old is not None:
-            del self._engines[engine_id]
+            self._cancel_expiry(self._engines.pop(engine_id))
         self._engines[engine_id] = record
         self._emit(EngineEvent.REGISTERING, record)
         return record
@@ -245,7 +259,9 @@ class Registry:
         old = self._engines.get(record.id)
         if old is not None and old.state in ACTIVE_STATES:
             self.remove(old, "re-registered by the same process", now)
-        self._engines.pop(record.id, None)
+        replaced = self._engines.pop(record.id, None)
+        if replaced is not None:
+            self._cancel_expiry(replaced)
         for other in [r for r in self._by_identity.values() if r.id == record.id and r is not record]:
             self._forget(other, "superseded by a later registration", now)
         self._engines[record.id] = record
@@ -282,6 +298,16 @@ class Registry:
         record.busy_since = None
         self._emit(EngineEvent.DEAD, record, reason)
         self._trim_dead()
+        if self.dead_ttl is not None:
+            self._expiries[record] = self.clock.callLater(self.dead_ttl, self._expire, record)
+
+    def _expire(self, record: EngineRecord) -> None:
+        """A dead record's TTL passed: forget it (unless it was replaced, or is to be kept)."""
+        self._expiries.pop(record, None)
+        if self._engines.get(record.id) is not record or record.state != DEAD or self.keep_dead(record):
+            return
+        del self._engines[record.id]
+        self.log.info("forgot dead engine {engine} ({ttl:g} s after it died: --dead-engine-ttl)", engine=record.id, ttl=self.dead_ttl)
 
     def remove(self, record: EngineRecord, reason: str, now: float, event: EngineEvent = EngineEvent.LEFT) -> None:
         """An engine left cleanly (or its registration was purged): forget it.
@@ -303,7 +329,19 @@ class Registry:
             record.state = DEAD if event is EngineEvent.PURGED else LEFT
             self._emit(event, record, reason)
 
+    def _cancel_expiry(self, record: EngineRecord) -> None:
+        call = self._expiries.pop(record, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def stop(self) -> None:
+        """Cancel the dead records' expiry timers (the controller stops)."""
+        expiries, self._expiries = self._expiries, {}
+        for call in expiries.values():
+            if call.active():
+                call.cancel()
+
     def _trim_dead(self) -> None:
         dead = sorted((r for r in self._engines.values() if r.state == DEAD), key=lambda r: r.ended_at or 0.0)
         for r in dead[: max(0, len(dead) - self._keep_dead)]:
-            del self._engines[r.id]
+            self._cancel_expiry(self._engines.pop(r.id))

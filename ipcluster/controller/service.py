@@ -2,13 +2,13 @@
 
 Build order is the dependency order, and no component reaches one built after it:
 
-    sockets (send/drain by channel) <- heart monitor <- control channel <- scheduler
-        <- registrar, client front end, status source
+    sockets (send/drain by channel) <- heart monitor <- control channel <- local engines
+        <- scheduler <- registrar, client front end, status source
 
 The sockets are bound in ``privilegedStartService`` (so a port in use fails
 twistd at once, before it daemonizes); the connection file is written when the
 controller starts and removed when it stops cleanly.  Children: the heart
-monitor and, with ``engines > 0``, the local engine launcher.
+monitor and, with ``engines > 0``, the local engines (launched and supervised).
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class Controller(service.MultiService):
         self.key = new_key()
         self.codec = Codec(self.key)
         self.pings = PingCodec(self.key)
-        self.registry = Registry()
+        self.registry = Registry(clock=reactor, dead_ttl=config.dead_engine_ttl)
         self.drops = DropLog(reactor)
         self.sockets = ControllerSockets(reactor, config, self.drops, self.key)
         self.client_sessions = ClientSessions()
@@ -98,6 +98,12 @@ class Controller(service.MultiService):
         self.control = ControlChannel(
             self.registry, self.monitor, self.codec, reactor, send("control"), self.drops, config.control_timeout
         )
+        self.local_engines = LocalEngines(
+            reactor, self.registry, str(config.connection_file), config.engines, policy=config.restart_policy(),
+            drain=self.sockets.drainer("task", "control"),
+        )
+        # A dead local engine its supervisor gave up on stays listed: it will not come back by itself.
+        self.registry.keep_dead = lambda record: self.local_engines.gave_up(record.id)
         self.scheduler = Scheduler(
             self.registry,
             self.codec,
@@ -110,10 +116,12 @@ class Controller(service.MultiService):
             prefetch=config.prefetch,
             on_engine_traffic=self.monitor.control_seen,
             session_of=self.client_sessions.session_of,
+            no_engine_timeout=config.no_engine_timeout,
+            engines_coming=self.local_engines.coming,
         )
+        self.local_engines.subscribe(self.scheduler.engines_changed)
         # The scheduler records what each engine runs; the control channel hears it in pongs.
         self.control.on_status = self.scheduler.engine_reported
-        self.local_engines = LocalEngines(reactor, self.registry, str(config.connection_file), config.engines)
         self.registrar = Registrar(
             self.registry, self.codec, reactor, send("registration"), self.drops, config.heartbeat_period,
             is_local=self.local_engines.is_local, key=self.key,
@@ -122,7 +130,9 @@ class Controller(service.MultiService):
             self.registry, self.control, self.scheduler, self.codec, reactor, send("client"), self.drops,
             self.client_sessions,
         )
-        self.status = ControllerStatus(reactor, self.registry, self.scheduler, self.drops, config, self.sockets.ports)
+        self.status = ControllerStatus(
+            reactor, self.registry, self.scheduler, self.drops, config, self.sockets.ports, self.local_engines
+        )
         self.registry.subscribe(log_engine_event)
         _MonitorService(self.monitor).setServiceParent(self)
         if config.engines > 0:
@@ -213,6 +223,7 @@ class Controller(service.MultiService):
         finally:
             self.control.stop(errors.NoController("the controller is stopping"))
             self.scheduler.stop()
+            self.registry.stop()
             self._remove_connection_file()
             self.sockets.close()  # no input after this point, so nothing new to log or store
             self.drops.stop()

@@ -14,6 +14,7 @@ socket takes messages up to its own limits (``wire.limits``).
 """
 from __future__ import annotations
 
+import os
 import socket as _socket
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -39,6 +40,10 @@ def refusal(event: dict) -> Optional[str]:
     if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         return "refused connection: handshake failed (no credentials, or the peer hung up)"
     return None
+
+
+class CannotListen(OSError):
+    """A controller socket could not be bound (its port is in use, its address is not this host's)."""
 
 
 class ControllerSockets:
@@ -109,20 +114,25 @@ class ControllerSockets:
             sock.monitor(monitor, _MONITORED)
             self._auxiliary.append(PairSocket(self._factory, monitor, lambda frames: self._monitored(channel, frames)))
 
-        return router(
-            self._factory,
-            f"tcp://{self.config.ip}:{port or '*'}",
-            handler,
-            max_batch=self.config.max_batch,
-            max_message_size=limits.frame,
-            name=channel,
-            configure=configure,
-            max_frames=limits.frames,
-            max_size=limits.size,
-            on_oversize=lambda message: self.drops.drop(
-                channel, "oversize message", b"", f"{message.frames} frames, {message.size} bytes"
-            ),
-        )
+        address = f"tcp://{self.config.ip}:{port or '*'}"
+        try:
+            return router(
+                self._factory,
+                address,
+                handler,
+                max_batch=self.config.max_batch,
+                max_message_size=limits.frame,
+                name=channel,
+                configure=configure,
+                max_frames=limits.frames,
+                max_size=limits.size,
+                on_oversize=lambda message: self.drops.drop(
+                    channel, "oversize message", b"", f"{message.frames} frames, {message.size} bytes"
+                ),
+            )
+        except zmq.ZMQError as e:
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise CannotListen(e.errno, f"cannot listen on {address} (the {channel} socket): {why}") from e
 
     def _authenticate(self, zap, frames: list) -> None:
         reply, verdict = self.zap.answer(frames)

@@ -7,26 +7,37 @@ or the registry's internals.
 from __future__ import annotations
 
 import os
-from typing import Callable
+import socket
+from typing import Callable, Optional
 
 from zope.interface import implementer
 
+from ipcluster.controller.supervisor import BACKING_OFF, EXITED, GIVEN_UP
 from ipcluster.controller.registry import DEAD, LIVE_STATES, EngineRecord, Registry
 from ipcluster.interfaces import IStatusSource
 from ipcluster.textstatus import natural_key
+
+
+#: The supervision fields of an engine the controller did not start (see LocalEngines.supervision).
+DOWN_PHASES = frozenset({BACKING_OFF, GIVEN_UP, EXITED, "off"})
+UNSUPERVISED = {"supervisor": None, "restarts": 0, "next_restart_at": None, "last_exit": "", "rss": None}
 
 
 @implementer(IStatusSource)
 class ControllerStatus:
     """Reads a live controller's registry, scheduler, drop log and configuration."""
 
-    def __init__(self, clock, registry: Registry, scheduler, drops, config, ports: Callable[[], dict]) -> None:
+    def __init__(
+        self, clock, registry: Registry, scheduler, drops, config, ports: Callable[[], dict],
+        local=None,
+    ) -> None:
         self.clock = clock
         self.registry = registry
         self.scheduler = scheduler
         self._drops = drops
         self.config = config
         self._ports = ports
+        self._local = local  # the LocalEngines service (supervision of the controller's own engines)
         self._listeners: dict = {}
 
     def now(self) -> float:
@@ -42,11 +53,25 @@ class ControllerStatus:
         info["ended_at"] = record.ended_at
         info["last_pong_ago"] = (now - record.last_pong_at) if record.last_pong_at is not None else None
         info["assigned"] = self.scheduler.assigned_to(record.id) if record.state != DEAD else 0
+        info.update((self._local.supervision(record.id) if self._local is not None else None) or UNSUPERVISED)
         return info
 
     def engines(self) -> list:
         now = self.clock.seconds()
-        return [self.describe(r, now) for r in sorted(self.registry, key=lambda r: natural_key(r.id))]
+        records = list(self.registry) + self._down_unregistered(now)
+        return [self.describe(r, now) for r in sorted(records, key=lambda r: natural_key(r.id))]
+
+    def _down_unregistered(self, now: float) -> list:
+        """Local engines that are down and have no record (they died before registering, or
+        their dead record expired): shown dead, so that a crash loop at start-up is seen."""
+        if self._local is None:
+            return []
+        return [
+            EngineRecord(engine_id, "", socket.gethostname(), 0, now, state=DEAD, local=True, reason=info["last_exit"])
+            for engine_id in self._local.supervisors
+            if self.registry.get(engine_id) is None
+            and (info := self._local.supervision(engine_id))["supervisor"] in DOWN_PHASES
+        ]
 
     def tasks(self) -> dict:
         counts = self.scheduler.counts()

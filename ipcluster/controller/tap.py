@@ -1,10 +1,16 @@
 """``twistd ipcluster``: command-line options and the service maker."""
 from __future__ import annotations
 
+import os
+
+from twisted.application import service
 from twisted.python import usage
 
 from ipcluster.connection import CHANNELS, default_data_dir
 from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD
+from ipcluster.controller.registry import DEFAULT_DEAD_ENGINE_TTL
+from ipcluster.controller.supervisor import DEFAULT_RESTART_LIMIT, DEFAULT_RESTART_WINDOW
+from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT
 
 
 def _positive(kind):
@@ -16,6 +22,26 @@ def _positive(kind):
 
     convert.coerceDoc = "Must be positive."
     return convert
+
+
+def _not_negative(kind):
+    def convert(value):
+        v = kind(value)
+        if v < 0:
+            raise ValueError(f"must be 0 or more, got {value}")
+        return v
+
+    convert.coerceDoc = "Must be 0 or more."
+    return convert
+
+
+def _size(value):
+    from ipcluster.controller.memory import parse_size
+
+    return parse_size(value)
+
+
+_size.coerceDoc = "Bytes, or a size such as 2GB (10^9 bytes) or 512MiB (2^20 bytes)."
 
 
 def _port(value):
@@ -37,8 +63,26 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["engines", "n", 0, "Start this many local engine processes (ids e0, e1, ...) and watch them; "
-         "an engine whose process exits is reported dead at once. 0: engines join on their own.", int],
+        ["engines", "n", 0, "Start this many local engine processes (ids e0, e1, ...) and supervise them: "
+         "an engine whose process exits is reported dead at once and restarted (see --restart-limit). "
+         "0: engines join on their own.", int],
+        ["restart-limit", None, DEFAULT_RESTART_LIMIT, "Restart a local engine that dies at most this many "
+         "times within --restart-window seconds; after that it stays down (shown 'given up'). Restarts back "
+         "off: 0.5 s after a death, doubling with each quick death up to 30 s, and from 0.5 s again once an "
+         "engine has lived 30 s. An engine that exits with code 0 (the exit verb, SIGTERM) left on purpose "
+         "and is not restarted. 0: never restart.", _not_negative(int)],
+        ["restart-window", None, DEFAULT_RESTART_WINDOW, "Seconds over which --restart-limit counts "
+         "restarts.", _positive(float)],
+        ["engine-memory-limit", None, None, "Restart a local engine whose resident memory (RSS, read from "
+         "/proc every second) passes this size, e.g. 2GB or 512MiB: SIGTERM, SIGKILL after 5 s. Its task "
+         "is retried or fails with EngineDied '... exceeded its memory limit ...' (default: no limit)", _size],
+        ["no-engine-timeout", None, DEFAULT_NO_ENGINE_TIMEOUT, "When no engine is alive or registering and "
+         "none is coming back (no local engine restart pending), queued tasks that may run on any engine "
+         "fail with NoEngines after this many seconds; an engine that joins first ends the wait. Tasks "
+         "pinned to engines fail as soon as those engines are gone. 0: wait forever.", _not_negative(float)],
+        ["dead-engine-ttl", None, DEFAULT_DEAD_ENGINE_TTL, "Seconds a dead engine stays in the engine list "
+         "(status, `ipcluster status`) unless it comes back; a local engine that was given up on stays "
+         "until the controller stops. 0: dead engines stay (the newest 1000).", _not_negative(float)],
         ["ip", None, "127.0.0.1", "Interface to listen on. Use 0.0.0.0 or a host address to accept "
          "engines from other hosts (traffic is signed, not encrypted)."],
         ["location", None, None, "Address written to the connection file, where engines and clients "
@@ -87,6 +131,46 @@ class Options(usage.Options):
             raise usage.UsageError("--store must be 'sqlite' or 'memory'")
 
 
+#: twistd's own default pid file, in the working directory.
+TWISTD_DEFAULT_PIDFILE = "twistd.pid"
+PIDFILE = "ipcluster.pid"
+
+
+def _pidfile_in_data_dir(options: Options, data_dir) -> None:
+    """twistd writes ``./twistd.pid`` unless told otherwise; a controller's pid belongs in its data
+    directory (where ``ipcluster stop`` looks), so two controllers started from one folder with
+    different data dirs do not refuse each other.  An explicit ``--pidfile`` is kept."""
+    parent = getattr(options, "parent", None)
+    # (twistd has made its default absolute by now: ./twistd.pid of the working directory)
+    if parent is not None and parent.get("pidfile") in (TWISTD_DEFAULT_PIDFILE, os.path.abspath(TWISTD_DEFAULT_PIDFILE)):
+        parent["pidfile"] = str(data_dir / PIDFILE)
+
+
+class _Twistd(service.MultiService):
+    """What twistd runs: the controller, whose start-up failures read as one clear line.
+
+    A controller socket that cannot be bound (a port in use) ends ``twistd -n``
+    with that line and exit code 1 (the line says which socket, which address
+    and why: a traceback would add nothing).  As a daemon, twistd reports the
+    same line through its status pipe and the log.
+    """
+
+    def __init__(self, controller, nodaemon: bool) -> None:
+        super().__init__()
+        self.controller = controller
+        self.nodaemon = nodaemon
+        controller.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        from ipcluster.controller.sockets import CannotListen
+
+        try:
+            super().privilegedStartService()
+        except CannotListen as e:
+            line = f"twistd ipcluster: {e.strerror}"
+            raise (SystemExit(line) if self.nodaemon else RuntimeError(line)) from None
+
+
 def makeService(options: Options):
     from ipcluster.controller.service import AlreadyRunning, Controller, ControllerConfig
 
@@ -106,7 +190,13 @@ def makeService(options: Options):
         store=options["store"],
         store_max_age=options["store-max-age"],
         store_max_tasks=options["store-max-tasks"],
+        restart_limit=options["restart-limit"],
+        restart_window=options["restart-window"],
+        engine_memory_limit=options["engine-memory-limit"],
+        no_engine_timeout=options["no-engine-timeout"] or None,
+        dead_engine_ttl=options["dead-engine-ttl"] or None,
     )
+    _pidfile_in_data_dir(options, config.data_dir)
     controller = Controller(config)
     try:
         controller.check_data_dir()
@@ -133,4 +223,5 @@ def makeService(options: Options):
             web_service(controller, options["web"]).setServiceParent(controller)
         except ValueError as e:
             raise SystemExit(f"twistd ipcluster: --web: {e}") from None
-    return controller
+    parent = getattr(options, "parent", None)
+    return _Twistd(controller, nodaemon=bool(parent is None or parent.get("nodaemon")))

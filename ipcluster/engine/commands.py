@@ -12,7 +12,7 @@ import signal
 from typing import TYPE_CHECKING, Any, Callable
 
 from ipcluster import errors, verbs
-from ipcluster.engine import namespace
+from ipcluster.engine import namespace, taskqueue
 from ipcluster.engine.channels import Channels
 from ipcluster.engine.link import Link
 from ipcluster.transport.wire import Message
@@ -46,14 +46,20 @@ class ControlCommands:
         return None
 
     def abort(self, channels: Channels, args: dict) -> str:
-        """Drop a queued task; a running one goes on (interrupt it with ``signal``)."""
+        """Drop a queued task; a running one goes on (interrupt it with ``signal``).
+
+        With ``release`` (the controller's steal or cancel) the answer is
+        ``"released"`` exactly when the task will not run here: also for a task
+        that has not arrived yet, which is then discarded when it comes.
+        """
         task_id = args["task"]
-        if self.engine.queue.remove(task_id):
-            if args["release"]:
-                return "released"  # the controller runs it elsewhere
+        current = self.engine.runner.current
+        if args["release"]:
+            if self.engine.queue.withdraw(task_id) != taskqueue.TAKEN:
+                return "released"  # the controller runs it elsewhere, or cancels it
+        elif self.engine.queue.remove(task_id):
             channels.report_dropped(task_id, errors.TaskAborted(f"task {task_id} aborted before it ran"))
             return "aborted"
-        current = self.engine.runner.current
         return "running" if current is not None and current.id == task_id else "unknown"
 
     def signal(self, channels: Channels, args: dict) -> bool:

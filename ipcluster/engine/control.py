@@ -259,6 +259,7 @@ class ControlThread:
             try:
                 frames = recv_frames(wake)
             except zmq.Again:
+                self.engine.forwarded.set()  # the main thread may start its next task
                 return
             if frames[0] == b"send" and channels is not None:
                 send_frames(channels.task, frames[1:], 0)

@@ -36,6 +36,8 @@ from ipcluster.transport.zmqfast import send_frames
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONTROLLER_LOST = 3
+#: Seconds the main thread waits, after a task, for the control thread to send its result on.
+FORWARD_WAIT = 1.0
 
 
 class Engine:
@@ -64,6 +66,8 @@ class Engine:
         self.exit_reason = ""
         #: Set when the engine leaves: the control thread says ``bye`` and ends.
         self.leaving = threading.Event()
+        #: Set by the control thread once it has sent on what the main thread handed it.
+        self.forwarded = threading.Event()
         self.control = ControlThread(self)
         self._main_codecs: dict[tuple, Codec] = {}
         #: (signum, task) of the signal command's SIGINT, set just before it is sent.
@@ -130,7 +134,12 @@ class Engine:
             failed = {"task": task.id, "ok": False, "error": errors.to_wire(error), "started": fields.get("started"),
                       "finished": fields.get("finished")}
             frames = codec.encode("result", failed, [b"", b"", b""])
+        self.forwarded.clear()
         send_frames(out, [b"send", *frames], 0)
+        # The next task waits until the result is on the task socket: if that task kills
+        # the process at once (a segfault), the result must not die with it, or the
+        # controller would take this finished task for the one that killed its engine.
+        self.forwarded.wait(FORWARD_WAIT)
 
     def _main_codec(self) -> tuple[Codec, int]:
         """The codec of the registration now (set before any task can arrive), and its size limit."""

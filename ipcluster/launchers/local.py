@@ -20,11 +20,14 @@ from ipcluster.launchers.command import engine_command
 #: ``on_ended(engine_id, pid, why)``
 OnEnded = Callable[[str, int, str], None]
 
+#: How :func:`why_ended` says that a process exited on its own with code 0.
+CLEAN_EXIT = "process exited with code 0"
+
 
 def why_ended(value) -> str:
     """A process's end, in words: ``process killed by signal 9``, ``process exited with code 1``."""
     if isinstance(value, error.ProcessDone):
-        return "process exited with code 0"
+        return CLEAN_EXIT
     if getattr(value, "signal", None):
         try:
             name = signal.Signals(value.signal).name

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ipcluster import errors
 from ipcluster.interfaces import ITaskStore
-from ipcluster.scheduler.task import Task
+from ipcluster.scheduler.task import RUNNING, Task
 from ipcluster.transport.wire import Codec
 
 #: The payloads of a result that has none (a failure the controller decided).
@@ -35,6 +35,15 @@ class ResultPost:
         self.tasks = tasks  # unfinished tasks by id
         #: The session each client (by identity) checks our messages against.
         self.session_of = session_of
+
+    def started(self, task: Task) -> None:
+        """Tell the task's clients it runs (a ``running`` message): their futures' ``running()``."""
+        for client in task.clients:
+            self.send_client([client, *self._running(task, client)])
+
+    def _running(self, task: Task, client: bytes) -> list:
+        fields = {"task": task.id, "engine": task.engine or ""}
+        return self.codec.encode("running", fields, session=self.session_of(client))
 
     def deliver(self, store: ITaskStore, task: Task, ok: bool, fields: dict, payloads: Sequence[bytes], error) -> None:
         """Send a finished task's result to each of its clients, and record it."""
@@ -59,6 +68,8 @@ class ResultPost:
         if task is not None:
             if client not in task.clients:
                 task.clients.append(client)
+            if task.state == RUNNING:  # it started before this client asked
+                self.send_client([client, *self._running(task, client)])
             return defer.succeed("pending")
         return store.get(task_id).addCallback(self._replay, client, task_id)
 

@@ -3,9 +3,12 @@ stealing (``dispatch``, ``queues``), the dependency graph (``dependencies``) and
 results (``results``) to the engines' task socket, their control channels and
 the task store.
 
-* **Retries.**  Tasks on an engine that dies are rerun elsewhere up to
-  ``retries`` times, then fail with ``EngineDied``.  A result is accepted only
+* **Retries.**  The task an engine was running when it died is rerun
+  elsewhere up to ``retries`` times, then fails with ``EngineDied``; the tasks
+  queued behind it go back unharmed (``rescue``).  A result is accepted only
   from the engine the task is assigned to, so a task never yields two results.
+* **No engines.**  Ready tasks that may run anywhere fail with ``NoEngines``
+  once no engine has been there, nor coming, for ``no_engine_timeout`` s (``noengines``).
 * **Timeouts.**  ``timeout`` counts from the task's start; at the deadline the
   task fails with ``TaskTimeout`` and the engine gets a SIGINT aimed at it.
 
@@ -16,6 +19,7 @@ engines' ``started`` and ``result`` messages, and from their pongs through
 """
 from __future__ import annotations
 
+import functools
 import signal
 from collections import OrderedDict, deque
 from typing import Callable, Iterable, Optional, Sequence
@@ -31,6 +35,9 @@ from ipcluster.controller.sessions import EngineInbox
 from ipcluster.interfaces import IEngineControl, ITaskStore
 from ipcluster.scheduler.dependencies import Dependencies
 from ipcluster.scheduler.dispatch import Dispatcher, log_control_failure
+from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT, NoEngineWatch
+from ipcluster.scheduler.rescue import FAIL, RETRY, rescues, stranded_error
+from ipcluster.scheduler.running import note_report, note_running, reported_seconds
 from ipcluster.scheduler.results import NO_PAYLOADS, ResultPost
 from ipcluster.scheduler.submission import check_engines, check_fields
 from ipcluster.scheduler.task import (
@@ -43,7 +50,6 @@ __all__ = ["Scheduler", "DEFAULT_PREFETCH", "DEFAULT_RETRIES", "WAITING", "READY
 Send = Callable[[Sequence[bytes]], bool]
 
 DEFAULT_PREFETCH = 1
-MAX_RUNNING_FOR = 86400.0  # an engine's claim of a longer run is not believed
 
 
 class Scheduler:
@@ -65,6 +71,8 @@ class Scheduler:
         on_engine_traffic: Callable[[EngineRecord], None] = lambda record: None,
         remember: int = 100_000,
         session_of: Callable[[bytes], str] = lambda client: "",
+        no_engine_timeout: Optional[float] = DEFAULT_NO_ENGINE_TIMEOUT,
+        engines_coming: Callable[[], bool] = lambda: False,
     ) -> None:
         self.registry = registry
         self.codec = codec
@@ -79,6 +87,7 @@ class Scheduler:
         self.results = ResultPost(codec, clock, send_client, self.tasks, session_of)
         self.dispatcher = Dispatcher(registry, codec, send_engine, self.tasks, 1 + prefetch, self._withdrawn, control_for)
         self.dependencies = Dependencies(self.tasks, remember)
+        self.watch = NoEngineWatch(registry, clock, no_engine_timeout, self.tasks.values, self._no_engines, engines_coming)
         self.completed = 0
         self.failed = 0
         self.retried = 0
@@ -191,6 +200,8 @@ class Scheduler:
         self._settle(task, self.dependencies.attach(task, after, outcomes))
         if task.state == READY:
             self.dispatcher.dispatch()
+            if task.state == READY:
+                self.watch.check()
         return task.id
 
     def _settle(self, task: Task, failed: Optional[str]) -> None:
@@ -206,18 +217,24 @@ class Scheduler:
     # -- cancel ------------------------------------------------------------------------------
 
     def cancel(self, task_id: str) -> defer.Deferred:
-        """Remove a task that has not started; fires with True if it was removed."""
+        """Remove a task that has not started; fires with True exactly when it will never run.
+
+        Decided here, on the reactor: a waiting or ready task is cancelled at
+        once; a prefetched one once its engine gave it back (the engine says
+        ``released`` only for a task it will not run).  A cancelled task's
+        clients get a ``TaskCancelled`` result before the reply.
+        """
         task = self.tasks.get(task_id)
         if task is None:
             return defer.succeed(False)
         if task.state in (WAITING, READY):
-            self._fail(task, task.lifecycle.cancel, errors.TaskAborted(f"task {task_id} was cancelled"))
+            self._withdrawn(task)
             return defer.succeed(True)
         return self.dispatcher.withdraw(task)
 
     def _withdrawn(self, task: Task) -> None:
-        """A prefetched task its engine gave back for a cancel."""
-        self._fail(task, task.lifecycle.cancel, errors.TaskAborted(f"task {task.id} was cancelled"))
+        """Cancel a task that has not started (waiting, ready, or given back by its engine)."""
+        self._fail(task, task.lifecycle.cancel, errors.TaskCancelled(f"task {task.id} was cancelled"))
 
     # -- engine traffic ---------------------------------------------------------------------
 
@@ -246,20 +263,21 @@ class Scheduler:
             self.drops.drop("task", "bye from an unknown engine instance", record.id.encode())
 
     def _started(self, identity: bytes, engine_id: str, record: Optional[EngineRecord], task: Task, msg: Message) -> None:
-        started_at = self.clock.seconds() - (_seconds(msg.get("running_for")) or 0.0)
+        started_at = self.clock.seconds() - (reported_seconds(msg.get("running_for")) or 0.0)
         try:
             task.lifecycle.start(started_at)
         except NoTransition:
-            self.drops.drop("task", f"started for a task that is {task.state}", identity, task.id)
+            self.drops.drop("task", f"started for a task that is {task.state}", engine_id.encode(), task.id)
             return
         if record is not None:
-            _note_running(record, task.id, started_at)
+            note_running(record, task.id, started_at)
         self.store.started(task.id, engine_id, started_at)
+        self.results.started(task)
 
     def _result(self, identity: bytes, engine_id: str, record: Optional[EngineRecord], task: Task, msg: Message) -> None:
         self.dispatcher.assignments.remove(engine_id, task.id)  # the slot is free whatever happens to the task
         if record is not None and record.running_task == task.id:
-            _note_running(record, None, None)
+            note_running(record, None, None)
         never_started = task.started_at is None
         try:
             task.lifecycle.result()
@@ -279,17 +297,9 @@ class Scheduler:
     def engine_reported(self, record: EngineRecord, task_id: Optional[str], running_for: Optional[float]) -> None:
         """What an engine's pong said it runs: ``task_id`` (None: nothing), for ``running_for`` seconds.
 
-        The control channel calls this for each pong; the scheduler is the one
-        writer of ``record.running_task`` and ``record.task_started_at``.
+        The control channel calls this for each pong (``running.note_report``).
         """
-        if not isinstance(task_id, str) or not task_id:
-            _note_running(record, None, None)
-            return
-        seconds = _seconds(running_for)
-        if seconds is not None:
-            _note_running(record, task_id, self.clock.seconds() - seconds)
-        elif record.running_task != task_id:
-            _note_running(record, task_id, None)
+        note_report(record, task_id, running_for, self.clock.seconds())
 
     def _timed_out(self, task: Task) -> None:
         """The running task's timeout timer fired."""
@@ -337,6 +347,11 @@ class Scheduler:
         handler = self._on_engine_event.get(event)
         if handler is not None:
             handler(record, event, reason)
+        self.watch.check()
+
+    def engines_changed(self) -> None:
+        """Engines may be coming back, or no longer (a local engine's supervisor says so)."""
+        self.watch.check()
 
     def _engine_joined(self, record: EngineRecord, event: EngineEvent, reason: str) -> None:
         self.dispatcher.engine_up(record.id, [t for t in self.tasks.values() if t.state == READY])
@@ -345,48 +360,33 @@ class Scheduler:
         self.dispatcher.engine_up(record.id)
 
     def _engine_gone(self, record: EngineRecord, event: EngineEvent, reason: str) -> None:
-        _note_running(record, None, None)
+        note_running(record, None, None)
         held = self.dispatcher.engine_gone(record.id)
-        # Reversed: each retried task goes to the front, so they keep their order.
-        for task in reversed(held):
-            if task.state != DONE:  # (done: it timed out, and its late result never came)
-                self._rescue(task, record.id, event, reason)
-        # Restricted tasks that can now run nowhere fail at once.
-        for task in self.dispatcher.stranded():
-            error = errors.EngineDied(f"no engine task {task.id} may run on is alive ({', '.join(sorted(task.engines))})")
-            self._fail(task, task.lifecycle.stranded, error)
+        elsewhere = functools.partial(self.dispatcher.may_run_elsewhere, gone=record.id)
+        for rescue in rescues(held, record.id, str(event), reason, elsewhere):
+            task = rescue.task
+            if rescue.action == FAIL:
+                self._fail(task, task.lifecycle.engine_lost, rescue.error)
+                continue
+            if rescue.action == RETRY:
+                task.lifecycle.retry()
+                self.retried += 1
+                self.log.info("retrying task {task}: engine {engine} {event} while running it ({left} retries left)",
+                              task=task.id, engine=record.id, event=str(event), left=task.retries)
+            else:
+                task.lifecycle.put_back()
+            self.dispatcher.push(task, front=True)
+        for task in self.dispatcher.stranded():  # restricted tasks that can now run nowhere fail at once
+            self._fail(task, task.lifecycle.stranded, stranded_error(task))
         self.dispatcher.dispatch()
 
-    def _rescue(self, task: Task, engine_id: str, event: EngineEvent, reason: str) -> None:
-        """``task``'s engine is gone: run it again elsewhere if it may, fail it otherwise."""
-        where = "while running it" if task.state == RUNNING else "before running it"
-        if task.retries > 0 and self.dispatcher.may_run_elsewhere(task, engine_id):
-            task.lifecycle.retry()
-            self.retried += 1
-            self.log.info(
-                "retrying task {task}: engine {engine} {event} {where} ({left} retries left)",
-                task=task.id, engine=engine_id, event=str(event), where=where, left=task.retries,
-            )
-            self.dispatcher.push(task, front=True)
-        else:
-            error = errors.EngineDied(f"engine {engine_id} {event} {where} (task {task.id}): {reason}")
-            self._fail(task, task.lifecycle.engine_lost, error)
+    def _no_engines(self, task: Task, error: errors.NoEngines) -> None:
+        self._fail(task, task.lifecycle.stranded, error)
 
     def stop(self) -> None:
         """The controller stops: every unfinished task is abandoned (its timeout timer cancelled)."""
+        self.watch.stop()
         tasks = list(self.tasks.values())
         self.tasks.clear()
         for task in tasks:
             task.lifecycle.abandon()
-
-
-def _note_running(record: EngineRecord, task_id: Optional[str], started_at: Optional[float]) -> None:
-    record.running_task = task_id
-    record.task_started_at = started_at
-
-
-def _seconds(value: object) -> Optional[float]:
-    """A duration an engine reported, if believable."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < MAX_RUNNING_FOR:
-        return float(value)
-    return None

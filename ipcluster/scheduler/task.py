@@ -8,7 +8,8 @@
                                     |                 v   |               |
                                     +---released--- releasing ------------+
 
-    ``retry`` (from assigned, releasing, running) --> ready
+    ``retry`` (from assigned, releasing, running) --> ready, one retry fewer
+    ``put_back`` (from assigned, releasing) --> ready, retries intact
     Into done: result (assigned, releasing, running), cancel (waiting, ready; releasing when
     its engine gave it back for a cancel), dependency_failed (waiting), stranded (waiting, ready),
     engine_lost (assigned, releasing, running), time_out (running), abandon (all but done)
@@ -69,7 +70,10 @@ class TaskInputs(Protocol):
         """Its engine did not give it back (it had started, or did not answer)."""
 
     def retry(self) -> None:
-        """Its engine died or left; it runs again elsewhere, one retry fewer."""
+        """Its engine died or left while running it; it runs again elsewhere, one retry fewer."""
+
+    def put_back(self) -> None:
+        """Its engine died or left with it queued behind another: it waits again, retries intact."""
 
     def result(self) -> None:
         """Its engine sent its result."""
@@ -244,6 +248,8 @@ def _build():
         (assigned, i.retry, ready, _retried),
         (releasing, i.retry, ready, _retried),
         (running, i.retry, ready, _retried_running),
+        (assigned, i.put_back, ready, _given_back),
+        (releasing, i.put_back, ready, _given_back),
         (waiting, i.cancel, done, _done),
         (ready, i.cancel, done, _done),
         (releasing, i.cancel, done, _done),  # given back for a cancel

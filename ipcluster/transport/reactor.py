@@ -146,11 +146,22 @@ class RouterSocket(ZmqConnection):
             if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 return False
             raise
-        if self.read_scheduled is None:
-            # ZeroMQ's descriptor is edge-triggered: a send may swallow the
-            # readiness edge for messages that already arrived.
-            self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+        finally:
+            self._read_soon()
         return True
+
+    def _read_soon(self) -> None:
+        """Schedule a read: after any send, whether it went out or failed.
+
+        ZeroMQ's descriptor is edge-triggered, and every send -- a failed one
+        too (EHOSTUNREACH to a peer that left, EAGAIN) -- processes the
+        socket's pending commands, which clears the descriptor's readable edge
+        for messages that had already arrived.  Without this read the reactor
+        would never hear of them: the socket would go deaf until some other
+        peer's traffic made a new edge.
+        """
+        if self.read_scheduled is None and self.factory is not None:
+            self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
     def send(self, message) -> None:  # txZMQ's API, routed through send_frames
         self.send_frames(message if isinstance(message, (list, tuple)) else [message])

@@ -89,6 +89,7 @@ SCHEMAS: dict[str, Schema] = {
     # client socket (client DEALER -> controller ROUTER)
     "connect": Schema(0, {}),
     "welcome": Schema(0, {"ref": _STR, "version": _INT}),
+    "running": Schema(0, {"task": _STR}),
     "engines": Schema(0, {}),
     "submit": Schema(1, {"task": _STR}),
     "cancel": Schema(0, {"task": _STR}),
@@ -110,7 +111,7 @@ PEER_ACCEPTS = {
     "registration": frozenset({"registered", "rejected"}),
     "control": frozenset({"ping", "command", "unknown"}),
     "task": frozenset({"task"}),
-    "client": frozenset({"welcome", "reply", "result", "unknown"}),
+    "client": frozenset({"welcome", "reply", "running", "result", "unknown"}),
 }
 
 #: How many payload frames at most each socket's messages carry.

@@ -4,7 +4,8 @@
 ``ipcluster_engines{state}``, ``ipcluster_engine_state{engine,state}``,
 ``ipcluster_engine_heartbeat_rtt_seconds{engine}``,
 ``ipcluster_engine_busy_seconds{engine}``,
-``ipcluster_engine_queued_tasks{engine}``, ``ipcluster_tasks{state}``,
+``ipcluster_engine_queued_tasks{engine}``, ``ipcluster_engine_restarts_total{engine}``,
+``ipcluster_tasks{state}``,
 ``ipcluster_tasks_in_flight``, ``ipcluster_tasks_queued_on_engines``,
 ``ipcluster_tasks_completed_total``, ``ipcluster_tasks_failed_total``,
 ``ipcluster_tasks_retried_total``, ``ipcluster_tasks_stolen_total``,
@@ -58,6 +59,9 @@ def _engines(out: "_Exposition", status: dict) -> None:
                [({"state": state}, status["counts"].get(state, 0)) for state in STATES])
     out.family("ipcluster_engine_state", "gauge", "1 for each engine, labelled with its current state.",
                [({"engine": e["id"], "state": e["state"]}, 1) for e in engines])
+    out.family("ipcluster_engine_restarts_total", "counter",
+               "Restarts of each of the controller's own engines by its supervisor.",
+               [({"engine": e["id"]}, e["restarts"]) for e in engines if e.get("supervisor")])
     live = [e for e in engines if e["state"] != "dead"]
     for name, key, help_text in _ENGINE_GAUGES:
         out.family(name, "gauge", help_text, [({"engine": e["id"]}, e[key]) for e in live if e[key] is not None])

@@ -37,6 +37,16 @@ function fill(id, rows, columns, empty) {
   const body = document.getElementById(id);
   body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {class: "empty", colspan: columns}, empty))]));
 }
+function supervision(e, now) {
+  // The controller's own engines: restarts, the next one, or why it stays down.
+  if (!e.supervisor) return "";
+  const parts = [e.restarts + (e.restarts === 1 ? " restart" : " restarts")];
+  if (e.supervisor === "backing off" && e.next_restart_at) parts.push("back in " + dur(Math.max(0, e.next_restart_at - now)));
+  else if (e.supervisor === "given up") parts.push("gave up");
+  else if (e.supervisor !== "running") parts.push(e.supervisor);
+  if (e.rss) parts.push((e.rss / 1e6).toFixed(0) + " MB");
+  return parts.join(" \u00b7 ");
+}
 function text(id, value) { document.getElementById(id).textContent = value; }
 
 function render(s) {
@@ -68,7 +78,9 @@ function render(s) {
     el("td", {class: "task", title: e.running_task || ""}, e.running_task || ""),
     el("td", {class: "num"}, dur(e.task_running_for)),
     el("td", {class: "num"}, dur(e.busy_for)),
-    el("td", {class: "num"}, e.state === "dead" ? "" : e.queued))), 9, "No engines have registered yet.");
+    el("td", {class: "num"}, e.state === "dead" ? "" : e.queued),
+    el("td", {class: "supervision", title: e.last_exit || ""}, supervision(e, s.time)))), 10,
+    "No engines have registered yet.");
 
   fill("failure-rows", s.failures.map(f => el("tr", {data: {failedEngine: f.engine, event: f.event}},
     el("td", {}, clock(f.time)),

@@ -1,0 +1,223 @@
+"""The Executor half of the blocking client: tasks as futures, map, cancel and shutdown.
+
+:class:`~ipcluster.client.Client` mixes in :class:`TaskExecutor`, which keeps
+the promises of ``concurrent.futures.Executor`` on top of the client's
+connection (``_core``, ``_send``, ``_call``, ``_close``, the I/O ``_thread``):
+
+* ``submit(fn, /, *args, **kwargs)``; ``RuntimeError`` once shut down.
+* ``map`` as ``mapping.py`` says (timeout, chunksize, buffersize, no result kept).
+* ``shutdown(wait, cancel_futures)`` waits for this client's pending futures,
+  cancels the unstarted ones on the cluster when asked, and closes.
+* ``cancel()`` is the controller's decision (``_cancel_tasks``).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from concurrent.futures import Executor, Future
+from typing import Any, Callable, Optional
+
+from ipcluster import errors
+from ipcluster.client.callbacks import CallbackThread
+from ipcluster.client.core import ClientCore, TaskResult, submit_options, take_options
+from ipcluster.client.future import TaskFuture
+from ipcluster.client.mapping import map_results
+from ipcluster.client.options import TaskOptions
+
+
+class TaskExecutor(Executor):
+    """``concurrent.futures.Executor`` over a client's connection (a mixin of Client)."""
+
+    timeout: float
+    _core: ClientCore
+    _thread: threading.Thread
+    _closed: bool
+
+    def _init_executor(self) -> None:
+        self._shutdown = False  # no new tasks (Executor.shutdown); the connection may stay open
+        self._pending: dict[str, TaskFuture] = {}  # this client's unfinished futures, by task id
+        self._pending_lock = threading.Lock()
+        self._callbacks = CallbackThread("ipcluster-callbacks")
+
+    def _send(self, frames: list) -> None:  # pragma: no cover - provided by the client
+        raise NotImplementedError
+
+    def _close(self, wait_for_callbacks: bool) -> None:  # pragma: no cover - provided by the client
+        raise NotImplementedError
+
+    # -- tasks ---------------------------------------------------------------------
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Run ``fn(*args, **kwargs)`` on an engine; a Future of its result.
+
+        Without ``engine``/``engines`` the task is load-balanced over all
+        engines.  ``engine=`` pins it to one engine, ``engines=[...]`` limits
+        it to some.  ``after=[futures or ids]`` runs it once all of those
+        succeeded (if one failed: DependencyError, or run anyway with
+        ``after_failed="run"``).  ``retries`` (default 1) reruns it elsewhere
+        when its engine dies; ``timeout`` (seconds from its start) interrupts
+        it and fails it with TaskTimeout.  Those six keyword names are
+        submit's own; every other keyword argument goes to ``fn``, and
+        ``client.options(...).submit(fn, ...)`` passes them all to ``fn``.
+
+        The future's ``stdout``/``stderr`` hold what the task printed.  A task
+        that raised re-raises its exception (with the remote traceback as its
+        ``__cause__``); KeyboardInterrupt and SystemExit arrive as
+        :class:`~ipcluster.errors.TaskInterrupted`.  Raises RuntimeError once
+        the client is shut down, :class:`~ipcluster.errors.PayloadTooLarge`
+        (nothing is sent) if the pickled function and arguments make a message
+        larger than the controller's ``--max-message-size``, and
+        ``ValueError``/``TypeError`` for bad options (``retries`` above 1,000,
+        a timeout above 365 days, ...).
+        """
+        options = submit_options(**take_options(kwargs))
+        return self._submit(fn, args, kwargs, options)
+
+    def options(self, **options: Any) -> TaskOptions:
+        """A view of this client whose ``submit`` and ``map`` use these scheduling options and
+        pass every keyword argument to the task: ``client.options(engine="e0").submit(fn, timeout=3)``."""
+        return TaskOptions(self, options)
+
+    def _submit(self, fn: Callable, args: tuple, kwargs: dict, options: dict) -> TaskFuture:
+        future: TaskFuture
+
+        def deliver(result: TaskResult) -> None:
+            future._deliver(result)
+
+        def started(engine: str) -> None:
+            future._started(engine)
+
+        if self._shutdown:  # (checked again below: shutdown may come while fn is pickled)
+            raise RuntimeError("cannot submit tasks after the client was shut down")
+        task_id, frames = self._core.submit(fn, args, kwargs, options, deliver, started)
+        future = TaskFuture(task_id, self)
+        future._callback = deliver
+        with self._pending_lock:
+            accepted = not self._shutdown
+            if accepted:
+                self._pending[task_id] = future
+        if accepted:
+            try:
+                self._send(frames)
+                return future
+            except errors.NoController:  # closed meanwhile
+                pass
+        self._core.forget(task_id=task_id)
+        self._settled(future)
+        raise RuntimeError("cannot submit tasks after the client was shut down")
+
+    def map(self, fn: Callable, /, *iterables: Any, timeout: Optional[float] = None, chunksize: int = 1,
+            buffersize: Optional[int] = None, **options: Any):
+        """``Executor.map`` on the cluster: an ordered iterator of ``fn``'s results.
+
+        Every call is submitted now (with ``buffersize``, at most that many
+        ahead of the consumer); ``chunksize`` > 1 sends that many calls in one
+        task.  ``timeout`` counts from this call: ``next()`` raises TimeoutError
+        once it passed.  A task's exception is raised when its result is
+        reached.  When the iterator stops early, the tasks not yet started
+        are cancelled.  ``options`` are submit's (engines, retries, timeout
+        is map's own: use ``client.options(timeout=...).map`` for the tasks').
+        """
+        return self._map(fn, iterables, submit_options(**options), timeout=timeout, chunksize=chunksize,
+                         buffersize=buffersize)
+
+    def _map(self, fn: Callable, iterables: tuple, options: dict, timeout: Optional[float] = None,
+             chunksize: int = 1, buffersize: Optional[int] = None):
+        def submit(f: Callable, args: tuple) -> TaskFuture:
+            return self._submit(f, args, {}, options)
+
+        return map_results(submit, self._cancel_soon, fn, iterables, timeout, chunksize, buffersize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Executor API: take no new tasks, and close once this client's pending futures are done.
+
+        ``cancel_futures`` first cancels, on the cluster, the tasks that have
+        not started.  ``wait=True`` returns once every pending future is done,
+        its done-callbacks have run and the connection is closed; ``wait=False``
+        returns at once, and the client closes itself when they are done (a
+        non-daemon thread waits for them, so the program does not exit before).
+        Further ``submit``/``map`` raise RuntimeError.  ``close()`` is the
+        immediate way out.
+        """
+        with self._pending_lock:
+            self._shutdown = True
+            pending = list(self._pending.values())
+        if cancel_futures and not self._closed:
+            self._cancel_tasks([f for f in pending if not (f.running() or f.done())])
+        if wait:
+            concurrent.futures.wait(pending)
+            self._close(wait_for_callbacks=True)
+        else:
+            threading.Thread(target=self._close_when_done, args=(pending,), name="ipcluster-shutdown").start()
+
+    def _close_when_done(self, pending: list) -> None:
+        concurrent.futures.wait(pending)
+        self._close(wait_for_callbacks=True)
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _cancel_tasks(self, futures: list) -> list[bool]:
+        """Ask the controller to cancel each future's task (all requests at once); its answers.
+
+        The controller decides; a task it cancels is reported (a TaskCancelled
+        result, before the reply) and its future is cancelled.  No answer in
+        ``timeout`` counts as False.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("cancel() would block the client's I/O thread")
+        asked = []
+        for future in futures:
+            reply: Future = Future()
+            msg_id, frames = self._core.request("cancel", {"task": future.task_id}, settle_reply(reply))
+            try:
+                self._send(frames)
+            except errors.NoController:
+                self._core.forget(msg_id=msg_id)
+                reply.set_result(False)
+            asked.append((future, msg_id, reply))
+        deadline = time.monotonic() + self.timeout
+        answers = []
+        for future, msg_id, reply in asked:
+            try:
+                removed = reply.result(max(0.0, deadline - time.monotonic())) is True
+            except (TimeoutError, errors.ClusterError):
+                self._core.forget(msg_id=msg_id)
+                removed = False
+            if removed:
+                future._cancelled_by_controller()  # (its TaskCancelled result came first, normally)
+                self._core.forget(task_id=future.task_id, on_result=future._callback)
+            answers.append(removed)
+        return answers
+
+    def _cancel_soon(self, futures: list) -> None:
+        """Ask the controller to cancel these tasks, without waiting (a map that stopped early):
+        their futures follow its answers."""
+        if threading.current_thread() is self._thread:
+            return  # (a map iterator collected on the I/O thread) it must never block there
+        for future in futures:
+            _, frames = self._core.request("cancel", {"task": future.task_id}, lambda ok, value: None)
+            try:
+                self._send(frames)
+            except errors.NoController:
+                return
+
+    def _settled(self, future: TaskFuture) -> None:
+        """``future`` is done: it is no longer pending."""
+        with self._pending_lock:
+            if self._pending.get(future.task_id) is future:
+                del self._pending[future.task_id]
+
+    def __exit__(self, *exc) -> None:
+        """``with Client() as c:`` ends with ``c.shutdown(wait=True)``."""
+        self.shutdown(wait=True)
+
+
+def settle_reply(reply: Future):
+    def on_reply(ok: bool, value: Any) -> None:
+        if ok:
+            reply.set_result(value)
+        else:
+            reply.set_exception(value)
+
+    return on_reply
