@@ -1,7 +1,9 @@
 """The Registry: engine states, their transitions and the events announcing them."""
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipcluster.controller.registry import ALIVE, BUSY, DEAD, MAX_PENDING, REGISTERING, DuplicateEngine, Registry
+from ipcluster.controller.registry import (
+    ALIVE, BUSY, DEAD, MAX_CONDEMNED, MAX_PENDING, REGISTERING, Condemned, DuplicateEngine, Registry,
+)
 
 
 class RegistryTests(SynchronousTestCase):
@@ -188,15 +190,41 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(old.state, DEAD)
         self.assertEqual(self.names(), ["registering", "dead", "registering"])
 
-    def test_keep_dead_trims_oldest(self):
-        self.registry = Registry(keep_dead=2)
+    def test_a_thawed_engine_declared_dead_for_silence_may_come_back(self):
+        r = self.register()
+        self.registry.mark_dead(r, "heart silent", 1.0)
+        self.assertEqual(self.register(now=2.0).state, REGISTERING)
+
+    def test_a_condemned_process_may_not_register_again(self):
+        # A recycled engine's link may re-register in the moment before its SIGTERM lands:
+        # that would make a second record and a second death when the process ends.
+        r = self.register()
+        self.registry.mark_alive(r, 1.0)
+        self.registry.condemn(r, "exceeded its memory limit", 2.0)
+        self.assertEqual((r.state, r.reason), (DEAD, "exceeded its memory limit"))
+        with self.assertRaises(Condemned) as caught:
+            self.register(now=3.0)
+        self.assertIsInstance(caught.exception, DuplicateEngine, "the registrar refuses it as it refuses duplicates")
+        self.assertIn("exceeded its memory limit", str(caught.exception))
+        self.assertIs(self.registry.get("e1"), r)
+        self.assertEqual(self.names(), ["registering", "joined", "dead"], "one death, no second registration")
+        self.assertEqual(self.register(instance="i2", now=4.0).state, REGISTERING, "its replacement is welcome")
+
+    def test_condemned_instances_are_remembered_within_a_bound(self):
+        for n in range(MAX_CONDEMNED + 1):
+            self.registry.condemn(self.register(f"e{n}", f"i{n}"), "recycled", 0.0)
+        self.register("e0", "i0")  # the oldest was forgotten
+        self.assertRaises(Condemned, self.register, "e1", "i1")
+
+    def test_max_dead_trims_oldest(self):
+        self.registry = Registry(max_dead=2)
         records = [self.register("e%d" % i) for i in range(4)]
         for i, r in enumerate(records):
             self.registry.mark_dead(r, "gone", float(i))
         self.assertEqual([r.id for r in self.registry], ["e2", "e3"])
 
-    def test_keep_dead_keeps_the_living(self):
-        self.registry = Registry(keep_dead=0)
+    def test_max_dead_keeps_the_living(self):
+        self.registry = Registry(max_dead=0)
         alive, doomed = self.register("a"), self.register("b")
         self.registry.mark_alive(alive, 1.0)
         self.registry.mark_dead(doomed, "gone", 2.0)

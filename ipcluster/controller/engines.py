@@ -133,7 +133,7 @@ class LocalEngines(service.Service):
         """Declare a local engine dead before it is recycled: its task fails or moves with ``reason``."""
         record = self.registry.get(engine_id)
         if record is not None and record.state in ACTIVE_STATES and record.pid == self.launcher.running().get(engine_id):
-            self.registry.mark_dead(record, reason, self.reactor.seconds())
+            self.registry.condemn(record, reason, self.reactor.seconds())
 
     def _over_limit(self, engine_id: str, rss: int) -> None:
         sup = self.supervisors.get(engine_id)

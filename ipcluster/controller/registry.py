@@ -63,10 +63,16 @@ GONE_EVENTS = frozenset({EngineEvent.DEAD, EngineEvent.LEFT, EngineEvent.PURGED}
 
 #: Pending registrations kept per engine id (a replayed ``register`` cannot pile them up).
 MAX_PENDING = 4
+#: How many condemned engine instances are remembered (each is refused registration).
+MAX_CONDEMNED = 1000
 
 
 class DuplicateEngine(Exception):
     """Another live engine process already holds this engine id."""
+
+
+class Condemned(DuplicateEngine):
+    """The registering process was condemned (its supervisor is stopping it): it may not come back."""
 
 
 def _random_token() -> bytes:
@@ -137,19 +143,21 @@ class Registry:
 
     log = Logger()
 
-    def __init__(self, keep_dead: int = 1000, clock: Optional[IReactorTime] = None, dead_ttl: Optional[float] = None) -> None:
+    def __init__(self, max_dead: int = 1000, clock: Optional[IReactorTime] = None, dead_ttl: Optional[float] = None) -> None:
         if dead_ttl is not None and clock is None:
             raise ValueError("a dead-engine TTL needs a clock")
         self._engines: OrderedDict[str, EngineRecord] = OrderedDict()
         #: Active records and pending registrations, by routing token.
         self._by_identity: dict[bytes, EngineRecord] = {}
         self._listeners: list[Listener] = []
-        self._keep_dead = keep_dead
+        self._max_dead = max_dead
         self.clock = clock
         self.dead_ttl = dead_ttl
         #: Dead records this says to keep stay past their TTL (a local engine its supervisor gave up on).
         self.keep_dead: Callable[[EngineRecord], bool] = lambda record: False
         self._expiries: dict[EngineRecord, IDelayedCall] = {}
+        #: Instances declared dead because they are being stopped (recycled): refused if they register again.
+        self._condemned: OrderedDict[str, str] = OrderedDict()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -220,6 +228,11 @@ class Registry:
         A dead record with the same id is replaced at once.  Another process
         holding an active id raises :class:`DuplicateEngine`.
         """
+        if instance in self._condemned:
+            raise Condemned(
+                f"engine {engine_id!r} (instance {instance}) is being stopped ({self._condemned[instance]}); "
+                "that process may not register again"
+            )
         old = self._engines.get(engine_id)
         if old is not None and old.state in ACTIVE_STATES and old.instance != instance:
             raise DuplicateEngine(
@@ -301,6 +314,18 @@ class Registry:
         if self.dead_ttl is not None:
             self._expiries[record] = self.clock.callLater(self.dead_ttl, self._expire, record)
 
+    def condemn(self, record: EngineRecord, reason: str, now: float) -> None:
+        """Declare an engine dead because it is being stopped: its process may not register again.
+
+        (An engine declared dead for silence may come back, a thawed process for
+        one; a process its supervisor recycles is on its way out, and its link
+        could otherwise register it again in the moment before its SIGTERM lands.)
+        """
+        self._condemned[record.instance] = reason
+        while len(self._condemned) > MAX_CONDEMNED:
+            self._condemned.popitem(last=False)
+        self.mark_dead(record, reason, now)
+
     def _expire(self, record: EngineRecord) -> None:
         """A dead record's TTL passed: forget it (unless it was replaced, or is to be kept)."""
         self._expiries.pop(record, None)
@@ -343,5 +368,5 @@ class Registry:
 
     def _trim_dead(self) -> None:
         dead = sorted((r for r in self._engines.values() if r.state == DEAD), key=lambda r: r.ended_at or 0.0)
-        for r in dead[: max(0, len(dead) - self._keep_dead)]:
+        for r in dead[: max(0, len(dead) - self._max_dead)]:
             self._cancel_expiry(self._engines.pop(r.id))
