@@ -57,10 +57,12 @@ class Runs(unittest.SynchronousTestCase):
 
     def test_no_run_without_an_engine_or_a_start(self):
         self.log.finished(_Task(engine=None), False, {}, {"type": "TaskCancelled"})  # cancelled while queued
-        self.log.finished(_Task(), False, {}, {"type": "TaskCancelled"})  # prefetched, given back
+        self.log.finished(_Task(), False, {}, {"type": "ValueError"})  # lost before it was seen to start
         self.log.finished(_Task(), True, {"started": True, "finished": 3.0}, None)  # nonsense durations
         self.log.finished(_Task(), True, {"started": 1.0, "finished": 1e9}, None)
         self.assertEqual(self.seen, [])
+        self.log.finished(_Task(), False, {}, {"type": "TaskCancelled"})  # prefetched, given back for a cancel
+        self.assertEqual([(r["start"], r["end"], r["outcome"]) for r in self.seen], [(100.0, 100.0, "cancelled")])
 
     def test_retried_and_unsubscribed(self):
         self.log.retried(_Task(started_at=99.0))

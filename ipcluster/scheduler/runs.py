@@ -9,8 +9,9 @@ Times are the controller's clock.  A task short enough that its engine never
 announced its start (``started``) ends at the controller's receipt of its
 result and lasts as long as the engine measured (its ``started`` and
 ``finished`` fields, on the engine's own clock: only their difference is used).
-A task that never started (cancelled while queued, a failed dependency) was no
-run and is not announced.
+A task that never reached an engine (cancelled while queued in the controller,
+a failed dependency) was no run and is not announced; one cancelled in an
+engine's queue is a run of no length on that engine.
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ class RunLog:
             return
         end = self.clock.seconds()
         start = _start(task.started_at, fields, end)
+        if start is None and outcome == CANCELLED:
+            start = end  # cancelled in its engine's queue: a mark on that engine's lane
         if start is None:
             return
         run = {"task": task.id, "name": task.name, "engine": task.engine, "start": start, "end": end,
