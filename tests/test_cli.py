@@ -501,6 +501,17 @@ class Pieces(unittest.SynchronousTestCase):
             format_status([], cli.DataDir("/tmp/dd"), 99),
             "Cluster in /tmp/dd: controller pid 99\nno engines\n0 engine(s)\ntasks: 0 running, 0 queued on engines\n",
         )
+        tasks = {"counts": {"ready": 2, "waiting": 1}, "queued_total": 3, "queued": [
+            {"task": "t-20", "name": "fit", "state": "ready", "engines": None},
+            {"task": "t-3", "name": "", "state": "waiting", "engines": ["e2", "e10"]}]}  # fmt: skip
+        self.assertEqual(
+            format_status(engines[1:2], cli.DataDir("/tmp/dd"), 99, tasks).splitlines()[4:],
+            ["tasks: 1 running, 4 queued on engines, 2 ready and 1 waiting in the controller",
+             "queued in the controller (3):",
+             "  t-20  ready    fit  (any engine)",
+             "  t-3   waiting  -  (e2, e10)",
+             "  ... and 1 more"],
+        )  # fmt: skip
 
     def test_unusable_data_dir_says_what_to_do(self):
         afile = Path(self.mktemp()).absolute()

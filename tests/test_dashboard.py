@@ -6,6 +6,7 @@ bounds with a fake request, and ``/events`` on a real listening port with real e
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 from twisted.internet import defer, protocol, reactor, task
@@ -337,3 +338,53 @@ class Events(unittest.TestCase):
         self.assertEqual(svc.events.refused, 1)
         yield svc.stopService()  # the service stops: its streams end
         yield within(first.done, BOUND, "the open stream to end")
+
+
+def nap(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+class StatusCommand(unittest.TestCase):
+    """``ipcluster status`` against a live controller: each engine's running task, and the tasks
+    queued in the controller (the front end's ``tasks`` request)."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_status_lists_the_running_task_and_the_controllers_queue(self):
+        import sys
+
+        from twisted.internet import utils
+
+        from ipcluster import errors
+
+        controller = yield start_controller(self)
+        yield start_engines(self, controller, ["e0"])
+        client = yield connect_client(self, controller)
+        running = client.submit(nap, 60, engine="e0")
+        behind = [client.submit(nap, 0, engine="e0") for _ in range(4)]  # one prefetched, three in the controller
+        for d in [running, *behind]:
+            d.addErrback(lambda f: None)
+        yield until(lambda: controller.registry.get("e0").running_task == running.task_id, what="the nap to start")
+        listing = yield within(client.tasks(limit=2), BOUND, "the tasks request")
+        self.assertEqual(listing["queued_total"], 3)
+        self.assertEqual([t["task"] for t in listing["queued"]], [d.task_id for d in behind[1:3]])
+        self.assertEqual(listing["queued"][0]["engines"], ["e0"])
+        self.assertEqual(listing["counts"]["ready"], 3)
+        bad = yield within(client.tasks(limit=-1).addCallbacks(lambda v: v, lambda f: f.value), BOUND, "a bad limit")
+        self.assertIsInstance(bad, errors.BadRequest)
+
+        out, err, code = yield within(utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "ipcluster", "status", "--data-dir", str(controller.config.data_dir)],
+            env=dict(os.environ)), BOUND, "ipcluster status")  # fmt: skip
+        text = out.decode()
+        self.assertEqual(code, 0, text + err.decode())
+        row = next(line for line in text.splitlines() if line.startswith("e0 "))
+        self.assertIn(running.task_id, row)
+        self.assertIn("3 ready and 0 waiting in the controller", text)
+        self.assertIn("queued in the controller (3):", text)
+        for d in behind[1:]:
+            self.assertRegex(text, rf"(?m)^  {d.task_id}  ready    nap  \(e0\)$")
