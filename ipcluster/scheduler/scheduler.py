@@ -37,6 +37,7 @@ from ipcluster.scheduler.dependencies import Dependencies
 from ipcluster.scheduler.dispatch import Dispatcher, log_control_failure
 from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT, NoEngineWatch
 from ipcluster.scheduler.rescue import FAIL, RETRY, rescues, stranded_error
+from ipcluster.scheduler.runs import RunLog
 from ipcluster.scheduler.running import note_report, note_running, reported_seconds
 from ipcluster.scheduler.results import NO_PAYLOADS, ResultPost
 from ipcluster.scheduler.submission import check_engines, check_fields
@@ -91,6 +92,7 @@ class Scheduler:
         self.completed = 0
         self.failed = 0
         self.retried = 0
+        self.runs = RunLog(clock)  # each ended run, for the status page's task stream
         self._on_engine_event = {EngineEvent.JOINED: self._engine_joined, EngineEvent.ALIVE: self._engine_alive}
         self._on_engine_event.update(dict.fromkeys(GONE_EVENTS, self._engine_gone))
         self._on_task_message = {"started": self._started, "result": self._result}
@@ -329,6 +331,7 @@ class Scheduler:
             self.completed += 1
         else:
             self.failed += 1
+        self.runs.finished(task, ok, fields, error)
         self.results.deliver(self.store, task, ok, fields, payloads, error)
         for dependent in self.dependencies.finished(task.id, ok):
             self._settle(dependent, task.id if not (ok or dependent.run_after_failed) else None)
@@ -369,6 +372,7 @@ class Scheduler:
                 self._fail(task, task.lifecycle.engine_lost, rescue.error)
                 continue
             if rescue.action == RETRY:
+                self.runs.retried(task)
                 task.lifecycle.retry()
                 self.retried += 1
                 self.log.info("retrying task {task}: engine {engine} {event} while running it ({left} retries left)",

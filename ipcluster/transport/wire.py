@@ -91,6 +91,7 @@ SCHEMAS: dict[str, Schema] = {
     "welcome": Schema(0, {"ref": _STR, "version": _INT}),
     "running": Schema(0, {"task": _STR}),
     "engines": Schema(0, {}),
+    "tasks": Schema(0, {}),
     "submit": Schema(1, {"task": _STR}),
     "cancel": Schema(0, {"task": _STR}),
     "fetch": Schema(0, {"task": _STR}),
@@ -103,7 +104,7 @@ ACCEPTS = {
     "registration": frozenset({"register"}),
     "control": frozenset({"pong", "reply"}),
     "task": frozenset({"started", "result", "bye"}),
-    "client": frozenset({"connect", "engines", "submit", "control", "cancel", "fetch", "purge"}),
+    "client": frozenset({"connect", "engines", "tasks", "submit", "control", "cancel", "fetch", "purge"}),
 }
 
 #: Which message types engines and clients accept from the controller, per socket.
