@@ -23,6 +23,7 @@ from twisted.trial import unittest
 
 from ipcluster import cli
 from ipcluster.cli import engines as engines_verb
+from ipcluster.cli import scale as scale_verb
 from ipcluster.cli import parser, processes
 from ipcluster.cli.progress import Deadline, Progress
 from ipcluster.cli.status import format_status
@@ -416,6 +417,72 @@ class Errors(CLITestCase):
 
 
 # -- the pieces, without processes ---------------------------------------------------------
+
+
+class RemoveAndScale(CLITestCase):
+    def test_remove_then_scale_up_and_down(self):
+        path = self.data_dir()
+        self.start(path, 2)
+        log = path / "ipcluster.log"
+
+        self.assert_clear_error(ipcluster("engines", "remove", "nope", "--data-dir", str(path)), "no live engine nope")
+        self.assert_clear_error(ipcluster("engines", "scale", "-1", "--data-dir", str(path)))
+        self.assert_clear_error(ipcluster("engines", "remove", "--data-dir", str(path)), "name the engines")
+
+        result = ipcluster("engines", "remove", "e1", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertIn("e1 left", result.stdout)
+        # It left on purpose: its supervisor says so and does not start it again.
+        poll(lambda: "engine e1 exited on purpose" in log.read_text(), what="the supervisor's word on e1")
+        self.assertNotIn("restarting engine e1", log.read_text())
+        self.assertEqual([e["id"] for e in self.status_json(path) if e["state"] in LIVE], ["e0"])
+
+        result = ipcluster("engines", "scale", "3", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertIn("Started 2 engine(s)", result.stdout)
+        live = sorted(e["id"] for e in self.status_json(path) if e["state"] in LIVE)
+        self.assertEqual(live, ["e0", "x0", "x1"])
+
+        result = ipcluster("engines", "scale", "3", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertIn("3 engine(s) live already", result.stdout)
+
+        result = ipcluster("engines", "scale", "1", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertEqual(re.findall(r"(?m)^(\S+) left$", result.stdout), ["x1", "x0"], "the newest idle ones first")
+        self.assertEqual([e["id"] for e in self.status_json(path) if e["state"] in LIVE], ["e0"])
+
+
+class RemovalOrder(unittest.SynchronousTestCase):
+    def test_idle_before_working_then_newest_first(self):
+        engines = [
+            {"id": "e2", "running_task": None, "queued": 0},
+            {"id": "e10", "running_task": "t1", "queued": 0},
+            {"id": "x1", "running_task": None, "queued": 0},
+            {"id": "e9", "running_task": None, "queued": 2},
+            {"id": "x0", "running_task": None, "queued": 0},
+        ]
+        self.assertEqual(scale_verb.removal_order(engines), ["x1", "x0", "e2", "e10", "e9"])
+
+    def test_scale_adds_or_removes_the_difference(self):
+        class Client:
+            def __init__(self, ids):
+                self.ids, self.exited = list(ids), []
+
+            def engines(self):
+                return [{"id": i, "state": "alive", "running_task": None, "queued": 0} for i in self.ids]
+
+            def exit(self, engine_id, timeout):
+                self.exited.append(engine_id)
+                self.ids.remove(engine_id)
+
+        added, out = [], io.StringIO()
+        client = Client(["e0", "e1"])
+        self.assertEqual(scale_verb.scale(client, 5, added.append, stream=out), 3)
+        self.assertEqual(added, [3])
+        self.assertEqual(scale_verb.scale(client, 0, added.append, stream=out), -2)
+        self.assertEqual(client.exited, ["e1", "e0"])
+        self.assertEqual(added, [3])
 
 
 class ProgressDots(unittest.SynchronousTestCase):
