@@ -40,6 +40,8 @@ MAX_REPLY_HEADER_BYTES = 64 * 1024 * 1024  # what clients and engines accept fro
 SIGNATURE_BYTES = 32
 MAX_SESSION_CHARS = 64  # a session is a 32-hex-digit nonce or token; "" before one is issued
 MAX_SEQUENCE = 2**63 - 1
+#: The most envelopes one batch message carries (``transport.batch``).
+MAX_BATCH_ENVELOPES = 256
 
 
 class BadMessage(Exception):
@@ -114,6 +116,9 @@ PEER_ACCEPTS = {
     "task": frozenset({"task"}),
     "client": frozenset({"welcome", "reply", "running", "result", "unknown"}),
 }
+
+#: The controller sockets whose peers may send batches (``transport.batch``).
+BATCHED = frozenset({"task", "client"})
 
 #: How many payload frames at most each socket's messages carry.
 _MOST_PAYLOADS = {channel: max(SCHEMAS[t].payloads for t in types) for channel, types in ACCEPTS.items()}
@@ -333,6 +338,8 @@ def limits(channel: str, max_message_size: int) -> Limits:
         # measured, 96 bytes pass a 32-character token and 384 a 255-byte identity.
         return Limits(HEARTBEAT_FRAME_LIMIT, 2, IDENTITY_ALLOWANCE + PING_BYTES)
     frames = 1 + 2 + _MOST_PAYLOADS[channel]
+    if channel in BATCHED:  # the identity, the batch's frame counts, its envelopes
+        frames = 2 + MAX_BATCH_ENVELOPES * (2 + _MOST_PAYLOADS[channel])
     if _MOST_PAYLOADS[channel] == 0:
         return Limits(MAX_HEADER_BYTES, frames, IDENTITY_ALLOWANCE + SIGNATURE_BYTES + MAX_HEADER_BYTES)
     return Limits(max_message_size, frames, IDENTITY_ALLOWANCE + max_message_size)
