@@ -4,7 +4,7 @@ registering engines pinged at once, control pings only when needed."""
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipcluster.controller.heartmonitor import JOIN_RETRY, MAX_SLICES, HeartMonitor
+from ipcluster.controller.heartmonitor import JOIN_RETRY, JOIN_RETRY_MAX, MAX_SLICES, HeartMonitor
 from ipcluster.controller.registry import ALIVE, DEAD, REGISTERING, Registry
 from ipcluster.transport.wire import PingCodec
 
@@ -153,14 +153,34 @@ class SlicedMonitorTests(SynchronousTestCase):
         self.connected = set()
         record = self.registry.register("late", "i", "host", 1, self.clock.seconds(), identity=b"late")
         self.assertEqual(self.sent, [], "not connected yet")
-        self.clock.advance(JOIN_RETRY)
+        self.clock.advance(0)  # first attempt: refused
+        self.clock.advance(JOIN_RETRY)  # second: refused (the retries back off)
+        self.assertEqual(self.sent, [])
         self.connected = {b"late"}
-        self.clock.advance(JOIN_RETRY)
+        self.clock.advance(2 * JOIN_RETRY)
         self.assertEqual([i for _, i, _ in self.sent], [b"late"], "pinged within a retry, not a period")
         self.assertEqual(record.state, REGISTERING)
         self.answer()
         self.assertEqual(record.state, ALIVE)
-        self.assertEqual(record.joined_at, 0.1 + 2 * JOIN_RETRY)
+        self.assertAlmostEqual(record.joined_at, 0.1 + 3 * JOIN_RETRY)
+
+    def test_join_retries_back_off(self):
+        self.engines(2)
+        self.connected = set()
+        for i in range(100):
+            self.registry.register(f"s{i}", "i", "host", 1, self.clock.seconds(), identity=f"s{i}".encode())
+        rounds = []
+        real = self.monitor._ping_joining
+
+        def counted():
+            rounds.append(self.clock.seconds())
+            real()
+
+        self.monitor._ping_joining = counted
+        self.monitor._join_call.func = counted
+        self.step(1.0)
+        self.assertLess(len(rounds), 25, "a second of unconnected hearts: a few rounds, not 500")
+        self.assertLessEqual(max(b - a for a, b in zip(rounds, rounds[1:])), JOIN_RETRY_MAX + 0.01, "steps of 10 ms")
 
     def test_control_ping_only_when_quiet(self):
         records = self.engines(10)

@@ -44,8 +44,10 @@ DEFAULT_MISSES = 3
 DEFAULT_SLICE_SIZE = 100
 #: Most slices a period is cut into.
 MAX_SLICES = 64
-#: Seconds between attempts to ping a registering engine whose heart is not connected yet.
+#: Seconds between attempts to ping registering engines whose heart is not connected yet
+#: (doubled after each round in which none connected, up to JOIN_RETRY_MAX).
 JOIN_RETRY = 0.002
+JOIN_RETRY_MAX = 0.064
 
 
 class HeartMonitor:
@@ -97,6 +99,7 @@ class HeartMonitor:
         self._call: Optional[IDelayedCall] = None
         self._joining: dict[bytes, EngineRecord] = {}  # registering engines not yet pinged
         self._join_call: Optional[IDelayedCall] = None
+        self._join_delay = JOIN_RETRY
         self._late = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -221,12 +224,15 @@ class HeartMonitor:
     def _registry_event(self, event: EngineEvent, record: EngineRecord, reason: str) -> None:
         if event == EngineEvent.REGISTERING:
             self._joining[record.identity] = record
-            self._ping_joining()
+            if self._join_call is None:  # else the retry already due will ping it
+                self._join_delay = JOIN_RETRY
+                self._join_call = self.clock.callLater(0, self._ping_joining)
 
     def _ping_joining(self) -> None:
         """Ping each registering engine not pinged yet; retry soon those whose heart is not connected."""
         self._join_call = None
         now = self.clock.seconds()
+        sent = False
         for identity, record in list(self._joining.items()):
             if record.state != REGISTERING or now - record.registered_at > self.registration_timeout:
                 del self._joining[identity]  # joined, gone, or left to the slices to purge
@@ -235,8 +241,11 @@ class HeartMonitor:
             if self.send_heart(identity, data):
                 record.ping_beat, record.pinged_at, record.ping = self.beat, now, data
                 del self._joining[identity]
+                sent = True
+        # Back off while no heart connects (a registration storm must not spin the reactor).
+        self._join_delay = JOIN_RETRY if sent else min(2 * self._join_delay, JOIN_RETRY_MAX)
         if self._joining and self._join_call is None:
-            self._join_call = self.clock.callLater(JOIN_RETRY, self._ping_joining)
+            self._join_call = self.clock.callLater(self._join_delay, self._ping_joining)
 
     # -- input ---------------------------------------------------------------
 
