@@ -191,3 +191,12 @@ class SlicedMonitorTests(SynchronousTestCase):
             per_engine[engine_id] = per_engine.get(engine_id, 0) + 1
         self.assertLessEqual(set(per_engine.values()), {4, 5}, "every other beat (10 beats)")
         self.assertEqual({r.state for r in records}, {ALIVE}, "never busy")
+
+    def test_an_engine_whose_heart_disconnected_dies(self):
+        """The ROUTER refuses pings to a heart that is gone (SIGKILL): they count as unanswered."""
+        records = self.engines(ENGINES)
+        self.step(PERIOD)
+        self.connected = {r.identity for r in records[1:]}
+        self.step((self.misses + 2) * PERIOD)
+        self.assertEqual(records[0].state, DEAD)
+        self.assertEqual(set(self.deaths), {"e0"})

@@ -179,8 +179,9 @@ class HeartMonitor:
             if not late and not self._judge(record, now):
                 continue  # judged dead or purged
             data = ping(record.identity, beat, now)
-            if send_heart(record.identity, data):
-                record.ping_beat, record.pinged_at, record.ping = beat, now, data
+            # A ping the ROUTER refuses (the heart disconnected) counts as sent: it goes unanswered.
+            record.ping_beat, record.pinged_at, record.ping = beat, now, data
+            if send_heart(record.identity, data) and self._joining:
                 self._joining.pop(record.identity, None)
             if record.state != REGISTERING and (
                 record.last_control_at is None or now - record.last_control_at >= self._control_quiet
