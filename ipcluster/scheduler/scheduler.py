@@ -70,7 +70,7 @@ class Scheduler:
         control_for: Optional[Callable[[str], IEngineControl]] = None,
         prefetch: int = DEFAULT_PREFETCH,
         on_engine_traffic: Callable[[EngineRecord], None] = lambda record: None,
-        remember: int = 100_000,
+        remember: int = 10_000,
         session_of: Callable[[bytes], str] = lambda client: "",
         no_engine_timeout: Optional[float] = DEFAULT_NO_ENGINE_TIMEOUT,
         engines_coming: Callable[[], bool] = lambda: False,
