@@ -66,7 +66,7 @@ class StoreTests:
             {
                 "task": "t1", "name": "square", "status": "ok", "submitted_at": now, "started_at": now + 1,
                 "finished_at": now + 2, "engine": "e1", "error": None, "result": b"\x80\x04result\x00",
-                "stdout": "out\n", "stderr": "err\n",
+                "stdout": "out\n", "stderr": "err\n", "not_kept": None,
             },
         )
 
