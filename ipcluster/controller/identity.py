@@ -13,8 +13,10 @@ another; engines find it in the new connection file, clients must be made again)
 """
 from __future__ import annotations
 
+import itertools
 import os
-from typing import Optional
+import time
+from typing import Iterator, Optional
 
 from twisted.logger import Logger
 
@@ -48,3 +50,11 @@ def announce(previous: ConnectionInfo, path) -> None:
         "the previous controller (pid {pid}) is gone: taking over its key and ports from {path}, so that its "
         "engines and clients reconnect", pid=previous.controller_pid, path=str(path),
     )
+
+
+def sequence() -> Iterator[int]:
+    """The numbers (``n``) of the messages this controller signs: from the microseconds since the
+    epoch at its start, so that an heir's numbers are above its predecessor's (which sent fewer
+    than a million messages a second): the ``unknown`` it sends in one of the predecessor's
+    sessions passes the client's replay window for that session."""
+    return itertools.count(int(time.time() * 1_000_000))

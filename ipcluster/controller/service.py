@@ -27,7 +27,7 @@ from ipcluster.controller.control import ControlChannel, send_control_ping
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.frontend import ClientFrontEnd
 from ipcluster.controller.heartmonitor import HeartMonitor
-from ipcluster.controller.identity import announce, kept_ports, previous_identity
+from ipcluster.controller.identity import announce, kept_ports, previous_identity, sequence
 from ipcluster.controller.log import log_engine_event
 from ipcluster.controller.registrar import Registrar
 from ipcluster.controller.registry import Registry
@@ -77,7 +77,7 @@ class Controller(service.MultiService):
         #: The previous controller's connection file, if it was killed (its key and ports are reused).
         self.previous = previous_identity(config.connection_file)
         self.key = self.previous.key if self.previous is not None else new_key()
-        self.codec = Codec(self.key)
+        self.codec = Codec(self.key, sequence=sequence())
         self.pings = PingCodec(self.key)
         self.registry = Registry(clock=reactor, dead_ttl=config.dead_engine_ttl)
         self.drops = DropLog(reactor)
