@@ -172,11 +172,7 @@ class SQLiteTaskStore:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-            for column, kind in _ADDED_COLUMNS:
-                if column not in have:
-                    db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+            _migrate(db)
         except BaseException as e:
             self._error = RuntimeError(f"cannot open the task store {self.path}: {e}")
             self._ready.set()
@@ -225,24 +221,15 @@ class SQLiteTaskStore:
     }
 
     def _apply(self, db: sqlite3.Connection, batch: list) -> Optional[defer.Deferred]:
-        """Run one batch of operations in one transaction; the close request's Deferred, if any."""
-        closing = None
+        """Run one batch of operations in one transaction; the close request's Deferred, if any.
+
+        ``committed()`` waiters are answered after the COMMIT, reads inside the transaction.
+        """
         answered: set = set()
-        waiting: list = []  # committed() Deferreds: answered after COMMIT
+        waiting: list = []
         try:
             db.execute("BEGIN")
-            for op, rows in itertools.groupby(batch, key=lambda item: item[0]):
-                sql = self._WRITES.get(op)
-                if sql is not None:
-                    db.executemany(sql, [args for _, args in rows])
-                elif op == "close":
-                    closing = next(rows)[1][0]
-                elif op == "commit":
-                    waiting.extend(d for _, (ds,) in rows for d in ds)
-                else:
-                    for _, (d, *args) in rows:
-                        self._reply(d, True, self._READS[op](self, db, *args))
-                        answered.add(id(d))
+            closing = self._run_batch(db, batch, answered, waiting)
             db.execute("COMMIT")
         except Exception as e:
             try:
@@ -257,6 +244,22 @@ class SQLiteTaskStore:
                     self._reply_all(args[0], False, e)
             return next((args[0] for op, args in batch if op == "close"), None)
         self._reply_all(waiting, True, None)
+        return closing
+
+    def _run_batch(self, db: sqlite3.Connection, batch: list, answered: set, waiting: list) -> Optional[defer.Deferred]:
+        closing = None
+        for op, rows in itertools.groupby(batch, key=lambda item: item[0]):
+            sql = self._WRITES.get(op)
+            if sql is not None:
+                db.executemany(sql, [args for _, args in rows])
+            elif op == "close":
+                closing = next(rows)[1][0]
+            elif op == "commit":
+                waiting.extend(d for _, (ds,) in rows for d in ds)
+            else:
+                for _, (d, *args) in rows:
+                    self._reply(d, True, self._READS[op](self, db, *args))
+                    answered.add(id(d))
         return closing
 
     def _reply_all(self, waiting: list, ok: bool, value: Any) -> None:
@@ -313,6 +316,15 @@ class SQLiteTaskStore:
                     "ORDER BY finished_at LIMIT ?)",
                     (n - self.max_tasks,),
                 )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the table, or add the columns a store file of an older controller lacks."""
+    db.executescript(_SCHEMA)
+    have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    for column, kind in _ADDED_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
 
 
 def _fire_all(waiting: list, ok: bool, value: Any) -> None:
