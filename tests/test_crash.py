@@ -134,14 +134,13 @@ class ControllerKilled(unittest.TestCase):
         print(
             f"\ncrash figures: {n} tasks ({len(long_ones)} of 8 s), {len(had)} results before the kill (all fetchable: "
             f"{len(sample)} checked), {len(done) - len(errors_seen)} ok, {len(errors_seen)} errors, 0 duplicates; "
-            f"recovered {recovered}: claimed by engines' reports {claimed}, re-queued {requeued}, lost {lost}; "
+            f"recovered {recovered}: claimed by engines' reports {claimed}, finished by re-sent results "
+            f"{recovered - claimed - requeued - lost}, re-queued {requeued}, lost {lost}; "
             f"client resumed {client._core.resumed}x, resubmitted {client._core.resubmitted}; new controller "
             f"listening {started_seconds:.1f} s after the kill, engines rejoined "
             f"{rejoin_seconds:.1f} s after the kill, all results {all_done_seconds:.1f} s after"
         )
         self.assertGreater(recovered, 0, log[-3000:])
-        print(hand.output()[-1500:])
-        print("\n".join(line for line in log.splitlines() if "engine" in line)[:4000])
         hand.kill(signal.SIGTERM)
 
 
@@ -179,8 +178,8 @@ def _poll(fn, seconds):
         try:
             if fn():
                 return True
-        except errors.ClusterError as e:
-            print(f"{time.monotonic():.1f} poll: {e!r}")
+        except errors.ClusterError:  # (UnknownSession once, as the client opens its new session)
+            pass
         time.sleep(0.1)
     raise AssertionError(f"timed out after {seconds} s polling {fn}")
 
