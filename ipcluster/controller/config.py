@@ -14,6 +14,7 @@ from ipcluster.controller.supervisor import DEFAULT_RESTART_LIMIT, DEFAULT_RESTA
 from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT
 from ipcluster.scheduler.scheduler import DEFAULT_PREFETCH
 from ipcluster.transport import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_SIZE
+from ipcluster.transport.security import is_loopback
 
 
 @attr.s(frozen=True)
@@ -42,6 +43,12 @@ class ControllerConfig:
     engine_memory_limit: Optional[int] = attr.ib(default=None)
     no_engine_timeout: Optional[float] = attr.ib(default=DEFAULT_NO_ENGINE_TIMEOUT)
     dead_engine_ttl: Optional[float] = attr.ib(default=DEFAULT_DEAD_ENGINE_TTL)
+    #: CurveZMQ on every socket: None (the default) means on unless ``ip`` is a loopback address.
+    curve: Optional[bool] = attr.ib(default=None)
+
+    @property
+    def curve_enabled(self) -> bool:
+        return self.curve if self.curve is not None else not is_loopback(self.ip)
 
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy(limit=self.restart_limit, window=self.restart_window, memory_limit=self.engine_memory_limit)

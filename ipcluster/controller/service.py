@@ -38,6 +38,7 @@ from ipcluster.controller.engines import LocalEngines
 from ipcluster.scheduler.scheduler import Scheduler
 from ipcluster.store.memory import MemoryTaskStore
 from ipcluster.store.sqlite import SQLiteTaskStore
+from ipcluster.transport.security import CurveKeys
 from ipcluster.transport.wire import BadMessage, Codec, PingCodec, new_key
 
 __all__ = ["AlreadyRunning", "Controller", "ControllerConfig"]
@@ -74,11 +75,12 @@ class Controller(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.key = new_key()
+        self.curve: Optional[CurveKeys] = CurveKeys.generate() if config.curve_enabled else None
         self.codec = Codec(self.key)
         self.pings = PingCodec(self.key)
         self.registry = Registry(clock=reactor, dead_ttl=config.dead_engine_ttl)
         self.drops = DropLog(reactor)
-        self.sockets = ControllerSockets(reactor, config, self.drops, self.key)
+        self.sockets = ControllerSockets(reactor, config, self.drops, self.key, self.curve)
         self.client_sessions = ClientSessions()
         self.info: Optional[ConnectionInfo] = None
         self.store: Optional[ITaskStore] = None
@@ -164,7 +166,7 @@ class Controller(service.MultiService):
         )
         self.info = ConnectionInfo(
             ip=self.sockets.advertised_address(), ports=self.sockets.ports(), key=self.key, controller_pid=os.getpid(),
-            max_message_size=self.config.max_message_size,
+            max_message_size=self.config.max_message_size, curve=self.curve,
         )
 
     # -- service ---------------------------------------------------------------

@@ -62,6 +62,12 @@ class Options(usage.Options):
         "foreground; stop it with Ctrl-C."
     )
 
+    optFlags = [
+        ["curve", None, "Encrypt and authenticate every socket with CurveZMQ even on a loopback --ip (on "
+         "any other address it is always on): keys are generated per cluster and written to the connection "
+         "file; peers without the cluster's client key are refused at the handshake."],
+    ]
+
     optParameters = [
         ["engines", "n", 0, "Start this many local engine processes (ids e0, e1, ...) and supervise them: "
          "an engine whose process exits is reported dead at once and restarted (see --restart-limit). "
@@ -84,7 +90,8 @@ class Options(usage.Options):
          "(status, `ipcluster status`) unless it comes back; a local engine that was given up on stays "
          "until the controller stops. 0: dead engines stay (the newest 1000).", _not_negative(float)],
         ["ip", None, "127.0.0.1", "Interface to listen on. Use 0.0.0.0 or a host address to accept "
-         "engines from other hosts (traffic is signed, not encrypted)."],
+         "engines from other hosts: on any non-loopback address every socket uses CurveZMQ (encrypted, "
+         "only the cluster's key admitted)."],
         ["location", None, None, "Address written to the connection file, where engines and clients "
          "connect (default: --ip, or this host's name when --ip is 0.0.0.0)."],
         ["data-dir", "d", None, f"Directory for connection.json (default: $IPCLUSTER_DIR or "
@@ -195,6 +202,7 @@ def makeService(options: Options):
         engine_memory_limit=options["engine-memory-limit"],
         no_engine_timeout=options["no-engine-timeout"] or None,
         dead_engine_ttl=options["dead-engine-ttl"] or None,
+        curve=True if options["curve"] else None,
     )
     _pidfile_in_data_dir(options, config.data_dir)
     controller = Controller(config)
