@@ -14,6 +14,7 @@ from ipcluster.controller.supervisor import DEFAULT_RESTART_LIMIT, DEFAULT_RESTA
 from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT
 from ipcluster.scheduler.scheduler import DEFAULT_PREFETCH
 from ipcluster.transport import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_SIZE
+from ipcluster.launchers.profile import LauncherSpec
 from ipcluster.transport.security import is_loopback
 
 
@@ -45,6 +46,8 @@ class ControllerConfig:
     dead_engine_ttl: Optional[float] = attr.ib(default=DEFAULT_DEAD_ENGINE_TTL)
     #: CurveZMQ on every socket: None (the default) means on unless ``ip`` is a loopback address.
     curve: Optional[bool] = attr.ib(default=None)
+    #: What starts the ``engines`` (``--launcher``, ``--profile``): local processes, SSH, Slurm or MPI.
+    launcher: LauncherSpec = attr.ib(factory=LauncherSpec)
 
     @property
     def curve_enabled(self) -> bool:

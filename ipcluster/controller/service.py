@@ -103,6 +103,8 @@ class Controller(service.MultiService):
         self.local_engines = LocalEngines(
             reactor, self.registry, str(config.connection_file), config.engines, policy=config.restart_policy(),
             drain=self.sockets.drainer("task", "control"),
+            launcher_factory=lambda on_ended, ids: config.launcher.build(
+                reactor, str(config.connection_file), on_ended, ids, str(config.data_dir)),
         )
         # A dead local engine its supervisor gave up on stays listed: it will not come back by itself.
         self.registry.keep_dead = lambda record: self.local_engines.gave_up(record.id)
