@@ -92,7 +92,7 @@ class ProcessLauncher:
         self.on_ended = on_ended
         self.processes: dict[str, LaunchedProcess] = {}  # engine id -> the process it runs behind
         self.pids: dict[str, int] = {}  # engine id -> its own pid, once announced
-        self.hosts: dict[str, str] = {}  # engine id -> the host it announced
+        self.engine_hosts: dict[str, str] = {}  # engine id -> the host it announced
         self.ranks: dict[str, Optional[int]] = {}
         self._ended: dict[str, str] = {}
 
@@ -111,7 +111,7 @@ class ProcessLauncher:
 
     def _announced(self, proc: LaunchedProcess, engine_id: str, pid: int, host: str, rank: Optional[int]) -> None:
         if self.processes.get(engine_id) is proc:
-            self.pids[engine_id], self.hosts[engine_id], self.ranks[engine_id] = pid, host, rank
+            self.pids[engine_id], self.engine_hosts[engine_id], self.ranks[engine_id] = pid, host, rank
             self.log.info("engine {engine} runs on {host} (pid {pid}{rank})", engine=engine_id, host=host, pid=pid,
                           rank="" if rank is None else f", rank {rank}")
 
@@ -174,7 +174,7 @@ class ProcessLauncher:
 
     def where(self, engine_id: str) -> Optional[str]:
         """The host an engine announced (None before it did)."""
-        return self.hosts.get(engine_id)
+        return self.engine_hosts.get(engine_id)
 
 
 def batched(reactor, launch: Callable[[list], None]) -> Callable[[Iterable[str]], defer.Deferred]:
