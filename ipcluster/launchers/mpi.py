@@ -13,6 +13,7 @@ engine of the job is reported ended (and restarted by its supervisor).  Signals 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Iterable, Sequence
 
@@ -39,7 +40,7 @@ class MPILauncher(ProcessLauncher):
         self.jobs = 0
 
     def argv(self, engine_ids: Sequence[str]) -> list[str]:
-        return [self.mpiexec, *self.args, "-n", str(len(engine_ids)), self.python, "-m", "ipcluster.launchers.shim",
+        return [*shlex.split(self.mpiexec), *self.args, "-n", str(len(engine_ids)), self.python, "-m", "ipcluster.launchers.shim",
                 "--connection-file", self.connection_file, "--ids", ",".join(engine_ids), *self.engine_options]
 
     def start(self, engine_ids: Iterable[str]) -> defer.Deferred:
