@@ -8,6 +8,7 @@ it skip with that reason on a developer machine; ``.ci/run`` installs the packag
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -69,3 +70,79 @@ class Sshd:
         """``ssh`` into the host, blocking (test set-up only, never on a path under test)."""
         return subprocess.run(["ssh", "-o", "BatchMode=yes", *self.options, self.destination, command],
                               capture_output=True, text=True, timeout=20)
+
+
+def slurm_skip_reason() -> Optional[str]:
+    for program in ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel"):
+        if shutil.which(program) is None and not os.path.exists(f"/usr/sbin/{program}"):
+            return f"needs Slurm and munge ({program} missing; apt-get install slurm-wlm munge; .ci/run does)"
+    return None
+
+
+class Slurm:
+    """A single-node Slurm cluster of the test's own: munged, slurmctld (here, on the bridge's
+    address) and slurmd (in ``node``'s namespace), all with files in a directory of their own.
+
+    ``conf`` is its slurm.conf (set ``SLURM_CONF`` to it for sbatch and friends).
+    """
+
+    def __init__(self, testcase, controller_ip: str, node, cpus: int = 8) -> None:
+        import random
+        import socket
+
+        import tempfile
+
+        # Unix sockets' paths have at most 107 bytes (munge's, slurmstepd's in the spool directory):
+        # everything lives under a short directory in /tmp, not in the test's.
+        d = Path(tempfile.mkdtemp(prefix="ipc-slurm-"))
+        testcase.addCleanup(shutil.rmtree, d, True)
+        for sub in ("state", "spool", "munge"):
+            (d / sub).mkdir(mode=0o700)
+        m = d / "munge"
+        key = m / "munge.key"
+        subprocess.run(["mungekey", "--create", "--keyfile", str(key)], check=True, capture_output=True)
+        self.socket = m / "munge.sock"
+        spawn(testcase, "munged", ["munged", "-F", "--force", f"--socket={self.socket}", f"--key-file={key}",
+                                   f"--pid-file={m / 'munged.pid'}", f"--seed-file={m / 'seed'}",
+                                   f"--log-file={m / 'munged.log'}"])
+        port = random.randint(20000, 29000)
+        self.conf = d / "slurm.conf"
+        self.conf.write_text("\n".join([
+            "ClusterName=ipc", f"SlurmctldHost={socket.gethostname()}({controller_ip})", "SlurmUser=root",
+            f"SlurmctldPort={port}", f"SlurmdPort={port + 1}", "AuthType=auth/munge", "CredType=cred/munge",
+            f"AuthInfo=socket={self.socket}", f"StateSaveLocation={d / 'state'}", f"SlurmdSpoolDir={d / 'spool'}",
+            f"SlurmctldPidFile={d / 'slurmctld.pid'}", f"SlurmdPidFile={d / 'slurmd.pid'}",
+            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none", "ReturnToService=2",
+            "SchedulerType=sched/builtin", "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
+            "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
+            "SlurmdParameters=config_overrides", f"SlurmctldLogFile={d / 'slurmctld.log'}",
+            f"SlurmdLogFile={d / 'slurmd.log'}", "MinJobAge=300", "SlurmctldTimeout=30", "SlurmdTimeout=30",
+            f"NodeName=node1 NodeAddr={node.address} CPUs={cpus} RealMemory=1000 State=UNKNOWN",
+            "PartitionName=debug Nodes=node1 Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]))
+        self.env = {"SLURM_CONF": str(self.conf)}
+        self.directory = d
+        self.ctld = spawn(testcase, "slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env)
+        # ``ip netns exec`` mounts a fresh /sys for the namespace, without the cgroup file systems
+        # slurmd insists on seeing: mount them again, in that private mount namespace only.
+        cgroups = ("mount -t tmpfs tmpfs /sys/fs/cgroup && for c in freezer cpuset memory devices; do "
+                   "mkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c; done; "
+                   "mkdir -p /sys/fs/cgroup/systemd && mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd; ")
+        self.slurmd = spawn(testcase, "slurmd", node.argv(
+            "sh", "-c", cgroups + f"exec slurmd -D -N node1 -f {shlex.quote(str(self.conf))}"), env=self.env)
+
+    def ready(self) -> bool:
+        """Whether the node is up and idle (blocking: test set-up only)."""
+        result = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=20,
+                                env=dict(os.environ, **self.env))
+        return result.returncode == 0 and result.stdout.strip() in ("idle", "mixed", "allocated")
+
+    def logs(self) -> str:
+        parts = []
+        for name in ("slurmctld.log", "slurmd.log"):
+            try:
+                parts.append(f"--- {name}\n" + (self.directory / name).read_text()[-3000:])
+            except OSError:
+                pass
+        return "\n".join(parts)

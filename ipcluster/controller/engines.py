@@ -95,6 +95,8 @@ class LocalEngines(service.Service):
             return None
         info = sup.describe()
         info["rss"] = self.memory.last.get(engine_id) if self.memory is not None else None
+        describe = getattr(self.launcher, "describe", None)  # a batch system's view: "slurm job 42_3 PENDING (...)"
+        info["launcher"] = describe(engine_id) if describe is not None else None
         return info
 
     # -- service ---------------------------------------------------------------------------

@@ -177,8 +177,9 @@ class ProcessLauncher:
         return self.engine_hosts.get(engine_id)
 
 
-def batched(reactor, launch: Callable[[list], None]) -> Callable[[Iterable[str]], defer.Deferred]:
-    """``start(engine_ids)`` that gathers every call made in one reactor turn into one ``launch(ids)``.
+def batched(reactor, launch: Callable[[list], object]) -> Callable[[Iterable[str]], defer.Deferred]:
+    """``start(engine_ids)`` that gathers every call made in one reactor turn into one ``launch(ids)``
+    (which may return a Deferred); each caller's Deferred fires when that launch has.
 
     The supervisors start engines one at a time; an MPI or Slurm launcher wants them as one job.
     """
@@ -189,15 +190,13 @@ def batched(reactor, launch: Callable[[list], None]) -> Callable[[Iterable[str]]
         ids, ds = list(pending), list(waiting)
         pending.clear()
         waiting.clear()
-        try:
-            launch(ids)
-        except Exception:
-            failure = Failure()
+        done = defer.maybeDeferred(launch, ids)
+
+        def relay(result):
             for d in ds:
-                d.errback(failure)
-            return
-        for d in ds:
-            d.callback(ids)
+                (d.errback if isinstance(result, Failure) else d.callback)(result)
+
+        done.addBoth(relay)
 
     def start(engine_ids: Iterable[str]) -> defer.Deferred:
         if not pending:
