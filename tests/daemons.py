@@ -123,14 +123,17 @@ class Slurm:
         ]))
         self.env = {"SLURM_CONF": str(self.conf)}
         self.directory = d
-        self.ctld = spawn(testcase, "slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env)
+        # Each daemon is the first process of a PID namespace of its own (``unshare --pid``): what it
+        # leaves behind when it is killed (slurmscriptd, slurmstepd) dies and is reaped with it.
+        own_pids = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+        self.ctld = spawn(testcase, "slurmctld", [*own_pids, "slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env)
         # ``ip netns exec`` mounts a fresh /sys for the namespace, without the cgroup file systems
         # slurmd insists on seeing: mount them again, in that private mount namespace only.
         cgroups = ("mount -t tmpfs tmpfs /sys/fs/cgroup && for c in freezer cpuset memory devices; do "
                    "mkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c; done; "
                    "mkdir -p /sys/fs/cgroup/systemd && mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd; ")
         self.slurmd = spawn(testcase, "slurmd", node.argv(
-            "sh", "-c", cgroups + f"exec slurmd -D -N node1 -f {shlex.quote(str(self.conf))}"), env=self.env)
+            *own_pids, "sh", "-c", cgroups + f"exec slurmd -D -N node1 -f {shlex.quote(str(self.conf))}"), env=self.env)
 
     def ready(self) -> bool:
         """Whether the node is up and idle (blocking: test set-up only)."""
