@@ -58,6 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT, metavar="S",
                    help=f"with --daemon: seconds to wait for the controller and engines "
                         f"(default {DEFAULT_START_TIMEOUT:g})")
+    p.add_argument("--launcher", choices=("local", "ssh", "slurm", "mpi"), default=None,
+                   help="what starts the engines: local processes (default), ssh hosts, a Slurm job, mpiexec "
+                        "(see docs/launchers.md; settings in --profile or twistd options after --)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="cluster profile (TOML): launcher, hosts, partition, account, time limit, engine count")
     p.add_argument("extra", nargs="*", metavar="-- TWISTD_OPTIONS", help=argparse.SUPPRESS)
 
 
@@ -67,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.engines < 0:
         raise CLIError("-n/--engines must be 0 or more")
     prepare_start(dd)
+    args.extra = [*(["--launcher", args.launcher] if args.launcher else []),
+                  *(["--profile", os.path.abspath(args.profile)] if args.profile else []), *args.extra]
     if args.daemon:
         start_daemon(dd, args.engines, args.timeout, out=sys.stdout, progress=sys.stderr,
                      ip=args.ip, web=args.web, extra=args.extra)
