@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from ipcluster import connection
 from ipcluster.launchers.local import CLEAN_EXIT
 from ipcluster.launchers.profile import LauncherSpec
 from ipcluster.launchers.slurm import SlurmLauncher, _sacct_jobs, _scontrol_jobs
@@ -118,7 +119,9 @@ class Commands(unittest.SynchronousTestCase):
         self.assertEqual(self.ended[-1][2], "slurm job 42_0 CANCELLED (None, exit code 0:15)")
 
 
-class RealSlurm(unittest.TestCase):
+class SlurmCase(unittest.TestCase):
+    """A Slurm of the test's own, its node on a host (namespace) of its own."""
+
     timeout = 300
 
     def setUp(self):
@@ -129,6 +132,8 @@ class RealSlurm(unittest.TestCase):
         self.addCleanup(self.net.close)
         self.slurm = Slurm(self, self.net.controller_ip, self.net.hosts[0])
 
+
+class RealSlurm(SlurmCase):
     @defer.inlineCallbacks
     def cluster(self, mode):
         try:
@@ -181,6 +186,45 @@ class RealSlurm(unittest.TestCase):
         launcher = controller.local_engines.launcher
         self.assertEqual(launcher.job_of["e0"], launcher.job_of["e1"])
         yield self.stopped(controller)
+
+
+class ControllerAsAJob(SlurmCase):
+    """``ipcluster start --controller slurm``: the controller (with its engines) is a Slurm job on the node."""
+
+    @defer.inlineCallbacks
+    def test_controller_job_writes_its_connection_file_back(self):
+        import sys
+
+        from ipcluster.client.twisted import TwistedClient
+        from ipcluster.launchers.controller import remote_of
+        from tests.cluster import spawn
+
+        yield until(self.slurm.ready, seconds=BOUND, what="the Slurm node to be idle", interval=0.5)
+        data_dir = os.path.abspath(self.mktemp())
+        node = self.net.hosts[0].address
+
+        def ipcluster(*args):
+            proc = spawn(self, f"ipcluster {args[0]}", [sys.executable, "-m", "ipcluster.cli", *args], env=self.slurm.env)
+            done = defer.Deferred()
+            proc.ended.addBoth(lambda r: (done.callback((proc.exit_code(), proc.output())), r)[1])
+            return within(done, BOUND * 2, f"ipcluster {args[0]}")
+
+        code, out = yield ipcluster("start", "--data-dir", data_dir, "-n", "1", "--controller", "slurm",
+                                    "--ip", node)
+        self.assertEqual(code, 0, out + self.slurm.logs())
+        self.addCleanup(lambda: ipcluster("stop", "--data-dir", data_dir) if remote_of(data_dir) else None)
+        info = connection.read(os.path.join(data_dir, "connection.json"))
+        self.assertEqual(info.ip, node)
+        self.assertIsNotNone(info.curve, "a controller on a non-loopback address speaks CURVE")
+        client = yield TwistedClient.connect(os.path.join(data_dir, "connection.json"), reactor=reactor)
+        self.addCleanup(client.close)
+        space = yield within(client.submit(NETNS), BOUND, "a task on the controller job's engine")
+        self.assertNotEqual(space, os.readlink("/proc/self/ns/net"))
+        client.close()
+        code, out = yield ipcluster("stop", "--data-dir", data_dir)
+        self.assertEqual(code, 0, out)
+        yield until(lambda: not [p for p in self.net.hosts[0].pids() if b"ipcluster" in _cmdline(p)],
+                    what="the controller job to end")
 
 
 def _cmdline(pid: int) -> bytes:
