@@ -72,3 +72,29 @@ class MPIJob(unittest.TestCase):
         yield controller.stopService()
         yield until(lambda: not host.pids(), what="the MPI job to end on its host")
 
+
+
+class RankInRegistration(unittest.SynchronousTestCase):
+    """``register`` may carry ``rank``: an int in 0..2**31-1 is recorded, anything else ignored."""
+
+    def test_valid_and_absurd_ranks(self):
+        from twisted.internet.task import Clock
+
+        from ipcluster.controller.droplog import DropLog
+        from ipcluster.controller.registrar import Registrar
+        from ipcluster.controller.registry import Registry
+        from ipcluster.transport.wire import Codec
+
+        key = b"k" * 32
+        clock, registry, codec, sent = Clock(), Registry(), Codec(key), []
+        drops = DropLog(clock)
+        self.addCleanup(drops.stop)
+        registrar = Registrar(registry, codec, clock, sent.append, drops, 0.5, key=key)
+        for i, rank in enumerate((3, -1, 2**31, "7", 1.5, True, None)):
+            about = {"engine": f"e{i}", "instance": f"{i}" * 32, "host": "h", "pid": 1}
+            if rank is not None:
+                about["rank"] = rank
+            registrar.message_received([b"reg", *codec.encode("register", about, session="")])
+            self.assertEqual(codec.decode(sent[-1][1:]).type, "registered", rank)
+        self.assertEqual([registry.get(f"e{i}").rank for i in range(7)], [3, None, None, None, None, None, None])
+        self.assertEqual(registry.get("e0").describe(0.0)["rank"], 3)
