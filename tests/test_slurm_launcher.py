@@ -165,6 +165,9 @@ class RealSlurm(SlurmCase):
         controller = yield self.cluster("array")
         launcher = controller.local_engines.launcher
         self.assertEqual(launcher.job_of["e1"].split("_")[1], "1")
+        # The engine may register before the next poll sees its job running.
+        yield until(lambda: "RUNNING" in ({d["id"]: d for d in controller.status.engines()}["e0"]["launcher"] or ""),
+                    what="e0's job to be seen running")
         described = {d["id"]: d for d in controller.status.engines()}
         self.assertRegex(described["e0"]["launcher"], r"slurm job \d+_0 RUNNING")
         yield until(lambda: launcher.running().get("e0"), what="e0's pid from its job's output")
