@@ -45,6 +45,7 @@ function supervision(e, now) {
   else if (e.supervisor === "given up") parts.push("gave up");
   else if (e.supervisor !== "running") parts.push(e.supervisor);
   if (e.rss) parts.push((e.rss / 1e6).toFixed(0) + " MB");
+  if (e.launcher) parts.push(e.launcher);  // a batch system's word: "slurm job 42_3 PENDING (Resources)"
   return parts.join(" \u00b7 ");
 }
 function text(id, value) { document.getElementById(id).textContent = value; }
