@@ -14,6 +14,7 @@ import attr
 
 from ipcluster.errors import NoController
 from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE
+from ipcluster.transport.security import CurveKeys
 
 #: The sockets a controller binds, in the order they are documented.
 CHANNELS = ("registration", "heartbeat", "control", "task", "client")
@@ -58,6 +59,8 @@ class ConnectionInfo:
     path: Path | None = attr.ib(default=None, eq=False)
     #: The controller's ``--max-message-size``: the largest message (all its frames) it takes.
     max_message_size: int = attr.ib(default=DEFAULT_MAX_MESSAGE_SIZE)
+    #: The cluster's CURVE keys (without the server's secret) when its sockets are CURVE servers.
+    curve: Optional[CurveKeys] = attr.ib(default=None, repr=False)
 
     def address(self, channel: str) -> str:
         return f"tcp://{self.ip}:{self.ports[channel]}"
@@ -72,6 +75,7 @@ class ConnectionInfo:
             "key": self.key.hex(),
             "controller_pid": self.controller_pid,
             "max_message_size": self.max_message_size,
+            **({"curve": self.curve.public().to_json()} if self.curve is not None else {}),
         }
 
     @classmethod
@@ -85,6 +89,7 @@ class ConnectionInfo:
                 controller_pid=int(data.get("controller_pid", 0)),
                 path=path,
                 max_message_size=int(data.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)),
+                curve=CurveKeys.from_json(data["curve"]) if data.get("curve") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"connection file {path} is malformed: {e!r}") from None

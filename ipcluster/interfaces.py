@@ -147,7 +147,9 @@ class IStatusSource(Interface):
         ``local``, ``joined_at``, ``ended_at``, ``last_pong_ago``, and the supervision of the
         controller's own engines: ``supervisor`` (``running``, ``backing off``, ``given up``,
         ``exited``, ``stopping``, ...; None for engines it did not start), ``restarts``,
-        ``next_restart_at``, ``last_exit``, ``rss``), in natural id order."""
+        ``next_restart_at``, ``last_exit``, ``rss``, ``launcher`` (a batch system's word on the
+        engine's job: ``slurm job 42_3 PENDING (Resources)``, else None); an engine whose job is
+        queued but that has not registered yet is listed ``registering``), in natural id order."""
 
     def tasks():
         """Task counters as a plain dict: ``in_flight``, ``waiting``, ``ready``, ``by_state``,

@@ -2,12 +2,15 @@
 engine's parent check, and the controller's identity across restarts."""
 import os
 
+import attr
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipcluster import connection
 from ipcluster.client.watch import ControllerWatch, is_local
 from ipcluster.connection import ConnectionInfo
-from ipcluster.controller.identity import kept_ports, previous_identity, sequence
+from ipcluster.controller.identity import CURVE_KEYS_FILE, curve_keys, kept_ports, previous_identity, sequence
+from ipcluster.transport.security import CurveKeys
 from ipcluster.engine.outbox import Outbox
 from ipcluster.engine.parent import PARENT_ENV, follow_parent, parent_to_follow
 from ipcluster.errors import NoController
@@ -144,3 +147,19 @@ class IdentityTests(SynchronousTestCase):
         numbers = [next(first) for _ in range(5000)]  # 5,000 messages ...
         now[0] += 0.01  # ... in the 10 ms before it was killed and its heir started
         self.assertGreater(next(sequence()), numbers[-1])
+
+    def test_an_heir_keeps_the_curve_keys(self):
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        self.assertIsNone(curve_keys(data_dir, None, enabled=False))
+        first = curve_keys(data_dir, None, enabled=True)
+        path = os.path.join(data_dir, CURVE_KEYS_FILE)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600, "it holds the server's secret")
+        # The connection file holds the public half only; the heir finds the rest in the data dir.
+        previous = attr.evolve(info(pid=2**22 + 12345), curve=first.public())
+        heir = curve_keys(data_dir, previous, enabled=True)
+        self.assertEqual(heir, first)
+        self.assertEqual(heir.server_secret, first.server_secret)
+        # Keys of another cluster in the connection file: fresh keys (the old ones cannot serve it).
+        stranger = attr.evolve(previous, curve=CurveKeys.generate().public())
+        self.assertNotEqual(curve_keys(data_dir, stranger, enabled=True).server_public, first.server_public)

@@ -359,7 +359,8 @@ class LocalEnginesTests(SynchronousTestCase):
         self.assertEqual(self.launcher.starts, ["e0", "e1"])
         self.assertTrue(self.engines.coming())
         self.assertEqual(self.engines.supervision("e0"),
-                         {"supervisor": RUNNING, "restarts": 0, "next_restart_at": None, "last_exit": "", "rss": None})
+                         {"supervisor": RUNNING, "restarts": 0, "next_restart_at": None, "last_exit": "", "rss": None,
+                          "launcher": None})
         self.assertIsNone(self.engines.supervision("other"))
 
     def test_a_killed_engine_is_declared_dead_then_restarted_with_its_id(self):

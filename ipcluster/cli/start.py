@@ -58,6 +58,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT, metavar="S",
                    help=f"with --daemon: seconds to wait for the controller and engines "
                         f"(default {DEFAULT_START_TIMEOUT:g})")
+    p.add_argument("--launcher", choices=("local", "ssh", "slurm", "mpi"), default=None,
+                   help="what starts the engines: local processes (default), ssh hosts, a Slurm job, mpiexec "
+                        "(see docs/launchers.md; settings in --profile or twistd options after --)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="cluster profile (TOML): launcher, hosts, partition, account, time limit, engine count")
+    p.add_argument("--controller", default=None, metavar="ssh:HOST|slurm",
+                   help="run the controller itself on HOST (over ssh) or as a Slurm job; its connection "
+                        "file is written back here (see docs/launchers.md)")
+    p.add_argument("--tunnel", action="store_true",
+                   help="with --controller ssh:HOST: reach it through ssh -L tunnels (it may listen on HOST's loopback)")
+    p.add_argument("--ssh-options", default="", metavar="'OPTS'",
+                   help="with --controller ssh:HOST: more ssh options, e.g. '-i ~/.ssh/key -p 2222'")
+    p.add_argument("--remote-python", default="python3", help="with --controller ssh:HOST: the Python there")
+    p.add_argument("--remote-data-dir", default=".ipcluster-remote",
+                   help="with --controller ssh:HOST: the controller's data directory there (relative: under home)")
     p.add_argument("extra", nargs="*", metavar="-- TWISTD_OPTIONS", help=argparse.SUPPRESS)
 
 
@@ -67,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     if args.engines < 0:
         raise CLIError("-n/--engines must be 0 or more")
     prepare_start(dd)
+    if args.controller:
+        return _start_remote(dd, args)
+    args.extra = [*(["--launcher", args.launcher] if args.launcher else []),
+                  *(["--profile", os.path.abspath(args.profile)] if args.profile else []), *args.extra]
     if args.daemon:
         start_daemon(dd, args.engines, args.timeout, out=sys.stdout, progress=sys.stderr,
                      ip=args.ip, web=args.web, extra=args.extra)
@@ -79,6 +98,29 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CLIError(f"cannot run twistd ({argv[0]}): {e}") from None
     return 1  # not reached
+
+
+def _start_remote(dd: DataDir, args: argparse.Namespace) -> int:
+    """``--controller ssh:HOST|slurm``: the controller (and its -n engines) elsewhere; ``ipcluster stop`` ends it."""
+    import shlex
+
+    from ipcluster.launchers import controller as remote
+
+    start_args = ["-n", str(args.engines), *(["--ip", args.ip] if args.ip else []),
+                  *(["--launcher", args.launcher] if args.launcher else []), "--", *args.extra]
+    try:
+        if args.controller.startswith("ssh:"):
+            info = remote.start_ssh(dd.path, args.controller[4:], start_args, shlex.split(args.ssh_options),
+                                    args.remote_python, args.remote_data_dir, args.tunnel, args.timeout)
+        elif args.controller == "slurm":
+            info = remote.start_slurm(dd.path, start_args, timeout=args.timeout)
+        else:
+            raise CLIError("--controller must be ssh:HOST or slurm")
+    except remote.RemoteError as e:
+        raise CLIError(str(e)) from None
+    print(f"Controller on {args.controller} is up; connection file {dd.connection_file} "
+          f"(engines and clients connect to {info.ip}). Stop it with `ipcluster stop{dd.option()}`.")
+    return 0
 
 
 # -- the command line ------------------------------------------------------------------

@@ -31,7 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stop_cluster(DataDir.from_args(args), args.timeout, sys.stdout)
+    from ipcluster.launchers import controller as remote
+
+    dd = DataDir.from_args(args)
+    if remote.remote_of(dd.path) is not None:  # started with --controller ssh:HOST|slurm
+        try:
+            print(remote.stop_remote(dd.path, args.timeout))
+        except remote.RemoteError as e:
+            raise CLIError(str(e)) from None
+        return 0
+    stop_cluster(dd, args.timeout, sys.stdout)
     return 0
 
 

@@ -16,6 +16,8 @@ from ipcluster.scheduler.recovery import DEFAULT_RECOVERY_GRACE
 from ipcluster.scheduler.scheduler import DEFAULT_PREFETCH
 from ipcluster.store import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_RESULT
 from ipcluster.transport import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_SIZE
+from ipcluster.launchers.profile import LauncherSpec
+from ipcluster.transport.security import is_loopback
 
 
 @attr.s(frozen=True)
@@ -48,6 +50,14 @@ class ControllerConfig:
     store_max_payload: int = attr.ib(default=DEFAULT_MAX_PAYLOAD)
     store_max_result: int = attr.ib(default=DEFAULT_MAX_RESULT)
     recovery_grace: float = attr.ib(default=DEFAULT_RECOVERY_GRACE)
+    #: CurveZMQ on every socket: None (the default) means on unless ``ip`` is a loopback address.
+    curve: Optional[bool] = attr.ib(default=None)
+    #: What starts the ``engines`` (``--launcher``, ``--profile``): local processes, SSH, Slurm or MPI.
+    launcher: LauncherSpec = attr.ib(factory=LauncherSpec)
+
+    @property
+    def curve_enabled(self) -> bool:
+        return self.curve if self.curve is not None else not is_loopback(self.ip)
 
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy(limit=self.restart_limit, window=self.restart_window, memory_limit=self.engine_memory_limit)

@@ -42,6 +42,7 @@ class LocalEngines(service.Service):
         policy: RestartPolicy = RestartPolicy(),
         rss_of: Callable[[int], Optional[int]] = read_rss,
         drain: Callable[[], None] = lambda: None,
+        launcher_factory: Optional[Callable[..., ILauncher]] = None,
     ) -> None:
         self.reactor = reactor
         self.registry = registry
@@ -50,6 +51,8 @@ class LocalEngines(service.Service):
         self.stop_timeout = stop_timeout
         self.policy = policy
         self.drain = drain  # reads what engines sent that the reactor has not read yet
+        if launcher is None and launcher_factory is not None:  # ``launcher_factory(on_ended, engine_ids)``
+            launcher = launcher_factory(self.process_ended, self.engine_ids())
         self.launcher = launcher if launcher is not None else LocalLauncher(reactor, connection_file, self.process_ended)
         self._listeners: list[Callable[[], None]] = []
         self.supervisors = {
@@ -92,6 +95,8 @@ class LocalEngines(service.Service):
             return None
         info = sup.describe()
         info["rss"] = self.memory.last.get(engine_id) if self.memory is not None else None
+        describe = getattr(self.launcher, "describe", None)  # a batch system's view: "slurm job 42_3 PENDING (...)"
+        info["launcher"] = describe(engine_id) if describe is not None else None
         return info
 
     # -- service ---------------------------------------------------------------------------

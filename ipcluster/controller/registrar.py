@@ -67,10 +67,11 @@ class Registrar:
             return
         nonce = new_nonce()
         token = engine_token(self.key, nonce, instance)
+        rank = msg.get("rank")
         try:
             self.registry.register(
                 engine_id, instance, msg["host"], msg["pid"], self.clock.seconds(), self.is_local(engine_id),
-                identity=token,
+                identity=token, rank=rank if type(rank) is int and 0 <= rank < 2**31 else None,
             )
         except DuplicateEngine as e:
             self.log.warn("refused registration of {engine}: {why}", engine=engine_id, why=str(e))

@@ -105,6 +105,8 @@ class EngineRecord:
     #: The routing token of this registration: the ZeroMQ identity of the engine's sockets and
     #: the session its messages carry.  Secret: never shown (logs and status show ``id``).
     identity: bytes = attr.ib(factory=_random_token, repr=False)
+    #: The engine's MPI or Slurm rank (the optional ``rank`` of its ``register``), None outside MPI/Slurm.
+    rank: Optional[int] = attr.ib(default=None)
     #: Replay windows of the engine's messages, per socket.
     windows: dict = attr.ib(factory=lambda: defaultdict(ReplayWindow), repr=False)
     #: The heart monitor's last ping to this engine: its beat, when it went out, its bytes.
@@ -123,6 +125,7 @@ class EngineRecord:
             "id": self.id,
             "host": self.host,
             "pid": self.pid,
+            "rank": self.rank,
             "state": self.state,
             "rtt": self.rtt,
             "busy_for": (now - self.busy_since) if self.state == BUSY and self.busy_since is not None else None,
@@ -221,6 +224,7 @@ class Registry:
         now: float,
         local: bool = False,
         identity: Optional[bytes] = None,
+        rank: Optional[int] = None,
     ) -> EngineRecord:
         """Begin registering an engine (phase one); it counts once it pongs.
 
@@ -243,7 +247,7 @@ class Registry:
                 f"engine id {engine_id!r} is held by pid {old.pid} on {old.host} "
                 f"({old.state}); it must exit or be declared dead first"
             )
-        record = EngineRecord(engine_id, instance, host, pid, registered_at=now, local=local)
+        record = EngineRecord(engine_id, instance, host, pid, registered_at=now, local=local, rank=rank)
         if identity is not None:
             record.identity = identity
         self._by_identity[record.identity] = record

@@ -27,7 +27,7 @@ from ipcluster.controller.control import ControlChannel, send_control_ping
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.frontend import ClientFrontEnd
 from ipcluster.controller.heartmonitor import HeartMonitor
-from ipcluster.controller.identity import announce, kept_ports, previous_identity, sequence
+from ipcluster.controller.identity import announce, curve_keys, kept_ports, previous_identity, sequence
 from ipcluster.controller.log import log_engine_event
 from ipcluster.controller.registrar import Registrar
 from ipcluster.controller.registry import Registry
@@ -39,6 +39,7 @@ from ipcluster.controller.engines import LocalEngines
 from ipcluster.scheduler.scheduler import Scheduler
 from ipcluster.store.memory import MemoryTaskStore
 from ipcluster.store.sqlite import SQLiteTaskStore
+from ipcluster.transport.security import CurveKeys
 from ipcluster.transport.wire import BadMessage, Codec, PingCodec, new_key
 
 __all__ = ["AlreadyRunning", "Controller", "ControllerConfig"]
@@ -77,12 +78,14 @@ class Controller(service.MultiService):
         #: The previous controller's connection file, if it was killed (its key and ports are reused).
         self.previous = previous_identity(config.connection_file)
         self.key = self.previous.key if self.previous is not None else new_key()
+        #: CURVE keys: the previous controller's (kept in the data dir) when it is taken over.
+        self.curve: Optional[CurveKeys] = curve_keys(config.data_dir, self.previous, config.curve_enabled)
         self.codec = Codec(self.key, sequence=sequence())
         self.pings = PingCodec(self.key)
         self.registry = Registry(clock=reactor, dead_ttl=config.dead_engine_ttl)
         self.drops = DropLog(reactor)
         self.sockets = ControllerSockets(
-            reactor, config, self.drops, self.key, kept=kept_ports(self.previous, config.ports)
+            reactor, config, self.drops, self.key, self.curve, kept=kept_ports(self.previous, config.ports)
         )
         self.client_sessions = ClientSessions()
         self.info: Optional[ConnectionInfo] = None
@@ -106,6 +109,8 @@ class Controller(service.MultiService):
         self.local_engines = LocalEngines(
             reactor, self.registry, str(config.connection_file), config.engines, policy=config.restart_policy(),
             drain=self.sockets.drainer("task", "control"),
+            launcher_factory=lambda on_ended, ids: config.launcher.build(
+                reactor, str(config.connection_file), on_ended, ids, str(config.data_dir)),
         )
         # A dead local engine its supervisor gave up on stays listed: it will not come back by itself.
         self.registry.keep_dead = lambda record: self.local_engines.gave_up(record.id)
@@ -172,7 +177,7 @@ class Controller(service.MultiService):
         )
         self.info = ConnectionInfo(
             ip=self.sockets.advertised_address(), ports=self.sockets.ports(), key=self.key, controller_pid=os.getpid(),
-            max_message_size=self.config.max_message_size,
+            max_message_size=self.config.max_message_size, curve=self.curve,
         )
 
     # -- service ---------------------------------------------------------------

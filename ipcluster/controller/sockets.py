@@ -7,7 +7,8 @@ bound, and tested with a plain function instead.
 
 Who may connect is settled before a single frame is read: the ZAP handler
 (``transport.security.ZapHandler``, answered on the reactor) is bound first, in
-the same ZeroMQ context, and every socket is a PLAIN server.  Refused connections are counted
+the same ZeroMQ context, and every socket is a CURVE server (with ``curve`` keys) or a
+PLAIN server.  Refused connections are counted
 in the DropLog: wrong credentials by the ZAP handler, peers without any (the
 ZeroMQ security mechanism does not match) by a monitor on each socket.  Each
 socket takes messages up to its own limits (``wire.limits``).
@@ -44,6 +45,8 @@ def refusal(event: dict) -> Optional[str]:
     if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             return "refused connection: no credentials"
+        if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            return "refused connection: CURVE handshake failed (wrong server key?)"
         return "refused connection: protocol error"
     if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         return "refused connection: handshake failed (no credentials, or the peer hung up)"
@@ -59,15 +62,17 @@ class ControllerSockets:
 
     log = Logger()
 
-    def __init__(self, reactor, config, drops: DropLog, key: bytes, kept: Optional[Mapping[str, int]] = None) -> None:
+    def __init__(self, reactor, config, drops: DropLog, key: bytes, curve: Optional[security.CurveKeys] = None,
+                 kept: Optional[Mapping[str, int]] = None) -> None:
         self.reactor = reactor
         #: Ports of the previous controller to bind again where none is configured (``identity.py``).
         self.kept = dict(kept or {})
         self.config = config
         self.drops = drops
         self.key = key
+        self.curve = curve
         self.sockets: dict = {}
-        self.zap = security.ZapHandler(key)
+        self.zap = security.ZapHandler(key, curve)
         self._auxiliary: list = []  # the ZAP handler and the monitors
         self._factory = None
         #: The batch-taking handlers of the task and client sockets (their counts), by channel.
@@ -146,7 +151,7 @@ class ControllerSockets:
         limits = wire.limits(channel, self.config.max_message_size)
 
         def configure(sock: zmq.Socket) -> None:
-            security.configure_server(sock, channel)
+            security.configure_server(sock, channel, self.curve)
             monitor = f"inproc://ipcluster-monitor-{channel}-{id(self)}"
             sock.monitor(monitor, _MONITORED)
             self._auxiliary.append(PairSocket(self._factory, monitor, lambda frames: self._monitored(channel, frames)))

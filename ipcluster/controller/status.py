@@ -21,7 +21,8 @@ from ipcluster.textstatus import natural_key
 
 #: The supervision fields of an engine the controller did not start (see LocalEngines.supervision).
 DOWN_PHASES = frozenset({BACKING_OFF, GIVEN_UP, EXITED, "off"})
-UNSUPERVISED = {"supervisor": None, "restarts": 0, "next_restart_at": None, "last_exit": "", "rss": None}
+UNSUPERVISED = {"supervisor": None, "restarts": 0, "next_restart_at": None, "last_exit": "", "rss": None,
+                "launcher": None}
 
 
 @implementer(IStatusSource)
@@ -69,12 +70,17 @@ class ControllerStatus:
         their dead record expired): shown dead, so that a crash loop at start-up is seen."""
         if self._local is None:
             return []
-        return [
-            EngineRecord(engine_id, "", socket.gethostname(), 0, now, state=DEAD, local=True, reason=info["last_exit"])
-            for engine_id in self._local.supervisors
-            if self.registry.get(engine_id) is None
-            and (info := self._local.supervision(engine_id))["supervisor"] in DOWN_PHASES
-        ]
+        down = []
+        for engine_id in self._local.supervisors:
+            if self.registry.get(engine_id) is not None:
+                continue
+            info = self._local.supervision(engine_id)
+            if info["supervisor"] in DOWN_PHASES:
+                down.append(EngineRecord(engine_id, "", socket.gethostname(), 0, now, state=DEAD, local=True,
+                                         reason=info["last_exit"]))
+            elif info.get("launcher"):  # queued in a batch system: shown registering, with its job's state
+                down.append(EngineRecord(engine_id, "", "", 0, now, local=True, reason=info["launcher"]))
+        return down
 
     def tasks(self) -> dict:
         counts = self.scheduler.counts()

@@ -64,6 +64,12 @@ class Options(usage.Options):
         "foreground; stop it with Ctrl-C."
     )
 
+    optFlags = [
+        ["curve", None, "Encrypt and authenticate every socket with CurveZMQ even on a loopback --ip (on "
+         "any other address it is always on): keys are generated per cluster and written to the connection "
+         "file; peers without the cluster's client key are refused at the handshake."],
+    ]
+
     optParameters = [
         ["engines", "n", 0, "Start this many local engine processes (ids e0, e1, ...) and supervise them: "
          "an engine whose process exits is reported dead at once and restarted (see --restart-limit). "
@@ -86,7 +92,8 @@ class Options(usage.Options):
          "(status, `ipcluster status`) unless it comes back; a local engine that was given up on stays "
          "until the controller stops. 0: dead engines stay (the newest 1000).", _not_negative(float)],
         ["ip", None, "127.0.0.1", "Interface to listen on. Use 0.0.0.0 or a host address to accept "
-         "engines from other hosts (traffic is signed, not encrypted)."],
+         "engines from other hosts: on any non-loopback address every socket uses CurveZMQ (encrypted, "
+         "only the cluster's key admitted)."],
         ["location", None, None, "Address written to the connection file, where engines and clients "
          "connect (default: --ip, or this host's name when --ip is 0.0.0.0)."],
         ["data-dir", "d", None, f"Directory for connection.json (default: $IPCLUSTER_DIR or "
@@ -129,6 +136,21 @@ class Options(usage.Options):
          "bytes, all its frames counted (a task's pickled function and arguments; a result with its printed "
          "output). Written to the connection file: clients refuse larger tasks and engines larger results "
          "(PayloadTooLarge); larger messages are dropped unread.", _positive(int)],
+        ["launcher", None, None, "What starts the --engines: 'local' (children of the controller, the default), "
+         "'ssh' (on --ssh-hosts over OpenSSH), 'slurm' (a Slurm job array, or one job of srun steps) or 'mpi' "
+         "(the ranks of mpiexec -n N). See docs/launchers.md."],
+        ["profile", None, None, "A cluster profile (TOML): launcher, engines, ip and the [ssh], [slurm], [mpi] "
+         "tables (docs/launchers.md). An option given here overrides the profile; one left at its default "
+         "takes the profile's value."],
+        ["ssh-hosts", None, None, "With --launcher ssh: comma-separated hosts, [user@]host[:port][*engines]."],
+        ["remote-python", None, None, "The Python (with ipcluster installed) on SSH hosts or Slurm nodes "
+         "(default: python3 over SSH, this interpreter under Slurm and MPI)."],
+        ["mpiexec", None, None, "With --launcher mpi: the mpiexec command (default: mpiexec)."],
+        ["slurm-partition", None, None, "With --launcher slurm: the partition (sbatch --partition)."],
+        ["slurm-account", None, None, "With --launcher slurm: the account (sbatch --account)."],
+        ["slurm-time", None, None, "With --launcher slurm: the time limit (sbatch --time), e.g. 02:00:00."],
+        ["slurm-mode", None, None, "With --launcher slurm: 'array' (one array task per engine, the default) or "
+         "'srun' (one job, one srun step per engine)."],
     ] + [
         [f"{channel}-port", None, 0, f"TCP port of the {channel} socket (0: any free port).", _port]
         for channel in CHANNELS
@@ -151,6 +173,36 @@ class Options(usage.Options):
             raise usage.UsageError("--prefetch must be 0 or more")
         if self["store"] not in ("sqlite", "memory"):
             raise usage.UsageError("--store must be 'sqlite' or 'memory'")
+        self.launcher_spec = _launcher_spec(self)
+        if not self.launcher_spec.is_local and self["engine-memory-limit"] is not None:
+            raise usage.UsageError("--engine-memory-limit needs --launcher local (it reads /proc on this host)")
+
+
+def _launcher_spec(options: "Options"):
+    """The launcher from ``--profile`` and the launcher options (which override the profile)."""
+    from ipcluster.launchers.profile import KINDS, ProfileError, load_profile, spec_from
+
+    try:
+        profile = load_profile(options["profile"]) if options["profile"] else {}
+    except ProfileError as e:
+        raise usage.UsageError(str(e)) from None
+    for key in ("engines", "ip", "location", "curve", "heartbeat-period", "heartbeat-misses"):
+        value = profile.get(key, profile.get(key.replace("-", "_")))
+        default = 0 if key == "curve" else dict((o[0], o[2]) for o in Options.optParameters).get(key)
+        if value is not None and options[key] == default:
+            options[key] = value
+    kind = options["launcher"]
+    if kind is not None and kind not in KINDS:
+        raise usage.UsageError(f"--launcher must be one of {', '.join(KINDS)}")
+    hosts = options["ssh-hosts"].split(",") if options["ssh-hosts"] else None
+    python = options["remote-python"]
+    slurm = {"partition": options["slurm-partition"], "account": options["slurm-account"],
+             "time": options["slurm-time"], "mode": options["slurm-mode"], "python": python}
+    try:
+        return spec_from(profile, kind, {"ssh": {"hosts": hosts, "python": python},
+                                         "mpi": {"mpiexec": options["mpiexec"], "python": python}, "slurm": slurm})
+    except (ProfileError, ValueError) as e:
+        raise usage.UsageError(str(e)) from None
 
 
 #: twistd's own default pid file, in the working directory.
@@ -220,6 +272,8 @@ def makeService(options: Options):
         store_max_payload=options["store-max-payload"],
         store_max_result=options["store-max-result"],
         recovery_grace=options["recovery-grace"],
+        curve=True if options["curve"] else None,
+        launcher=getattr(options, "launcher_spec", None) or _launcher_spec(options),
     )
     _pidfile_in_data_dir(options, config.data_dir)
     controller = Controller(config)

@@ -26,6 +26,7 @@ from ipcluster.engine.diagnostics import say
 from ipcluster.engine.link import Link, MonotonicClock, new_link
 from ipcluster.engine.outbox import Outbox
 from ipcluster.engine.taskqueue import QueuedTask
+from ipcluster.launchers.shim import engine_rank
 from ipcluster.transport.security import configure_client, engine_token
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
 from ipcluster.transport.zmqfast import recv_frames, send_frames
@@ -149,6 +150,9 @@ class ControlThread:
         try:
             request = codec.new_id()
             about = {"engine": engine.id, "instance": engine.instance, "host": socket.gethostname(), "pid": os.getpid()}
+            rank = engine_rank(os.environ)
+            if rank is not None:
+                about["rank"] = rank
             reg.send_multipart(codec.encode("register", about, msg_id=request))
             reply = self._await_reply(reg, wake, codec, request, deadline)
         finally:

@@ -44,6 +44,7 @@ function supervision(e, now) {
   if (e.supervisor === "backing off" && e.next_restart_at) parts.push("back in " + dur(Math.max(0, e.next_restart_at - now)));
   else if (e.supervisor === "given up") parts.push("gave up");
   else if (e.supervisor !== "running") parts.push(e.supervisor);
+  if (e.launcher) parts.push(e.launcher);  // a batch system's word: "slurm job 42_3 PENDING (Resources)"
   return parts.join(" \u00b7 ");
 }
 function text(id, value) { document.getElementById(id).textContent = value; }
