@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import cloudpickle
 
 from ipcluster import errors
+from ipcluster.sourcelines import task_extras
 from ipcluster.limits import MAX_NAME, MAX_RETRIES, MAX_SECONDS, is_retries, is_seconds, is_text
 from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE
 from ipcluster.transport.replay import ReplayWindow
@@ -56,11 +57,11 @@ def _remote_exception(error: Any, payload: bytes) -> BaseException:
     if error.get("origin") == "ipcluster":  # made by the controller or engine, not by the task
         return errors.from_wire(error)
     if not payload:
-        return errors.RemoteError(ename, evalue, tb)
+        return errors.remote_error(ename, evalue, tb, error.get("module"))
     try:
         exc = pickle.loads(payload)
     except Exception:
-        return errors.RemoteError(ename, evalue, tb)
+        return errors.remote_error(ename, evalue, tb, error.get("module"))
     if not isinstance(exc, Exception):
         # KeyboardInterrupt, SystemExit, ...: raising those here would stop the client.
         return errors.TaskInterrupted(ename, evalue, tb)
@@ -124,7 +125,8 @@ class ClientCore:
         There is no reply: a refused task fails through ``on_result``.
         ``on_running(engine)`` is called if the controller says it started.
         """
-        payload = cloudpickle.dumps((fn, args, kwargs))
+        extras = task_extras(fn)  # source lines for the remote traceback, if fn's are not in a file
+        payload = cloudpickle.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs))
         task_id = uuid.uuid4().hex
         fields = dict(options, task=task_id, name=_name(fn))
         frames = self.codec.encode("submit", fields, [payload])

@@ -13,6 +13,7 @@ Its state follows the controller:
 """
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Callable, Optional
@@ -38,6 +39,8 @@ class TaskFuture(Future):
         self.engine: Optional[str] = None
         self.stdout = ""
         self.stderr = ""
+        #: The task's function's name (what the controller shows), when known.
+        self.name = ""
         self._client = client
         self._lock = threading.RLock()  # our transitions: started, delivered, cancelled
         self._callbacks: list = []
@@ -62,6 +65,29 @@ class TaskFuture(Future):
         if self.running() or self.done() or self._client is None:
             return False
         return self._client._cancel_tasks([self])[0]
+
+    def result(self, timeout: Optional[float] = None):
+        """The task's value (or its exception, raised); TimeoutError that says what was
+        waited for, for how long, and where the task is, if ``timeout`` passes first."""
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise concurrent.futures.TimeoutError(self._waited(timeout)) from None
+
+    def exception(self, timeout: Optional[float] = None):
+        """The task's exception (None if it succeeded); TimeoutError as :meth:`result`."""
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise concurrent.futures.TimeoutError(self._waited(timeout)) from None
+
+    def _waited(self, timeout: Optional[float]) -> str:
+        if self.running():
+            where = f"running on engine {self.engine}" if self.engine else "running"
+        else:
+            where = "pending (queued in the controller or on an engine, not started)"
+        name = f" ({self.name})" if self.name else ""
+        return f"task {self.task_id}{name} did not finish within {timeout:g} s: it is {where}"
 
     def add_done_callback(self, fn: Callable[["TaskFuture"], object]) -> None:
         """Call ``fn(future)`` once it is done, on the client's callback thread, in the order added.

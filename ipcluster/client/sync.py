@@ -20,6 +20,7 @@ import zmq
 from ipcluster import connection, errors
 from ipcluster.client.executor import TaskExecutor, settle_reply
 from ipcluster.client.future import TaskFuture
+from ipcluster.client.progress import progress_bar
 from ipcluster.client.verbs import ControlVerbs
 from ipcluster.client.core import ClientCore
 from ipcluster.transport.security import configure_client
@@ -217,12 +218,17 @@ class Client(ControlVerbs, TaskExecutor):
             dealer.close(0)
             pipe.close(0)
 
-    def close(self) -> None:
+    def close(self, cancel: bool = True) -> None:
         """Close the connection now; pending futures fail with NoController.
 
-        Their tasks go on on the cluster (``fetch`` gets their results later).
-        ``shutdown()`` is the Executor's way: it waits for them.
+        With ``cancel`` (the default) this client's tasks that have not started
+        are cancelled on the cluster first: nobody would be left to wait for
+        them.  Running tasks go on, and so do queued ones with ``cancel=False``
+        (``fetch`` gets their results later).  ``shutdown()`` is the
+        Executor's way: it waits for them.
         """
+        if cancel:
+            self._cancel_unstarted()
         self._close(wait_for_callbacks=False)
 
     def _close(self, wait_for_callbacks: bool) -> None:
@@ -247,8 +253,4 @@ class Client(ControlVerbs, TaskExecutor):
 
 
 def _progress(iterable, total: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return iterable
-    return tqdm(iterable, total=total, unit="task")
+    return progress_bar(iterable, total, unit="task")

@@ -15,6 +15,7 @@ from typing import Optional
 
 import cloudpickle
 
+from ipcluster import sourcelines
 from ipcluster.engine.taskqueue import QueuedTask
 
 
@@ -32,7 +33,23 @@ def describe(e: BaseException) -> dict:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     except Exception:
         tb = ""
-    return {"type": type(e).__name__, "message": message, "traceback": tb}
+    cls = type(e)
+    described = {"type": cls.__name__, "message": message, "traceback": tb}
+    module = getattr(cls, "__module__", None)
+    if isinstance(module, str) and module != "builtins":
+        described["module"] = module[:200]  # so a client that cannot rebuild it can still name it
+    return described
+
+
+def unpack(payload: bytes) -> tuple:
+    """``(fn, args, kwargs)`` of a task's payload, its source lines restored (``sourcelines``).
+
+    The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``.
+    """
+    fn, args, kwargs, *rest = cloudpickle.loads(payload)
+    if rest and isinstance(rest[0], dict):
+        sourcelines.restore(fn, rest[0])
+    return fn, args, kwargs
 
 
 class Running:
@@ -66,7 +83,7 @@ class Runner:
                 # Inside the try: an interrupt from here on is this task's error, never lost.
                 self.current = Running(task.id)
                 with redirect_stdout(stdout), redirect_stderr(stderr):
-                    fn, args, kwargs = cloudpickle.loads(task.payload)
+                    fn, args, kwargs = unpack(task.payload)
                     value = fn(*args, **kwargs)
             finally:
                 self.current = None
