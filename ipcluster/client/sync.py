@@ -22,6 +22,7 @@ from ipcluster.client.executor import TaskExecutor, settle_reply
 from ipcluster.client.future import TaskFuture
 from ipcluster.client.progress import progress_bar
 from ipcluster.client.verbs import ControlVerbs
+from ipcluster.client.views import EngineViews
 from ipcluster.client.core import ClientCore
 from ipcluster.transport.security import configure_client
 from ipcluster.transport.zmqfast import recv_frames, send_frames
@@ -29,7 +30,7 @@ from ipcluster.transport.zmqfast import recv_frames, send_frames
 LIVE = ("alive", "busy")
 
 
-class Client(ControlVerbs, TaskExecutor):
+class Client(ControlVerbs, TaskExecutor, EngineViews):
     """A connection to a running controller; also a ``concurrent.futures.Executor``.
 
     ``Client()`` reads the default connection file (``$IPCLUSTER_DIR`` or
