@@ -264,13 +264,7 @@ class EngineViews:
                 raise errors.NoEngines("no engine is alive: there is nothing to view")
             return EngineView(self, ids, block)
         ids = [targets] if isinstance(targets, str) else [str(t) for t in targets]
-        unknown = [e for e in ids if e not in listed]
-        if unknown:
-            known = ", ".join(sorted(listed)) or "none"
-            raise errors.UnknownEngine(f"no engine {', '.join(map(repr, unknown))} (known: {known})")
-        dead = [e for e in ids if listed[e]["state"] not in LIVE]
-        if dead:
-            raise errors.EngineDead(", ".join(f"engine {e} is {listed[e]['state']}" for e in dead))
+        _check_targets(ids, listed)
         return EngineView(self, ids, block)
 
     def __getitem__(self, key: Any) -> EngineView:
@@ -284,3 +278,14 @@ class EngineViews:
         if isinstance(key, int):
             return EngineView(self, [everyone.targets[key]], everyone.block)
         raise TypeError(f"engines are picked by id, list of ids, index or slice, not {key!r}")
+
+
+def _check_targets(ids: list, listed: dict) -> None:
+    """UnknownEngine / EngineDead unless every id names a live engine of ``listed``."""
+    unknown = [e for e in ids if e not in listed]
+    if unknown:
+        known = ", ".join(sorted(listed)) or "none"
+        raise errors.UnknownEngine(f"no engine {', '.join(map(repr, unknown))} (known: {known})")
+    dead = [e for e in ids if listed[e]["state"] not in LIVE]
+    if dead:
+        raise errors.EngineDead(", ".join(f"engine {e} is {listed[e]['state']}" for e in dead))
