@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import cloudpickle
 
 from ipcluster import errors
+from ipcluster.client.output import OutputWatch
 from ipcluster.sourcelines import task_extras
 from ipcluster.limits import MAX_NAME, MAX_RETRIES, MAX_SECONDS, is_retries, is_seconds, is_text
 from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE
@@ -95,6 +96,8 @@ class ClientCore:
         #: How the driver sends frames from within :meth:`received` (its I/O thread, or the reactor).
         self.send_back: Callable[[list], object] = lambda frames: None
         self.dropped = 0
+        #: Live output of running tasks, to the futures that watch it (``client/output.py``).
+        self.output = OutputWatch()
         #: Controller messages refused as replays or from a session this client was not given.
         self.refused = 0
 
@@ -209,6 +212,8 @@ class ClientCore:
                 callback(True, msg.get("value"))
             else:
                 callback(False, errors.from_wire(msg.get("error")))
+        elif msg.type == "output":
+            self.output.received(msg)
         elif msg.type == "running":
             with self._lock:
                 waiting = self._running.pop(msg["task"], ())

@@ -100,12 +100,14 @@ class TaskExecutor(Executor):
             if accepted:
                 self._pending[task_id] = future
         if accepted:
+            self._core.output.watch(task_id, future._output)
             try:
                 self._send(frames)
                 return future
             except errors.NoController:  # closed meanwhile
                 pass
         self._core.forget(task_id=task_id)
+        self._core.output.forget(task_id)
         self._settled(future)
         raise RuntimeError("cannot submit tasks after the client was shut down")
 
@@ -227,7 +229,8 @@ class TaskExecutor(Executor):
                 return
 
     def _settled(self, future: TaskFuture) -> None:
-        """``future`` is done: it is no longer pending."""
+        """``future`` is done: it is no longer pending (and has no more output to hear of)."""
+        self._core.output.forget(future.task_id)
         with self._pending_lock:
             if self._pending.get(future.task_id) is future:
                 del self._pending[future.task_id]

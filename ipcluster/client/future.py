@@ -43,6 +43,10 @@ class TaskFuture(Future):
         self.name = ""
         self._client = client
         self._lock = threading.RLock()  # our transitions: started, delivered, cancelled
+        #: The live output heard so far, ``(stream, text)`` chunks (the engine bounds it).
+        self.output: list = []
+        self._output_changed = threading.Condition(self._lock)
+        self._output_callbacks: list = []
         self._callbacks: list = []
         self._dispatch = _WAITING
         self._callback = self._deliver  # what the client core calls with the result
@@ -101,6 +105,53 @@ class TaskFuture(Future):
                 return
         call_logged(fn, self)
 
+    # -- live output -------------------------------------------------------------------
+
+    def add_output_callback(self, fn: Callable[[str, str], object]) -> None:
+        """Call ``fn(stream, text)`` for each chunk the task prints while it runs (``stream`` is
+        ``"stdout"`` or ``"stderr"``), on the client's callback thread, in order; the chunks
+        heard before are replayed first.  ``stdout``/``stderr`` hold the whole output once done."""
+        with self._lock:
+            self._output_callbacks.append(fn)
+            heard = list(self.output)
+        for chunk in heard:
+            self._post(fn, *chunk)
+
+    def iter_output(self, timeout: Optional[float] = None):
+        """Yield ``(stream, text)`` chunks as the task prints them, until it is done.
+
+        ``timeout`` bounds each wait for the next chunk (TimeoutError).  A task
+        that ends within 0.1 s streams nothing: its output is in ``stdout``/``stderr``.
+        """
+        seen = 0
+        while True:
+            with self._output_changed:
+                if seen >= len(self.output) and not self.done():
+                    if not self._output_changed.wait_for(lambda: seen < len(self.output) or self.done(), timeout):
+                        raise concurrent.futures.TimeoutError(self._waited(timeout).replace("finish", "print"))
+                if seen >= len(self.output):
+                    return
+                chunk = self.output[seen]
+            seen += 1
+            yield chunk
+
+    def _output(self, stream: str, text: str, engine: str) -> None:
+        """A chunk of live output arrived (the I/O thread)."""
+        with self._output_changed:
+            if engine and self.engine is None:
+                self.engine = engine
+            self.output.append((stream, text))
+            self._output_changed.notify_all()
+            callbacks = list(self._output_callbacks)
+        for fn in callbacks:
+            self._post(fn, stream, text)
+
+    def _post(self, fn: Callable, *args: object) -> None:
+        if self._client is None:
+            call_logged(fn, *args)
+        else:
+            self._client._callbacks.post(fn, *args)
+
     # -- what the client calls -------------------------------------------------------
 
     def _started(self, engine: str) -> None:
@@ -146,6 +197,7 @@ class TaskFuture(Future):
         # callbacks to the callback thread and tell the client this future is settled.
         with self._lock:
             self._dispatch = _POSTED
+            self._output_changed.notify_all()  # iter_output ends
         client = self._client
         if client is None:
             self._run_callbacks()

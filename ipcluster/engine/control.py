@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 import zmq
 
 from ipcluster import connection, errors
+from ipcluster.engine import liveoutput
 from ipcluster.engine.channels import Channels
 from ipcluster.engine.commands import ControlCommands
 from ipcluster.engine.diagnostics import say
@@ -197,6 +198,7 @@ class ControlThread:
             if wake in events:
                 self._forward(wake, channels)
             self._announce(channels)
+            self._stream(channels)
             # Judged only with nothing left to read: after a long GIL hold by the main
             # thread, what waits is read first, so the hold does not count as silence.
             if not channels.control.poll(0) and not self._tick(channels):
@@ -220,8 +222,10 @@ class ControlThread:
 
     def _poll_wait(self) -> float:
         current = self.engine.runner.current
-        if current is None or current.announced:
+        if current is None:
             return IDLE_POLL_MS
+        if current.announced:
+            return liveoutput.INTERVAL * 1000  # its output is streamed at that pace
         return max(0.0, (current.started + ANNOUNCE_AFTER - time.monotonic()) * 1000)
 
     def _announce(self, channels: Channels) -> None:
@@ -233,6 +237,15 @@ class ControlThread:
             current.announced = True
             started = {"task": current.id, "instance": self.engine.instance, "running_for": running_for}
             send_frames(channels.task, channels.codec.encode("started", started), 0)
+
+    def _stream(self, channels: Channels, final: bool = False) -> None:
+        """Send what the running task printed since the last time (rate-limited: ``liveoutput``)."""
+        live = self.engine.runner.live
+        if live is None:
+            return
+        for stream, text in live.take(final):
+            fields = {"task": live.task_id, "stream": stream}
+            send_frames(channels.task, channels.codec.encode("output", fields, [text.encode("utf-8", "replace")]), 0)
 
     def _drain(self, channel: str, channels: Channels, handler: Callable[[Channels, Message], bool]) -> bool:
         """Handle every message waiting on ``channel``'s socket; False once the link is lost."""
@@ -262,6 +275,7 @@ class ControlThread:
                 self.engine.forwarded.set()  # the main thread may start its next task
                 return
             if frames[0] == b"send" and channels is not None:
+                self._stream(channels, final=True)  # the last of a streaming task's output, before its result
                 send_frames(channels.task, frames[1:], 0)
 
     def _on_control(self, channels: Channels, msg: Message) -> bool:

@@ -16,6 +16,7 @@ from typing import Optional
 import cloudpickle
 
 from ipcluster import sourcelines
+from ipcluster.engine.liveoutput import LiveOutput, LiveStream
 from ipcluster.engine.taskqueue import QueuedTask
 
 
@@ -69,6 +70,8 @@ class Runner:
 
     def __init__(self) -> None:
         self.current: Optional[Running] = None
+        #: The output of the task running (or the last one), for the control thread to stream.
+        self.live: Optional[LiveOutput] = None
 
     def run(self, task: QueuedTask) -> tuple[dict, list[bytes]]:
         """Run ``task``; the fields and the payloads (value, stdout, stderr) of its result.
@@ -81,8 +84,10 @@ class Runner:
         try:
             try:
                 # Inside the try: an interrupt from here on is this task's error, never lost.
+                self.live = live = LiveOutput(task.id)
                 self.current = Running(task.id)
-                with redirect_stdout(stdout), redirect_stderr(stderr):
+                with redirect_stdout(LiveStream("stdout", stdout, live)), \
+                        redirect_stderr(LiveStream("stderr", stderr, live)):
                     fn, args, kwargs = unpack(task.payload)
                     value = fn(*args, **kwargs)
             finally:

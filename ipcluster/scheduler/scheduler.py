@@ -39,6 +39,7 @@ from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT, NoEngineWat
 from ipcluster.scheduler.rescue import FAIL, RETRY, rescues, stranded_error
 from ipcluster.scheduler.running import note_report, note_running, reported_seconds
 from ipcluster.scheduler.results import NO_PAYLOADS, ResultPost
+from ipcluster.scheduler.output import OutputRelay
 from ipcluster.scheduler.submission import check_engines, check_fields
 from ipcluster.scheduler.task import (
     ASSIGNED, DEFAULT_RETRIES, DONE, READY, RUNNING, WAITING, NoTransition, Task,
@@ -93,7 +94,8 @@ class Scheduler:
         self.retried = 0
         self._on_engine_event = {EngineEvent.JOINED: self._engine_joined, EngineEvent.ALIVE: self._engine_alive}
         self._on_engine_event.update(dict.fromkeys(GONE_EVENTS, self._engine_gone))
-        self._on_task_message = {"started": self._started, "result": self._result}
+        self.output = OutputRelay(codec, send_client, session_of, drops.drop)  # live output, never stored
+        self._on_task_message = {"started": self._started, "result": self._result, "output": self.output.relay}
         self.inbox = EngineInbox(registry, codec, drops, "task")
         registry.subscribe(self._registry_event)
 
@@ -239,7 +241,7 @@ class Scheduler:
     # -- engine traffic ---------------------------------------------------------------------
 
     def message_received(self, frames: list) -> None:
-        """A message from an engine on the task socket: ``started``, ``result`` or ``bye``."""
+        """A message from an engine on the task socket: ``started``, ``result``, ``output`` or ``bye``."""
         received = self.inbox.receive(frames)
         if received is None or received[1] is None or not self.registry.listed(received[1]):
             return  # dropped, or from no registration the scheduler gives work to

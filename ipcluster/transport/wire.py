@@ -85,6 +85,7 @@ SCHEMAS: dict[str, Schema] = {
     "task": Schema(1, {"task": _STR}),
     "started": Schema(0, {"task": _STR, "instance": _STR}),
     "result": Schema(3, {"task": _STR, "ok": _BOOL}),
+    "output": Schema(1, {"task": _STR, "stream": _STR}),  # engine -> controller -> client: live output
     "bye": Schema(0, {"instance": _STR, "reason": _STR}),
     # client socket (client DEALER -> controller ROUTER)
     "connect": Schema(0, {}),
@@ -102,7 +103,7 @@ SCHEMAS: dict[str, Schema] = {
 ACCEPTS = {
     "registration": frozenset({"register"}),
     "control": frozenset({"pong", "reply"}),
-    "task": frozenset({"started", "result", "bye"}),
+    "task": frozenset({"started", "result", "output", "bye"}),
     "client": frozenset({"connect", "engines", "submit", "control", "cancel", "fetch", "purge"}),
 }
 
@@ -111,7 +112,7 @@ PEER_ACCEPTS = {
     "registration": frozenset({"registered", "rejected"}),
     "control": frozenset({"ping", "command", "unknown"}),
     "task": frozenset({"task"}),
-    "client": frozenset({"welcome", "reply", "running", "result", "unknown"}),
+    "client": frozenset({"welcome", "reply", "running", "result", "output", "unknown"}),
 }
 
 #: How many payload frames at most each socket's messages carry.
