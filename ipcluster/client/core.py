@@ -16,7 +16,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import cloudpickle
 
-from ipcluster import errors
+from ipcluster import errors, futureinputs
+from ipcluster.client.inputs import input_options
 from ipcluster.client.output import OutputWatch
 from ipcluster.sourcelines import task_extras
 from ipcluster.limits import MAX_NAME, MAX_RETRIES, MAX_SECONDS, is_retries, is_seconds, is_text
@@ -129,9 +130,10 @@ class ClientCore:
         ``on_running(engine)`` is called if the controller says it started.
         """
         extras = task_extras(fn)  # source lines for the remote traceback, if fn's are not in a file
-        payload = cloudpickle.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs))
+        with futureinputs.collecting() as inputs:  # futures in the arguments: the engine gets their results
+            payload = cloudpickle.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs))
         task_id = uuid.uuid4().hex
-        fields = dict(options, task=task_id, name=_name(fn))
+        fields = dict(options, task=task_id, name=_name(fn), **input_options(options, inputs))
         frames = self.codec.encode("submit", fields, [payload])
         size = sum(len(frame) for frame in frames)
         if size > self.max_message_size:

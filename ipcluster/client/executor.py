@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Optional
 
-from ipcluster import errors
+from ipcluster import errors, futureinputs
 from ipcluster.client.callbacks import CallbackThread
 from ipcluster.client.core import OPTION_NAMES, ClientCore, TaskResult, submit_options, take_options
 from ipcluster.client.future import TaskFuture
@@ -91,8 +91,10 @@ class TaskExecutor(Executor):
 
         if self._shutdown:  # (checked again below: shutdown may come while fn is pickled)
             raise RuntimeError("cannot submit tasks after the client was shut down")
-        task_id, frames = self._core.submit(fn, args, kwargs, options, deliver, started)
+        with futureinputs.collecting() as inputs:  # the futures among the arguments (core.submit sends them)
+            task_id, frames = self._core.submit(fn, args, kwargs, options, deliver, started)
         future = TaskFuture(task_id, self)
+        future._inputs = list(inputs)
         future.name = getattr(fn, "__name__", "") if isinstance(getattr(fn, "__name__", ""), str) else ""
         future._callback = deliver
         with self._pending_lock:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from ipcluster import errors
 from ipcluster.client.callbacks import call_logged
+from ipcluster.client.inputs import with_cause
+from ipcluster.futureinputs import reduce_future
 
 if TYPE_CHECKING:
     from ipcluster.client.core import TaskResult
@@ -47,6 +49,8 @@ class TaskFuture(Future):
         self.output: list = []
         self._output_changed = threading.Condition(self._lock)
         self._output_callbacks: list = []
+        #: The futures among this task's arguments (their results are its inputs).
+        self._inputs: list = []
         self._callbacks: list = []
         self._dispatch = _WAITING
         self._callback = self._deliver  # what the client core calls with the result
@@ -54,6 +58,10 @@ class TaskFuture(Future):
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} on {self.engine} {self._state.lower()}>"
+
+    def __reduce__(self):
+        """In a task's arguments: a placeholder the engine replaces by this task's result."""
+        return reduce_future(self)
 
     # -- the Future API ---------------------------------------------------------------
 
@@ -177,7 +185,7 @@ class TaskFuture(Future):
             if result.ok:
                 self.set_result(result.value)
             else:
-                self.set_exception(result.value)
+                self.set_exception(with_cause(result.value, self._inputs))
 
     def _cancelled_by_controller(self, error: Optional[BaseException] = None) -> None:
         """The controller cancelled the task: cancel the future and tell its waiters

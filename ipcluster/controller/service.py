@@ -120,6 +120,7 @@ class Controller(service.MultiService):
             engines_coming=self.local_engines.coming,
         )
         self.local_engines.subscribe(self.scheduler.engines_changed)
+        self.scheduler.inputs.max_message_size = config.max_message_size  # a task_in must fit it
         # The scheduler records what each engine runs; the control channel hears it in pongs.
         self.control.on_status = self.scheduler.engine_reported
         self.registrar = Registrar(

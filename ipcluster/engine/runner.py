@@ -14,8 +14,9 @@ from contextlib import redirect_stderr, redirect_stdout
 from typing import Optional
 
 import cloudpickle
+import msgpack
 
-from ipcluster import sourcelines
+from ipcluster import futureinputs, sourcelines
 from ipcluster.engine.liveoutput import LiveOutput, LiveStream
 from ipcluster.engine.taskqueue import QueuedTask
 
@@ -42,12 +43,15 @@ def describe(e: BaseException) -> dict:
     return described
 
 
-def unpack(payload: bytes) -> tuple:
-    """``(fn, args, kwargs)`` of a task's payload, its source lines restored (``sourcelines``).
+def unpack(payload: bytes, inputs: Optional[bytes] = None) -> tuple:
+    """``(fn, args, kwargs)`` of a task's payload, its source lines restored (``sourcelines``),
+    the futures among its arguments replaced by their results (``inputs``, ``futureinputs``).
 
     The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``.
     """
-    fn, args, kwargs, *rest = cloudpickle.loads(payload)
+    supplied = msgpack.unpackb(inputs, raw=False) if inputs is not None else None
+    with futureinputs.supplying(supplied):
+        fn, args, kwargs, *rest = cloudpickle.loads(payload)
     if rest and isinstance(rest[0], dict):
         sourcelines.restore(fn, rest[0])
     return fn, args, kwargs
@@ -88,7 +92,7 @@ class Runner:
                 self.current = Running(task.id)
                 with redirect_stdout(LiveStream("stdout", stdout, live)), \
                         redirect_stderr(LiveStream("stderr", stderr, live)):
-                    fn, args, kwargs = unpack(task.payload)
+                    fn, args, kwargs = unpack(task.payload, task.inputs)
                     value = fn(*args, **kwargs)
             finally:
                 self.current = None

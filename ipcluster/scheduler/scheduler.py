@@ -39,11 +39,10 @@ from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT, NoEngineWat
 from ipcluster.scheduler.rescue import FAIL, RETRY, rescues, stranded_error
 from ipcluster.scheduler.running import note_report, note_running, reported_seconds
 from ipcluster.scheduler.results import NO_PAYLOADS, ResultPost
+from ipcluster.scheduler.inputs import InputValues
 from ipcluster.scheduler.output import OutputRelay
 from ipcluster.scheduler.submission import check_engines, check_fields
-from ipcluster.scheduler.task import (
-    ASSIGNED, DEFAULT_RETRIES, DONE, READY, RUNNING, WAITING, NoTransition, Task,
-)
+from ipcluster.scheduler.task import ASSIGNED, DEFAULT_RETRIES, DONE, READY, RUNNING, WAITING, NoTransition, Task
 from ipcluster.transport.wire import Codec, Message
 
 __all__ = ["Scheduler", "DEFAULT_PREFETCH", "DEFAULT_RETRIES", "WAITING", "READY", "ASSIGNED", "RUNNING", "DONE"]
@@ -88,6 +87,7 @@ class Scheduler:
         self.results = ResultPost(codec, clock, send_client, self.tasks, session_of)
         self.dispatcher = Dispatcher(registry, codec, send_engine, self.tasks, 1 + prefetch, self._withdrawn, control_for)
         self.dependencies = Dependencies(self.tasks, remember)
+        self.inputs = InputValues(self.tasks)  # futures as inputs: their results go with the task
         self.watch = NoEngineWatch(registry, clock, no_engine_timeout, self.tasks.values, self._no_engines, engines_coming)
         self.completed = 0
         self.failed = 0
@@ -164,15 +164,18 @@ class Scheduler:
         timeout: Optional[float] = None,
         after_failed: str = "fail",
         name: str = "",
+        inputs: Sequence[str] = (),
     ) -> defer.Deferred:
-        """Accept a task; fires with its id, or fails with a ClusterError (nothing is queued then)."""
+        """Accept a task; fires with its id, or fails with a ClusterError (nothing is queued then).
+        ``inputs``: tasks whose results it takes as arguments (``inputs.py``; they are in ``after`` too)."""
         try:
             task = self._new_task(client, task_id, payload, engines, retries, timeout, after_failed, name)
         except errors.ClusterError:
             return defer.fail()
-        after = list(dict.fromkeys(after))
-        unknown = self.dependencies.unknown(after)
-        if not unknown:
+        task.inputs = tuple(dict.fromkeys(inputs))
+        after = list(dict.fromkeys([*after, *task.inputs]))
+        unknown, loading = self.dependencies.unknown(after), self.inputs.load(task, self.store)
+        if not unknown and loading is None:
             return defer.succeed(self._accept(task, after, {}))
 
         def known(outcomes: dict) -> str:
@@ -181,8 +184,9 @@ class Scheduler:
                 raise errors.BadRequest(f"task id {task.id!r} is already in flight")
             return self._accept(task, after, outcomes)
 
-        # Dependencies finished long ago: ask the store (the task waits for the answer).
-        return self.dependencies.look_up(self.store, unknown).addCallback(known)
+        # Dependencies (or inputs) finished before: ask the store (the task waits for the answer).
+        outcomes = self.dependencies.look_up(self.store, unknown) if unknown else defer.succeed({})
+        return (loading or defer.succeed(None)).addCallback(lambda _: outcomes).addCallback(known)
 
     def _new_task(self, client, task_id, payload, engines, retries, timeout, after_failed, name) -> Task:
         retries = DEFAULT_RETRIES if retries is None else retries
@@ -209,8 +213,9 @@ class Scheduler:
     def _settle(self, task: Task, failed: Optional[str]) -> None:
         """A waiting task heard from its dependencies: ``failed`` (one that failed it) fails it,
         else it is ready once none is unmet."""
-        if failed is not None:
-            error = errors.DependencyError(f"task {task.id} depends on {failed}, which failed")
+        error = None if failed is not None or task.unmet else self.inputs.pack(task)  # ready: its inputs packed
+        if failed is not None or error is not None:
+            error = error or errors.DependencyError(f"task {task.id} depends on {failed}, which failed")
             self._fail(task, task.lifecycle.dependency_failed, error)
         elif not task.unmet:
             task.lifecycle.dependencies_met()
@@ -332,6 +337,7 @@ class Scheduler:
         else:
             self.failed += 1
         self.results.deliver(self.store, task, ok, fields, payloads, error)
+        self.inputs.finished(task, ok, payloads)
         for dependent in self.dependencies.finished(task.id, ok):
             self._settle(dependent, task.id if not (ok or dependent.run_after_failed) else None)
         self.dispatcher.dispatch()

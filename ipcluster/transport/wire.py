@@ -83,6 +83,7 @@ SCHEMAS: dict[str, Schema] = {
     "unknown": Schema(0, {"reason": _STR}),
     # task socket (engine DEALER, identity = engine id)
     "task": Schema(1, {"task": _STR}),
+    "task_in": Schema(2, {"task": _STR, "inputs": (list,)}),  # a task with its inputs' results (futures as inputs)
     "started": Schema(0, {"task": _STR, "instance": _STR}),
     "result": Schema(3, {"task": _STR, "ok": _BOOL}),
     "output": Schema(1, {"task": _STR, "stream": _STR}),  # engine -> controller -> client: live output
@@ -111,7 +112,7 @@ ACCEPTS = {
 PEER_ACCEPTS = {
     "registration": frozenset({"registered", "rejected"}),
     "control": frozenset({"ping", "command", "unknown"}),
-    "task": frozenset({"task"}),
+    "task": frozenset({"task", "task_in"}),
     "client": frozenset({"welcome", "reply", "running", "result", "output", "unknown"}),
 }
 
