@@ -4,7 +4,8 @@ A submit's ``inputs`` names tasks (all of them also in ``after``) whose results
 the task takes as arguments (``ipcluster.futureinputs``).  The scheduler keeps,
 on the waiting task, the value payload of each input -- handed over when the
 input finishes (:meth:`InputValues.finished`), or read from the task store for
-one that had finished before (:meth:`InputValues.load`) -- and when the task
+one that had finished before (:meth:`InputValues.load`: from a bounded cache of
+recent values, else the store) -- and when the task
 is ready packs them into one frame (:meth:`InputValues.pack`): a msgpack map of
 task id to the result's bytes, as the engine sent them.  Nothing is unpickled.
 The dispatcher then sends ``task_in`` (two payloads) instead of ``task``.
@@ -18,6 +19,7 @@ from engine to engine.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Mapping, Optional, Sequence
 
 import msgpack
@@ -34,6 +36,11 @@ from ipcluster.transport.wire import Codec
 ENVELOPE_ALLOWANCE = 64 * 1024
 #: At most this many inputs a task.
 MAX_INPUTS = 1000
+#: The values of recently finished tasks kept in memory, in bytes at most, so that a task whose
+#: input has just finished is accepted at once (without a store read, which a chain submitted
+#: in one go would outrun); a value larger than RECENT_ITEM_BYTES is not kept.
+RECENT_BYTES = 32 * 1024 * 1024
+RECENT_ITEM_BYTES = 4 * 1024 * 1024
 
 
 def check_inputs(inputs: object) -> list:
@@ -54,6 +61,8 @@ class InputValues:
         #: input task id -> the tasks (by id) that take its result; a submit not accepted after
         #: all stays until that input finishes.
         self.wanted: dict[str, dict] = {}
+        self.recent: "OrderedDict[str, bytes]" = OrderedDict()
+        self._recent_bytes = 0
 
     def load(self, task: Task, store: ITaskStore) -> Optional[defer.Deferred]:
         """Gather the values of ``task``'s inputs, from now on: those in flight hand theirs over
@@ -63,6 +72,8 @@ class InputValues:
         for dep in task.inputs:
             if dep in self.tasks:
                 self.wanted.setdefault(dep, {})[task.id] = task
+            elif dep in self.recent:
+                task.input_values[dep] = self.recent[dep]
             else:
                 done.append(dep)
         if not done:
@@ -77,6 +88,8 @@ class InputValues:
 
     def finished(self, task: Task, ok: bool, payloads: Sequence[bytes]) -> None:
         """``task`` is done: its value to the tasks that take it; what it wanted, forgotten."""
+        if ok:
+            self._remember(task.id, payloads[0])
         for dependent in self.wanted.pop(task.id, {}).values():
             if ok:
                 dependent.input_values[task.id] = payloads[0]
@@ -87,6 +100,14 @@ class InputValues:
                 if not waiting:
                     del self.wanted[dep]
         task.input_values.clear()
+
+    def _remember(self, task_id: str, value: bytes) -> None:
+        if len(value) > RECENT_ITEM_BYTES:
+            return
+        self.recent[task_id] = value
+        self._recent_bytes += len(value)
+        while self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= len(self.recent.popitem(last=False)[1])
 
     def pack(self, task: Task) -> Optional[errors.ClusterError]:
         """``task`` is ready: its inputs' values in one frame, or the error that fails it."""
