@@ -133,3 +133,50 @@ class Chains(ClusterCase):
         self.assertIsInstance(e, errors.DependencyError)
         self.assertIsInstance(e.__cause__, ValueError)
         self.assertEqual(str(e.__cause__), "the cause")
+
+
+class SlowStore(Fixture):
+    """The store answers later (as the SQLite store does, from its thread)."""
+
+    def test_a_chain_submitted_in_one_go_behind_a_store_read_is_admitted_in_order(self):
+        self.engine("e1")
+        self.submit("a")
+        self.result("e1", "a", payloads=(b"value-a", b"", b""))
+        self.scheduler.inputs.recent.clear()  # a's value is no longer in memory: the store has it
+        answers = []
+        real_get = self.store.get
+
+        def later(task_id):
+            d = defer.Deferred()
+            answers.append((d, task_id))
+            return d
+
+        self.store.get = later
+        b = self.scheduler.submit(b"c1", "b", b"payload-b", inputs=["a"])
+        c = self.scheduler.submit(b"c1", "c", b"payload-c", inputs=["b"])
+        d = self.scheduler.submit(b"c1", "d", b"payload-d", after=["c"])
+        self.assertNoResult(b)
+        self.assertNoResult(c)
+        self.assertNoResult(d)
+        self.assertEqual(sorted(self.scheduler.admission.pending), ["b", "c", "d"])
+        self.store.get = real_get
+        for waiting, task_id in answers:
+            real_get(task_id).chainDeferred(waiting)
+        self.assertEqual([self.successResultOf(x) for x in (b, c, d)], ["b", "c", "d"])
+        self.assertEqual(self.scheduler.admission.pending, {})
+        sent_b = [m for _, m in self.to_engines if m["task"] == "b"][0]
+        self.assertEqual(msgpack.unpackb(sent_b.payloads[1]), {"a": b"value-a"})
+        self.result("e1", "b", payloads=(b"value-b", b"", b""))
+        sent_c = [m for _, m in self.to_engines if m["task"] == "c"][0]
+        self.assertEqual(msgpack.unpackb(sent_c.payloads[1]), {"b": b"value-b"})
+
+    def test_a_task_behind_a_refused_one_is_refused_as_unknown(self):
+        self.engine("e1")
+        answers = []
+        self.store.get = lambda task_id: answers.append(defer.Deferred()) or answers[-1]
+        b = self.scheduler.submit(b"c1", "b", b"p", inputs=["gone"])
+        c = self.scheduler.submit(b"c1", "c", b"p", inputs=["b"])
+        for waiting in answers:
+            waiting.callback(None)  # the store knows no "gone"
+        self.failureResultOf(b, errors.BadRequest)
+        self.assertIn("unknown dependency 'b'", str(self.failureResultOf(c, errors.BadRequest).value))

@@ -33,6 +33,7 @@ from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import GONE_EVENTS, LIVE_STATES, EngineEvent, EngineRecord, Registry
 from ipcluster.controller.sessions import EngineInbox
 from ipcluster.interfaces import IEngineControl, ITaskStore
+from ipcluster.scheduler.admission import Admission
 from ipcluster.scheduler.dependencies import Dependencies
 from ipcluster.scheduler.dispatch import Dispatcher, log_control_failure
 from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT, NoEngineWatch
@@ -88,6 +89,7 @@ class Scheduler:
         self.dispatcher = Dispatcher(registry, codec, send_engine, self.tasks, 1 + prefetch, self._withdrawn, control_for)
         self.dependencies = Dependencies(self.tasks, remember)
         self.inputs = InputValues(self.tasks)  # futures as inputs: their results go with the task
+        self.admission = Admission(self.tasks, self.dependencies, self.inputs, lambda: self.store, self._accept)
         self.watch = NoEngineWatch(registry, clock, no_engine_timeout, self.tasks.values, self._no_engines, engines_coming)
         self.completed = 0
         self.failed = 0
@@ -174,19 +176,7 @@ class Scheduler:
             return defer.fail()
         task.inputs = tuple(dict.fromkeys(inputs))
         after = list(dict.fromkeys([*after, *task.inputs]))
-        unknown, loading = self.dependencies.unknown(after), self.inputs.load(task, self.store)
-        if not unknown and loading is None:
-            return defer.succeed(self._accept(task, after, {}))
-
-        def known(outcomes: dict) -> str:
-            # The store answered later: the same id may have been submitted meanwhile.
-            if task.id in self.tasks:
-                raise errors.BadRequest(f"task id {task.id!r} is already in flight")
-            return self._accept(task, after, outcomes)
-
-        # Dependencies (or inputs) finished before: ask the store (the task waits for the answer).
-        outcomes = self.dependencies.look_up(self.store, unknown) if unknown else defer.succeed({})
-        return (loading or defer.succeed(None)).addCallback(lambda _: outcomes).addCallback(known)
+        return self.admission.admit(task, after)
 
     def _new_task(self, client, task_id, payload, engines, retries, timeout, after_failed, name) -> Task:
         retries = DEFAULT_RETRIES if retries is None else retries
