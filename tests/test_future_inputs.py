@@ -80,6 +80,22 @@ class Forwarding(Fixture):
         self.result("e1", "b")
         self.assertEqual(self.scheduler.tasks, {})
 
+    def test_a_retried_task_is_sent_its_inputs_again(self):
+        e1 = self.engine("e1")
+        self.submit("a", engines=["e1"])
+        self.engine("e2")
+        self.submit("b", inputs=["a"], retries=1)
+        self.result("e1", "a", payloads=(b"value-a", b"", b""))
+        first = [(to, m) for to, m in self.to_engines if m["task"] == "b"]
+        self.assertEqual(len(first), 1)
+        ran_on = first[0][0]
+        self.started(ran_on, "b")
+        self.die(e1 if ran_on == "e1" else self.registry.get("e2"))
+        again = [(to, m) for to, m in self.to_engines if m["task"] == "b"]
+        self.assertEqual(len(again), 2, "retried on the other engine")
+        self.assertNotEqual(again[1][0], ran_on)
+        self.assertEqual(msgpack.unpackb(again[1][1].payloads[1]), {"a": b"value-a"})
+
     def test_an_input_finished_before_comes_from_the_store(self):
         self.engine("e1")
         self.submit("a")

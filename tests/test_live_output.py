@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from ipcluster.engine.liveoutput import INTERVAL, MAX_CHUNK, MAX_STREAMED, TRUNCATED, LiveOutput, LiveStream
+from ipcluster.scheduler.output import MAX_OUTPUT_BYTES
 from tests.cluster import BOUND, until
 from tests.test_executor import ClusterCase
 from tests.test_scheduler import Fixture
@@ -100,10 +101,12 @@ class Relay(Fixture):
         self.submit("t1", engines=["e1"])
         self.from_engine("e2", "output", {"task": "t1", "stream": "stdout"}, [b"forged"])
         self.from_engine("e1", "output", {"task": "t1", "stream": "stdin"}, [b"odd"])
+        self.from_engine("e1", "output", {"task": "t1", "stream": "stdout"}, [b"x" * (MAX_OUTPUT_BYTES + 1)])
         self.assertEqual([m for _, m in self.to_clients if m.type == "output"], [])
         reasons = {reason for (_, reason) in self.drops.totals}
         self.assertIn("output for a task not assigned to this engine", reasons)
         self.assertIn("output of an unknown stream", reasons)
+        self.assertIn("oversize output", reasons)
 
 
 class Streamed(ClusterCase):

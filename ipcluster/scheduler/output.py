@@ -16,6 +16,8 @@ from ipcluster.transport.wire import Codec, Message
 
 #: The streams an engine may name.
 STREAMS = ("stdout", "stderr")
+#: The largest ``output`` text relayed, in bytes (an engine sends at most 16 Ki characters, 64 KiB).
+MAX_OUTPUT_BYTES = 256 * 1024
 
 
 class OutputRelay:
@@ -34,6 +36,9 @@ class OutputRelay:
         """The scheduler's handler of an ``output`` for ``task``, assigned to ``engine_id``."""
         if msg["stream"] not in STREAMS:
             self.drop("task", "output of an unknown stream", engine_id.encode(), repr(msg["stream"])[:40])
+            return
+        if len(msg.payloads[0]) > MAX_OUTPUT_BYTES:  # not from our engine code: clients are not flooded
+            self.drop("task", "oversize output", engine_id.encode(), f"{len(msg.payloads[0])} bytes")
             return
         fields = {"task": task.id, "stream": msg["stream"], "engine": engine_id}
         for client in task.clients:
