@@ -9,7 +9,7 @@ from twisted.trial import unittest
 from ipcluster import errors
 from ipcluster.client.views import EngineView, ViewError, ViewResult, join, split
 from ipcluster.engine import namespace, viewcalls
-from tests.cluster import BOUND
+from tests.cluster import BOUND, until
 from tests.test_executor import ClusterCase, gated, open_gate
 
 
@@ -141,6 +141,19 @@ class Views(ClusterCase):
         yield self.blocking(c.reset, "e0")
         with self.assertRaises(ViewError):
             yield self.blocking(lambda: c["e0"].pull("y"))
+
+    @defer.inlineCallbacks
+    def test_an_engine_that_dies_during_a_call_fails_only_its_part(self):
+        c = self.client
+        call = yield self.blocking(lambda: c[:].apply_async(gated, self.gate, "view"))
+        yield until(lambda: all(f.running() for f in call.futures.values()), what="the call to start on both")
+        yield self.blocking(c.exit, "e1", 0.0)  # no grace: its running part is interrupted
+        open_gate(self.gate)
+        with self.assertRaises(ViewError) as caught:
+            yield self.blocking(call.result, BOUND)
+        self.assertEqual(list(caught.exception.errors), ["e1"])
+        self.assertIsInstance(caught.exception.errors["e1"], (errors.EngineDied, errors.TaskInterrupted))
+        self.assertEqual(call.futures["e0"].result(0), "view", "not run again elsewhere (retries=0)")
 
     def test_a_view_of_the_client(self):
         view = EngineView(object(), ["e1", "e0"])
