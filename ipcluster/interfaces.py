@@ -144,6 +144,17 @@ class IStatusSource(Interface):
         """The controller itself: ``pid``, ``ip``, ``ports``, ``heartbeat_period``,
         ``heartbeat_misses``, ``data_dir``."""
 
+    def usage():
+        """``{engine_id: {"rss": bytes or None, "cpu": CPU seconds used or None}}`` of the engines
+        whose processes the controller can read (those it started itself)."""
+
+    def subscribe_runs(listener):
+        """Call ``listener(run)`` as each task run ends: ``run`` is ``{"task", "name", "engine",
+        "start", "end", "outcome"}`` with outcome ``ok``, ``failed``, ``retried`` or ``cancelled``."""
+
+    def unsubscribe_runs(listener):
+        """Stop calling ``listener`` with runs."""
+
     def subscribe(listener):
         """Call ``listener(event, engine_description, reason)`` at each engine event."""
 

@@ -80,3 +80,18 @@ def task_summary(engines: Iterable[Mapping], tasks: Optional[Mapping] = None) ->
     if tasks:
         line += f", {tasks.get('ready', 0)} ready and {tasks.get('waiting', 0)} waiting in the controller"
     return line
+
+
+def queued_lines(listing: Optional[Mapping]) -> list:
+    """Lines naming the tasks queued in the controller (a ``tasks`` reply): ``[]`` for none."""
+    if not listing or not listing.get("queued_total"):
+        return []
+    queued = listing.get("queued") or []
+    lines = [f"queued in the controller ({listing['queued_total']}):"]
+    width = max(len(str(t.get("task", ""))) for t in queued) if queued else 0
+    for t in queued:
+        where = ", ".join(t["engines"]) if t.get("engines") else "any engine"
+        lines.append(f"  {str(t.get('task', '?')).ljust(width)}  {t.get('state', '?'):<7}  {t.get('name') or '-'}  ({where})")
+    if listing["queued_total"] > len(queued):
+        lines.append(f"  ... and {listing['queued_total'] - len(queued)} more")
+    return lines

@@ -23,6 +23,7 @@ from twisted.trial import unittest
 
 from ipcluster import cli
 from ipcluster.cli import engines as engines_verb
+from ipcluster.cli import scale as scale_verb
 from ipcluster.cli import parser, processes
 from ipcluster.cli.progress import Deadline, Progress
 from ipcluster.cli.status import format_status
@@ -418,6 +419,72 @@ class Errors(CLITestCase):
 # -- the pieces, without processes ---------------------------------------------------------
 
 
+class RemoveAndScale(CLITestCase):
+    def test_remove_then_scale_up_and_down(self):
+        path = self.data_dir()
+        self.start(path, 2)
+        log = path / "ipcluster.log"
+
+        self.assert_clear_error(ipcluster("engines", "remove", "nope", "--data-dir", str(path)), "no live engine nope")
+        self.assert_clear_error(ipcluster("engines", "scale", "-1", "--data-dir", str(path)))
+        self.assert_clear_error(ipcluster("engines", "remove", "--data-dir", str(path)), "name the engines")
+
+        result = ipcluster("engines", "remove", "e1", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertIn("e1 left", result.stdout)
+        # It left on purpose: its supervisor says so and does not start it again.
+        poll(lambda: "engine e1 exited on purpose" in log.read_text(), what="the supervisor's word on e1")
+        self.assertNotIn("restarting engine e1", log.read_text())
+        self.assertEqual([e["id"] for e in self.status_json(path) if e["state"] in LIVE], ["e0"])
+
+        result = ipcluster("engines", "scale", "3", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertIn("Started 2 engine(s)", result.stdout)
+        live = sorted(e["id"] for e in self.status_json(path) if e["state"] in LIVE)
+        self.assertEqual(live, ["e0", "x0", "x1"])
+
+        result = ipcluster("engines", "scale", "3", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertIn("3 engine(s) live already", result.stdout)
+
+        result = ipcluster("engines", "scale", "1", "--data-dir", str(path))
+        self.assert_exit(result, 0)
+        self.assertEqual(re.findall(r"(?m)^(\S+) left$", result.stdout), ["x1", "x0"], "the newest idle ones first")
+        self.assertEqual([e["id"] for e in self.status_json(path) if e["state"] in LIVE], ["e0"])
+
+
+class RemovalOrder(unittest.SynchronousTestCase):
+    def test_idle_before_working_then_newest_first(self):
+        engines = [
+            {"id": "e2", "running_task": None, "queued": 0},
+            {"id": "e10", "running_task": "t1", "queued": 0},
+            {"id": "x1", "running_task": None, "queued": 0},
+            {"id": "e9", "running_task": None, "queued": 2},
+            {"id": "x0", "running_task": None, "queued": 0},
+        ]
+        self.assertEqual(scale_verb.removal_order(engines), ["x1", "x0", "e2", "e10", "e9"])
+
+    def test_scale_adds_or_removes_the_difference(self):
+        class Client:
+            def __init__(self, ids):
+                self.ids, self.exited = list(ids), []
+
+            def engines(self):
+                return [{"id": i, "state": "alive", "running_task": None, "queued": 0} for i in self.ids]
+
+            def exit(self, engine_id, timeout):
+                self.exited.append(engine_id)
+                self.ids.remove(engine_id)
+
+        added, out = [], io.StringIO()
+        client = Client(["e0", "e1"])
+        self.assertEqual(scale_verb.scale(client, 5, added.append, stream=out), 3)
+        self.assertEqual(added, [3])
+        self.assertEqual(scale_verb.scale(client, 0, added.append, stream=out), -2)
+        self.assertEqual(client.exited, ["e1", "e0"])
+        self.assertEqual(added, [3])
+
+
 class ProgressDots(unittest.SynchronousTestCase):
     def test_a_dot_a_second_then_done(self):
         clock, out = task.Clock(), io.StringIO()
@@ -501,6 +568,17 @@ class Pieces(unittest.SynchronousTestCase):
             format_status([], cli.DataDir("/tmp/dd"), 99),
             "Cluster in /tmp/dd: controller pid 99\nno engines\n0 engine(s)\ntasks: 0 running, 0 queued on engines\n",
         )
+        tasks = {"counts": {"ready": 2, "waiting": 1}, "queued_total": 3, "queued": [
+            {"task": "t-20", "name": "fit", "state": "ready", "engines": None},
+            {"task": "t-3", "name": "", "state": "waiting", "engines": ["e2", "e10"]}]}  # fmt: skip
+        self.assertEqual(
+            format_status(engines[1:2], cli.DataDir("/tmp/dd"), 99, tasks).splitlines()[4:],
+            ["tasks: 1 running, 4 queued on engines, 2 ready and 1 waiting in the controller",
+             "queued in the controller (3):",
+             "  t-20  ready    fit  (any engine)",
+             "  t-3   waiting  -  (e2, e10)",
+             "  ... and 1 more"],
+        )  # fmt: skip
 
     def test_unusable_data_dir_says_what_to_do(self):
         afile = Path(self.mktemp()).absolute()
@@ -590,3 +668,54 @@ class WaitJoined(unittest.SynchronousTestCase):
         )
         self.assertEqual(self.out.getvalue(), "Starting 2 engine(s).. failed\n")
         self.assertTrue(3.0 < self.clock.seconds() < 3.2, self.clock.seconds())  # expired just after the deadline
+
+
+class BadInput(CLITestCase):
+    """A bad option or an unusable data dir: one clear line on stderr and exit status 1, for every verb.
+
+    Root reads every directory, so an unreadable one is shown with a path that is a file (in a
+    subprocess) and with ``os.access`` saying no (in-process); privileges are not dropped here
+    (the interpreter lives under /root, which another user may not enter).
+    """
+
+    def assert_one_line(self, result, *phrases):
+        self.assert_clear_error(result, *phrases)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+
+    def test_a_bad_option_for_every_verb(self):
+        for verb in ("start", "stop", "status", "engines", "run"):
+            result = ipcluster(verb, "--bogus", "script.py")
+            self.assert_one_line(result, f"ipcluster {verb} --help")
+            if verb != "run":  # run passes what follows its script on to the script
+                self.assertIn("unrecognized arguments: --bogus", result.stderr)
+        self.assert_one_line(ipcluster("start", "-n", "many"), "invalid int value: 'many'")
+
+    def test_a_data_dir_that_is_a_file_for_every_verb(self):
+        afile = Path(self.mktemp()).absolute()
+        afile.parent.mkdir(parents=True, exist_ok=True)
+        afile.write_text("")
+        script = afile.parent / "job.py"
+        script.write_text("print('ran')\n")
+        for verb, *rest in (["start", "--daemon"], ["stop"], ["status"], ["engines"], ["run", str(script)]):
+            result = ipcluster(verb, "--data-dir", str(afile), *rest)
+            self.assert_one_line(result, str(afile), "is not a directory")
+            self.assertNotIn("ran", result.stdout)
+
+    def test_an_unreadable_data_dir(self):
+        path = self.data_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        self.patch(os, "access", lambda p, mode: False)
+        e = self.assertRaises(cli.CLIError, cli.DataDir(path).ensure_readable)
+        self.assertIn("may not read it", str(e))
+        self.patch(os, "access", lambda p, mode: True)
+        cli.DataDir(path / "not-yet").ensure_readable()  # missing is fine: start makes it
+
+    def test_twistd_bad_options(self):
+        twistd = str(Path(sys.executable).parent / "twistd")
+        for bad, phrase in ((["--bogus"], "option --bogus not recognized"), (["--heartbeat-period=-1"], "must be positive")):
+            result = subprocess.run([twistd, "-n", "ipcluster", *bad], capture_output=True, text=True, timeout=BOUND)
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertEqual(result.stdout, "")
+            self.assertEqual(result.stderr.strip().splitlines(), [f"twistd ipcluster: {result.stderr.split(': ', 1)[1].strip()}"])
+            self.assertIn(phrase, result.stderr)
+            self.assertIn("twistd ipcluster --help", result.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 from twisted.internet import defer, utils
 from twisted.trial import unittest
 
+from ipcluster.web.service import web_service
 from tests.cluster import BOUND, event, start_controller, within
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,11 @@ class Examples(unittest.TestCase):
         yield defer.gatherResults(
             [event(controller.registry, "joined", e) for e in ("e0", "e1")]
         )
-        env = dict(os.environ, IPCLUSTER_DIR=str(controller.config.data_dir.resolve()))
+        web = web_service(controller, "tcp:0:interface=127.0.0.1")  # the guide reads its /events
+        web.setServiceParent(controller)
+        address = yield within(web.listening(), BOUND, "the status page")
+        env = dict(os.environ, IPCLUSTER_DIR=str(controller.config.data_dir.resolve()),
+                   IPCLUSTER_STATUS_URL=f"http://127.0.0.1:{address.port}")
         for name, code in python_examples():
             out, err, code_ = yield within(
                 utils.getProcessOutputAndValue(sys.executable, ["-c", code], env=env, path=str(ROOT)),

@@ -368,6 +368,15 @@ class FakeStatus:
     def controller(self):
         return {"pid": 1, "ip": "127.0.0.1", "ports": {}, "heartbeat_period": 1.0, "heartbeat_misses": 3, "data_dir": "/x"}
 
+    def usage(self):
+        return {}
+
+    def subscribe_runs(self, listener):
+        pass
+
+    def unsubscribe_runs(self, listener):
+        pass
+
     def subscribe(self, listener):
         pass
 

@@ -214,8 +214,10 @@ class PeerTypes(SynchronousTestCase):
 
     def test_limits_per_socket(self):
         size = 1000_000
-        self.assertEqual(wire.limits("task", size), wire.Limits(size, 6, size + 256))
-        self.assertEqual(wire.limits("client", size), wire.Limits(size, 4, size + 256))
+        # task and client sockets take batches of up to MAX_BATCH_ENVELOPES envelopes (transport.batch)
+        batch = wire.MAX_BATCH_ENVELOPES
+        self.assertEqual(wire.limits("task", size), wire.Limits(size, 2 + batch * 5, size + 256))
+        self.assertEqual(wire.limits("client", size), wire.Limits(size, 2 + batch * 3, size + 256))
         small = wire.limits("control", size)
         self.assertEqual((small.frame, small.frames), (wire.MAX_HEADER_BYTES, 3))
         beat = wire.limits("heartbeat", size)

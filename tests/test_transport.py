@@ -5,7 +5,7 @@ import time
 
 import zmq
 from twisted.internet import defer, reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -234,7 +234,11 @@ class EdgeTriggeredDescriptor(unittest.TestCase):
         self.addCleanup(dealer.close, 0)
         dealer.connect(f"tcp://127.0.0.1:{port}")
         fd = router.getsockopt(zmq.FD)
-        router.getsockopt(zmq.EVENTS)  # consume the connection's edge
+        # A round trip first: the connection is complete, its commands processed and its edge taken.
+        dealer.send(b"hello")
+        self.assertTrue(router.poll(DEADLINE * 1000), "the first message")
+        router.recv_multipart()
+        router.getsockopt(zmq.EVENTS)
         dealer.send(b"waiting")
         self.assertTrue(select.select([fd], [], [], DEADLINE)[0], "the message's edge")
         self.assertRaises(zmq.ZMQError, router.send_multipart, [b"nobody", b"x"], zmq.NOBLOCK)
@@ -244,12 +248,13 @@ class EdgeTriggeredDescriptor(unittest.TestCase):
     @defer.inlineCallbacks
     def test_router_hears_a_message_that_waited_through_a_failed_send(self):
         handled = []
-        arrived = defer.Deferred()
+        hello, arrived = defer.Deferred(), defer.Deferred()
 
         def on_message(frames):
             handled.append(frames[1])
-            if not arrived.called:
-                arrived.callback(None)
+            waiter = hello if len(handled) == 1 else arrived
+            if not waiter.called:
+                waiter.callback(None)
 
         factory = make_factory(reactor)
         self.addCleanup(factory.shutdown)
@@ -259,12 +264,13 @@ class EdgeTriggeredDescriptor(unittest.TestCase):
         dealer = context.socket(zmq.DEALER)
         self.addCleanup(dealer.close, 0)
         dealer.connect(router.address)
-        # Let the reactor take the connection's edge, then have a message wait, unread, on the socket.
-        yield deferLater(reactor, 0.05, lambda: None)
+        # A round trip first: the reactor has taken the connection's edges. Then a message waits, unread.
+        dealer.send(b"hello")
+        yield within(hello, DEADLINE, "the first message")
         fd = router.socket.getsockopt(zmq.FD)
         router.socket.getsockopt(zmq.EVENTS)
         dealer.send(b"waiting")
         self.assertTrue(select.select([fd], [], [], DEADLINE)[0], "the message's edge")
         self.assertFalse(router.send_frames([b"gone-client", b"result"]))
         yield within(arrived, DEADLINE, "the message that waited through a failed send")
-        self.assertEqual(handled, [b"waiting"])
+        self.assertEqual(handled, [b"hello", b"waiting"])

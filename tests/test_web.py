@@ -24,6 +24,7 @@ from ipcluster.controller.registry import Registry
 from ipcluster.controller.service import ControllerConfig
 from ipcluster.controller.status import ControllerStatus
 from ipcluster.interfaces import IStatusSource
+from ipcluster.scheduler.runs import RunLog
 from ipcluster.web.prometheus import exposition
 from ipcluster.web.service import web_service
 from ipcluster.web.view import StatusView
@@ -31,6 +32,7 @@ from tests.cluster import BOUND, Process, connect_client, error_of, event, start
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "status-page.png"
+DASHBOARD_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "dashboard.png"
 
 
 def hold_gil(seconds):
@@ -114,12 +116,14 @@ def samples(family) -> dict:
 class _Scheduler:
     """What ControllerStatus reads of a scheduler: its counters, and no task in it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=None) -> None:
         self.completed = 0
         self.failed = 0
+        self.ready = 0
+        self.runs = RunLog(clock or task.Clock())
 
     def counts(self) -> dict:
-        return {"waiting": 0, "ready": 0, "assigned": 0, "running": 0, "completed": self.completed,
+        return {"waiting": 0, "ready": self.ready, "assigned": 0, "running": 0, "completed": self.completed,
                 "failed": self.failed, "retried": 0, "stolen": 0}  # fmt: skip
 
     def assigned_to(self, engine_id: str) -> int:
@@ -132,7 +136,7 @@ class _Controller:
     def __init__(self, clock) -> None:
         self.reactor = clock
         self.registry = Registry()
-        self.scheduler = _Scheduler()
+        self.scheduler = _Scheduler(clock)
         self.drops = DropLog(clock)
         self.config = ControllerConfig(data_dir="/nonexistent")
         self.status = ControllerStatus(clock, self.registry, self.scheduler, self.drops, self.config, dict)
@@ -424,6 +428,7 @@ class DevTools:
 
         self.ws = websocket.create_connection(ws_url, timeout=timeout, suppress_origin=True)
         self.ids = itertools.count(1)
+        self.events: list = []  # what the page said while we waited for replies (console, exceptions)
 
     def call(self, method: str, **params):
         msg_id = next(self.ids)
@@ -432,6 +437,8 @@ class DevTools:
             reply = json.loads(self.ws.recv())
             if reply.get("id") == msg_id:
                 break
+            if "method" in reply:
+                self.events.append(reply)
         if "error" in reply:
             raise AssertionError(f"DevTools {method}: {reply['error']}")
         return reply.get("result", {})
@@ -461,6 +468,23 @@ class DevTools:
           })();
         })""" % (int(seconds * 1000), predicate, json.dumps(what))
         return self.evaluate(script)
+
+    def errors(self) -> list:
+        """Console errors and uncaught exceptions the page reported (after ``watch_console``)."""
+        found = []
+        for e in self.events:
+            params = e.get("params", {})
+            if e["method"] == "Runtime.exceptionThrown":
+                found.append(params["exceptionDetails"].get("exception", {}).get("description") or params["exceptionDetails"]["text"])
+            elif e["method"] == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                found.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+            elif e["method"] == "Log.entryAdded" and params["entry"].get("level") == "error":
+                found.append(params["entry"].get("text", "") + " " + params["entry"].get("url", ""))
+        return found
+
+    def watch_console(self) -> None:
+        self.call("Runtime.enable")
+        self.call("Log.enable")
 
     def screenshot(self, path: Path, width: int = 1280) -> bytes:
         height = int(self.evaluate("Math.ceil(document.documentElement.getBoundingClientRect().height)"))
@@ -647,3 +671,81 @@ class Browser(unittest.TestCase):
         self.assertTrue(png.startswith(b"\x89PNG\r\n\x1a\n"))
         if os.environ.get("IPCLUSTER_UPDATE_SCREENSHOT"):  # refresh the user's guide picture on request
             shutil.copyfile(tmp / "status-page.png", DOCS_SCREENSHOT)
+
+
+def flaky_nap(n):
+    """A short task of varying length (0.03 to 0.35 s); every 23rd fails."""
+    import time
+
+    time.sleep(0.03 + (n % 9) * 0.04)
+    if n % 23 == 5:
+        raise ValueError(f"task {n} fails on purpose")
+    return n
+
+
+def drawn(chart: str) -> str:
+    return f"Number(document.documentElement.dataset.drawn{chart} || 0)"
+
+
+class Dashboard(unittest.TestCase):
+    """The charts in headless Chromium: the controller's own two engines under a few hundred tasks."""
+
+    timeout = 300
+
+    @defer.inlineCallbacks
+    def test_charts_draw_the_work_and_the_table_shows_the_running_task(self):
+        if not os.path.exists(CHROMIUM):
+            raise unittest.SkipTest(f"{CHROMIUM} is not installed (Debian package 'chromium')")
+        controller = yield start_controller(self, engines=2)
+        yield until(lambda: all(controller.registry.get(e) is not None and controller.registry.get(e).state == "alive"
+                                for e in ("e0", "e1")), what="the controller's two engines")
+        client = yield connect_client(self, controller)
+        svc, base = yield start_web(self, controller)
+        browser = yield start_chromium(self, Http(self))
+        yield in_thread("the console", browser.watch_console)
+        yield in_thread("the page to load", browser.call, "Page.navigate", url=base + "/")
+        yield in_thread("the page to stream", browser.wait_for,
+                        f'{row_state("e0")} === "alive" && {row_state("e1")} === "alive" && '
+                        'document.getElementById("conn").textContent === "live"', "two alive engines, streaming")
+        canvases = yield in_thread("the canvases", browser.evaluate,
+                                   "Array.from(document.querySelectorAll('canvas')).map(c => [c.id, c.width > 0 && c.height > 0])")
+        self.assertEqual(canvases, [[c, True] for c in ("chart-stream", "chart-rate", "chart-rss", "chart-cpu")])
+        before = yield in_thread("the draw counts", browser.evaluate, f"[{drawn('Stream')}, {drawn('Rate')}]")
+
+        n = 300
+        work = [client.submit(flaky_nap, i) for i in range(n)]
+        for d in work:
+            d.addErrback(lambda f: f.trap(ValueError))
+        yield in_thread("bars in the task stream", browser.wait_for,
+                        "Number(document.documentElement.dataset.streamBars) >= 120", "120 bars in the task stream")
+        tmp = Path(self.mktemp())
+        tmp.mkdir(parents=True)
+        png = yield in_thread("a screenshot under load", browser.screenshot, tmp / "dashboard.png")
+        self.assertTrue(png.startswith(b"\x89PNG\r\n\x1a\n"))
+        yield within(defer.gatherResults(work), BOUND * 2, f"{n} tasks")
+        failed = sum(1 for i in range(n) if i % 23 == 5)
+        yield in_thread("every run in the task stream", browser.wait_for,
+                        f"Number(document.documentElement.dataset.streamBars) >= {n}", f"{n} bars")
+        after = yield in_thread("the draw counts", browser.evaluate, f"[{drawn('Stream')}, {drawn('Rate')}]")
+        self.assertGreater(after[0], before[0], "the task stream was not redrawn after tasks ran")
+        self.assertGreater(after[1], before[1], "the throughput chart was not redrawn")
+        bars = yield in_thread("the bars by outcome", browser.evaluate,
+                               "Object.fromEntries(Chart.getChart('chart-stream').data.datasets.map(d => [d.label, d.data.length]))")
+        self.assertEqual((bars["ok"], bars["failed"]), (n - failed, failed))
+        yield in_thread("memory of the local engines", browser.wait_for,
+                        "Chart.getChart('chart-rss').data.datasets.filter(d => d.data.length > 1).length === 2",
+                        "two RSS lines")
+
+        # The engine table shows the task a busy engine runs, and for how long.
+        napping = ignore(client.submit(nap, 60, engine="e1"))
+        yield until(lambda: controller.registry.get("e1").running_task == napping.task_id, what="the nap to start")
+        cell = f"document.querySelector('#engine-rows tr[data-engine-id=\"e1\"]')"
+        yield in_thread("the running task in the table", browser.wait_for,
+                        f"{cell}.cells[5].textContent === {json.dumps(napping.task_id)} && {cell}.cells[6].textContent",
+                        "e1's running task")
+        rss = yield in_thread("e1's RSS", browser.evaluate, f"{cell}.cells[9].textContent")
+        self.assertRegex(rss, r"^\d+ MB$")
+        self.assertEqual((yield in_thread("the console", browser.errors)), [])
+        if os.environ.get("IPCLUSTER_UPDATE_SCREENSHOT"):  # refresh the user's guide picture on request
+            DASHBOARD_SCREENSHOT.parent.mkdir(exist_ok=True)
+            shutil.copyfile(tmp / "dashboard.png", DASHBOARD_SCREENSHOT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import shlex
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
@@ -26,6 +27,15 @@ ENGINE_PIDS = "engines.pids"
 CLIENT_TIMEOUT = 10.0
 
 
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid {os.getuid()}"
+
+
 class DataDir:
     """The paths of one cluster's data directory, and what they say runs there."""
 
@@ -37,8 +47,26 @@ class DataDir:
 
     @classmethod
     def from_args(cls, args) -> "DataDir":
-        """The directory of ``--data-dir``, else ``$IPCLUSTER_DIR`` or ``~/.ipcluster``."""
-        return cls(args.data_dir if args.data_dir is not None else connection.default_data_dir())
+        """The directory of ``--data-dir``, else ``$IPCLUSTER_DIR`` or ``~/.ipcluster``.
+
+        Raises CLIError when it exists but is no directory, or one this user cannot read
+        (a directory that does not exist yet is fine: ``start`` makes it).
+        """
+        dd = cls(args.data_dir if args.data_dir is not None else connection.default_data_dir())
+        dd.ensure_readable()
+        return dd
+
+    def ensure_readable(self) -> None:
+        """CLIError unless the directory is missing, or a directory this user may list and read."""
+        again = "Pass another one with --data-dir or set IPCLUSTER_DIR."
+        try:
+            exists, is_dir = self.path.exists(), self.path.is_dir()
+        except OSError as e:  # a path through a file or an unreadable directory
+            raise CLIError(f"the data directory {self.path} is unusable: {e.strerror or e}. {again}") from None
+        if exists and not is_dir:
+            raise CLIError(f"the data directory {self.path} is unusable: it exists and is not a directory. {again}")
+        if exists and not os.access(self.path, os.R_OK | os.X_OK):
+            raise CLIError(f"the data directory {self.path} is unusable: this user ({_user()}) may not read it. {again}")
 
     @property
     def connection_file(self) -> Path:

@@ -1,4 +1,5 @@
-"""``ipcluster engines``: add local engines to the running cluster and wait until they have joined.
+"""``ipcluster engines``: add local engines to the running cluster and wait until they have joined;
+``engines remove`` and ``engines scale`` (in :mod:`ipcluster.cli.scale`) take engines away.
 
 They are started through :class:`~ipcluster.launchers.detached.DetachedEngines`
 (an ``ILauncher``), detached from this command, and recorded in
@@ -12,7 +13,7 @@ import sys
 from typing import Collection, Optional, Sequence, TextIO
 
 from ipcluster import errors
-from ipcluster.cli import processes
+from ipcluster.cli import processes, scale
 from ipcluster.cli.datadir import DataDir, connect
 from ipcluster.cli.errors import CLIError
 from ipcluster.cli.progress import Deadline, Progress
@@ -24,31 +25,70 @@ from ipcluster.textstatus import LIVE
 ABANDON_TIMEOUT = 10.0
 
 NAME = "engines"
-HELP = "add local engines to the running cluster"
+HELP = "add, remove or scale the running cluster's engines"
 DESCRIPTION = (
-    "Start N more engines on this machine for the running cluster, with fresh ids\n"
-    "(x0, x1, ...), and wait until they have joined. Their output goes to\n"
-    "DATA_DIR/engine-ID.log; `ipcluster stop` stops them too.\n"
-    "Exit code 1 if no cluster runs or an engine does not join."
+    "ipcluster engines [add] [-n N]   start N more engines on this machine, with fresh ids\n"
+    "                                 (x0, x1, ...), and wait until they have joined. Their output\n"
+    "                                 goes to DATA_DIR/engine-ID.log; `ipcluster stop` stops them too.\n"
+    "ipcluster engines remove ID...   ask those engines to exit (their queued tasks go back to the\n"
+    "                                 controller; a running task gets --exit-timeout seconds); an\n"
+    "                                 engine that left this way is not restarted.\n"
+    "ipcluster engines scale N        add engines, or remove the surplus (idle ones first, newest\n"
+    "                                 ids first), until N are live.\n"
+    "Exit code 1 if no cluster runs, an id is not a live engine, or an engine does not join."
 )
 EPILOG = None
+ACTIONS = ("add", "remove", "scale")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", "--engines", type=int, default=1, metavar="N", help="how many engines to add (default 1)")
+    p.add_argument("action", nargs="?", choices=ACTIONS, default="add", help="add (the default), remove or scale")
+    p.add_argument("targets", nargs="*", metavar="ID|N", help="remove: the engine ids; scale: the engine count")
+    p.add_argument("-n", "--engines", type=int, default=1, metavar="N", help="add: how many engines to add (default 1)")
     p.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT, metavar="S",
-                   help=f"seconds to wait for them to join (default {DEFAULT_START_TIMEOUT:g})")
+                   help=f"seconds to wait for added engines to join (default {DEFAULT_START_TIMEOUT:g})")
+    p.add_argument("--exit-timeout", type=float, default=scale.DEFAULT_EXIT_TIMEOUT, metavar="S",
+                   help="remove/scale: seconds a removed engine's running task gets to finish "
+                        f"(default {scale.DEFAULT_EXIT_TIMEOUT:g})")
 
 
 def run(args: argparse.Namespace) -> int:
     dd = DataDir.from_args(args)
-    if args.engines < 1:
+    if args.action == "add" and args.targets:
+        raise CLIError(f"engines add takes no ids or counts ({' '.join(args.targets)}): use -n N")
+    if args.action == "remove" and not args.targets:
+        raise CLIError("engines remove: name the engines to remove (see `ipcluster status`)")
+    if args.action == "scale":
+        count = _count(args.targets)
+    elif args.engines < 1:
         raise CLIError("-n/--engines must be 1 or more")
     client = connect(dd)
+    try:
+        if args.action == "remove":
+            scale.remove(client, args.targets, args.exit_timeout)
+        elif args.action == "scale":
+            scale.scale(client, count, lambda n: add(dd, client, n, args.timeout), args.exit_timeout)
+        else:
+            add(dd, client, args.engines, args.timeout)
+    except errors.ClusterError as e:
+        raise CLIError(f"lost the controller: {e}") from None
+    finally:
+        client.close()
+    return 0
+
+
+def _count(targets: Sequence[str]) -> int:
+    if len(targets) != 1 or not targets[0].isdigit():
+        raise CLIError(f"engines scale takes one count, 0 or more (got {' '.join(targets) or 'nothing'})")
+    return int(targets[0])
+
+
+def add(dd: DataDir, client, count: int, timeout: float) -> None:
+    """Start ``count`` engines, wait until they have joined, and say where they are."""
     launcher = DetachedEngines(str(dd.connection_file), dd.engine_log)
     try:
-        ids, pids = _start(dd, client, launcher, args.engines)
-        wait_joined(dd, client, launcher, ids, Deadline(args.timeout))
+        ids, pids = _start(dd, client, launcher, count)
+        wait_joined(dd, client, launcher, ids, Deadline(timeout))
     except BaseException as e:
         fired(launcher.stop(timeout=ABANDON_TIMEOUT))
         if isinstance(e, errors.ClusterError):
@@ -56,12 +96,9 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(e, OSError):
             raise CLIError(f"cannot start engines in {dd}: {e}") from None
         raise
-    finally:
-        client.close()
     for engine_id, pid in pids.items():
         print(f"{engine_id}  pid {pid}  log {dd.engine_log(engine_id)}")
     print(f"Started {len(ids)} engine(s); `ipcluster stop{dd.option()}` stops them with the cluster.")
-    return 0
 
 
 def fresh_ids(used: Collection[str], count: int, prefix: str = "x") -> list[str]:

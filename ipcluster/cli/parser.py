@@ -32,7 +32,8 @@ EPILOG = (
     "  ipcluster run -n 4 job.py ARGS   start a private cluster, run job.py, stop it\n"
     "\n"
     "Each command takes --data-dir (or $IPCLUSTER_DIR); `ipcluster COMMAND --help` says more.\n"
-    "Exit codes: 0 success, 1 failure (the reason is printed on stderr), 2 bad usage;\n"
+    "Exit codes: 0 success, 1 failure (a bad option included: the reason is one line\n"
+    "on stderr), 2 no command given; "
     "`run` returns the script's exit code."
 )
 
@@ -44,27 +45,38 @@ def _data_dir_help() -> str:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line on stderr and exit status 1."""
+
+    def error(self, message: str):
+        sys.stdout.flush()
+        sys.stderr.write(f"ipcluster: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``ipcluster`` and its sub-commands; each sets ``args.func`` to its verb's ``run``."""
     fmt = argparse.RawDescriptionHelpFormatter
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", "-d", metavar="DIR", default=None, help=_data_dir_help())
 
-    parser = argparse.ArgumentParser(prog="ipcluster", formatter_class=fmt, description=DESCRIPTION, epilog=EPILOG)
+    parser = _Parser(prog="ipcluster", formatter_class=fmt, description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"ipcluster {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb in VERBS:
         p = sub.add_parser(verb.NAME, parents=[common], formatter_class=fmt,
                            help=verb.HELP, description=verb.DESCRIPTION, epilog=verb.EPILOG)
         verb.add_arguments(p)
-        p.set_defaults(func=verb.run)
+        p.set_defaults(func=verb.run, verb_parser=p)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``ipcluster ARGV`` (default: ``sys.argv[1:]``); the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the verb whose options they are not
+        getattr(args, "verb_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

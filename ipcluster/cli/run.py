@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"no such script: {args.script}")
     temporary = args.data_dir is None
     dd = DataDir(tempfile.mkdtemp(prefix="ipcluster-run-") if temporary else args.data_dir)
+    dd.ensure_readable()
     try:
         prepare_start(dd)
         try:

@@ -21,7 +21,7 @@ from ipcluster.client.inputs import input_options
 from ipcluster.client.output import OutputWatch
 from ipcluster.sourcelines import task_extras
 from ipcluster.limits import MAX_NAME, MAX_RETRIES, MAX_SECONDS, is_retries, is_seconds, is_text
-from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE
+from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE, batch
 from ipcluster.transport.replay import ReplayWindow
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
 
@@ -191,7 +191,19 @@ class ClientCore:
                 on_result(_Failed(task_id, error))
 
     def received(self, frames: Sequence[bytes]) -> None:
-        """Handle one message from the controller."""
+        """Handle one message from the controller (a batch: each of its envelopes, in order)."""
+        if frames and batch.is_batch(frames[0]):
+            try:
+                envelopes = batch.unpack(frames)
+            except BadMessage:
+                self.dropped += 1
+                return
+            for envelope in envelopes:
+                self._received(envelope)
+            return
+        self._received(frames)
+
+    def _received(self, frames: Sequence[bytes]) -> None:
         try:
             msg = self.codec.decode(frames, PEER_ACCEPTS["client"])
         except BadMessage:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+import weakref
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Optional
 
 from ipcluster import errors, futureinputs
+from ipcluster.client.adaptive import adaptive_results
 from ipcluster.client.callbacks import CallbackThread
 from ipcluster.client.core import OPTION_NAMES, ClientCore, TaskResult, submit_options, take_options
 from ipcluster.client.future import TaskFuture
@@ -40,6 +42,7 @@ class TaskExecutor(Executor):
         self._pending: dict[str, TaskFuture] = {}  # this client's unfinished futures, by task id
         self._pending_lock = threading.Lock()
         self._callbacks = CallbackThread("ipcluster-callbacks")
+        self._maps: "weakref.WeakSet" = weakref.WeakSet()  # adaptive maps still submitting (shutdown waits)
 
     def _send(self, frames: list) -> None:  # pragma: no cover - provided by the client
         raise NotImplementedError
@@ -80,7 +83,7 @@ class TaskExecutor(Executor):
         pass every keyword argument to the task: ``client.options(engine="e0").submit(fn, timeout=3)``."""
         return TaskOptions(self, options)
 
-    def _submit(self, fn: Callable, args: tuple, kwargs: dict, options: dict) -> TaskFuture:
+    def _submit(self, fn: Callable, args: tuple, kwargs: dict, options: dict, mapping: bool = False) -> TaskFuture:
         future: TaskFuture
 
         def deliver(result: TaskResult) -> None:
@@ -89,7 +92,7 @@ class TaskExecutor(Executor):
         def started(engine: str) -> None:
             future._started(engine)
 
-        if self._shutdown:  # (checked again below: shutdown may come while fn is pickled)
+        if self._shutdown and not mapping:  # (checked again below: shutdown may come while fn is pickled)
             raise RuntimeError("cannot submit tasks after the client was shut down")
         with futureinputs.collecting() as inputs:  # the futures among the arguments (core.submit sends them)
             task_id, frames = self._core.submit(fn, args, kwargs, options, deliver, started)
@@ -98,7 +101,8 @@ class TaskExecutor(Executor):
         future.name = getattr(fn, "__name__", "") if isinstance(getattr(fn, "__name__", ""), str) else ""
         future._callback = deliver
         with self._pending_lock:
-            accepted = not self._shutdown
+            # A map made before shutdown goes on submitting its chunks (shutdown waits for them).
+            accepted = mapping or not self._shutdown
             if accepted:
                 self._pending[task_id] = future
         if accepted:
@@ -113,13 +117,16 @@ class TaskExecutor(Executor):
         self._settled(future)
         raise RuntimeError("cannot submit tasks after the client was shut down")
 
-    def map(self, fn: Callable, /, *iterables: Any, timeout: Optional[float] = None, chunksize: int = 1,
+    def map(self, fn: Callable, /, *iterables: Any, timeout: Optional[float] = None, chunksize: Optional[int] = None,
             buffersize: Optional[int] = None, progress: bool = False, **options: Any):
         """``Executor.map`` on the cluster: an ordered iterator of ``fn``'s results.
 
-        Every call is submitted now (with ``buffersize``, at most that many
-        ahead of the consumer); ``chunksize`` > 1 sends that many calls in one
-        task.  ``timeout`` counts from this call: ``next()`` raises TimeoutError
+        Without ``chunksize`` the map sizes its chunks itself (``adaptive.py``):
+        one call per task at first, then as many as take about 20 ms on an
+        engine, so tiny calls go in a few large tasks and long ones one per
+        engine; ``fn`` is pickled once.  ``chunksize=N`` sends N calls per task,
+        every task submitted now (with ``buffersize``, at most that many ahead
+        of the consumer; ``buffersize`` alone means ``chunksize=1``).  ``timeout`` counts from this call: ``next()`` raises TimeoutError
         once it passed.  A task's exception is raised when its result is
         reached.  When the iterator stops early, the tasks not yet started
         are cancelled.  ``options`` are submit's (engines, retries, timeout
@@ -141,14 +148,36 @@ class TaskExecutor(Executor):
                          buffersize=buffersize, progress=progress)
 
     def _map(self, fn: Callable, iterables: tuple, options: dict, timeout: Optional[float] = None,
-             chunksize: int = 1, buffersize: Optional[int] = None, progress: bool = False):
+             chunksize: Optional[int] = None, buffersize: Optional[int] = None, progress: bool = False):
+        # The bar's total only when it is known without consuming the iterables (buffersize stays lazy).
+        total = min(map(len, iterables), default=0) if all(hasattr(it, "__len__") for it in iterables) else None
+        results = self._map_results(fn, iterables, options, timeout, chunksize, buffersize)
+        return progress_bar(results, total, unit="task") if progress else results
+
+    def _map_results(self, fn: Callable, iterables: tuple, options: dict, timeout: Optional[float],
+                     chunksize: Optional[int], buffersize: Optional[int]):
         def submit(f: Callable, args: tuple) -> TaskFuture:
             return self._submit(f, args, {}, options)
 
-        # The bar's total only when it is known without consuming the iterables (buffersize stays lazy).
-        total = min(map(len, iterables), default=0) if all(hasattr(it, "__len__") for it in iterables) else None
-        results = map_results(submit, self._cancel_soon, fn, iterables, timeout, chunksize, buffersize)
-        return progress_bar(results, total, unit="task") if progress else results
+        if chunksize is None and buffersize is None:
+            if self._shutdown:
+                raise RuntimeError("cannot submit tasks after the client was shut down")
+
+            def submit_chunk(f: Callable, args: tuple) -> TaskFuture:
+                return self._submit(f, args, {}, options, mapping=True)
+
+            return adaptive_results(submit_chunk, self._cancel_soon, fn, iterables, timeout,
+                                    self._engine_count(options), self._maps.add)
+        return map_results(submit, self._cancel_soon, fn, iterables, timeout, chunksize or 1, buffersize)
+
+    def _engine_count(self, options: dict) -> int:
+        """How many engines a map's tasks may run on now (0 if the controller cannot say)."""
+        try:
+            live = [e["id"] for e in self.engines() if e.get("state") in ("alive", "busy")]
+        except errors.ClusterError:
+            return 0
+        allowed = options.get("engines") or ([options["engine"]] if "engine" in options else None)
+        return len(live) if allowed is None else len(set(live) & set(allowed))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Executor API: take no new tasks, and close once this client's pending futures are done.
@@ -163,16 +192,23 @@ class TaskExecutor(Executor):
         """
         with self._pending_lock:
             self._shutdown = True
+        if cancel_futures:
+            for run in list(self._maps):
+                run.stop()
+        with self._pending_lock:
             pending = list(self._pending.values())
         if cancel_futures and not self._closed:
             self._cancel_tasks([f for f in pending if not (f.running() or f.done())])
         if wait:
-            concurrent.futures.wait(pending)
-            self._close(wait_for_callbacks=True)
+            self._close_when_done()
         else:
-            threading.Thread(target=self._close_when_done, args=(pending,), name="ipcluster-shutdown").start()
+            threading.Thread(target=self._close_when_done, name="ipcluster-shutdown").start()
 
-    def _close_when_done(self, pending: list) -> None:
+    def _close_when_done(self) -> None:
+        for run in list(self._maps):  # adaptive maps first submit what they have left
+            run.wait_submitted()
+        with self._pending_lock:
+            pending = list(self._pending.values())
         concurrent.futures.wait(pending)
         self._close(wait_for_callbacks=True)
 

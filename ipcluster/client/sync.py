@@ -19,6 +19,7 @@ import zmq
 
 from ipcluster import connection, errors
 from ipcluster.client.executor import TaskExecutor, settle_reply
+from ipcluster.client.iothread import forward_waiting
 from ipcluster.client.future import TaskFuture
 from ipcluster.client.progress import progress_bar
 from ipcluster.client.verbs import ControlVerbs
@@ -195,19 +196,8 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
                     probed = now
                     _, frames = self._core.request("connect", {}, lambda ok, value: None)
                     send_frames(dealer, frames)
-                if pipe in events:
-                    frames = pipe.recv_multipart()
-                    if frames == [b"close"]:
-                        break
-                    send_frames(dealer, frames, 0)
-                    while True:  # forward everything queued, then read
-                        try:
-                            frames = recv_frames(pipe)
-                        except zmq.Again:
-                            break
-                        if frames == [b"close"]:
-                            return
-                        send_frames(dealer, frames, 0)
+                if pipe in events and not forward_waiting(pipe, dealer, self._core.max_message_size):
+                    break  # (what came before the close was sent)
                 if dealer in events:
                     while True:
                         try:

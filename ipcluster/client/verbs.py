@@ -17,7 +17,8 @@ def task_id_of(task: Any) -> str:
 
 
 class ControlVerbs:
-    """beat, abort, signal, exit and reset, sent through the controller to one engine."""
+    """beat, abort, signal, exit and reset, sent through the controller to one engine (and
+    ``tasks``, the controller's own listing of what it holds)."""
 
     timeout: float
 
@@ -29,6 +30,12 @@ class ControlVerbs:
         args = verb.wire_args(**given)
         fields = {"engine": str(engine), "verb": name, "args": args}
         return self._call("control", fields, verb.client_wait(args, self.timeout))
+
+    def tasks(self, limit: int = 20):
+        """What the controller holds: ``{"counts": {waiting, ready, assigned, running, completed,
+        failed, retried, stolen}, "queued": [{task, name, state, submitted_at, engines}, ...]
+        (the first ``limit`` tasks waiting or ready in the controller), "queued_total": n}``."""
+        return self._call("tasks", {"limit": int(limit)}, self.timeout)
 
     def beat(self, engine: str, timeout: Optional[float] = None):
         """Round trip through the engine's Python control thread, in seconds."""

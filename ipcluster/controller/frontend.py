@@ -14,10 +14,12 @@ from ipcluster.controller.registry import Registry
 from ipcluster.controller.sessions import REPLAYED, UNKNOWN_SESSION, ClientSessions
 from ipcluster.limits import is_task_id
 from ipcluster.scheduler.inputs import check_inputs
-from ipcluster.scheduler.scheduler import Scheduler
+from ipcluster.scheduler.scheduler import READY, WAITING, Scheduler
 from ipcluster.transport.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
 
 Send = Callable[[Sequence[bytes]], bool]
+#: Tasks queued in the controller that a ``tasks`` request lists, by default and at most.
+QUEUED_LISTED, MAX_QUEUED_LISTED = 20, 1000
 
 
 class ClientFrontEnd:
@@ -119,6 +121,18 @@ class ClientFrontEnd:
     def _on_engines(self, identity: bytes, msg: Message):
         now = self.clock.seconds()
         return [record.describe(now) for record in self.registry]
+
+    def _on_tasks(self, identity: bytes, msg: Message):
+        """The scheduler's counters and the first ``limit`` (20) tasks queued in the controller."""
+        limit = msg.get("limit", QUEUED_LISTED)
+        if type(limit) is not int or not 0 <= limit <= MAX_QUEUED_LISTED:
+            raise errors.BadRequest(f"limit must be an int from 0 to {MAX_QUEUED_LISTED}")
+        queued = [
+            {"task": t.id, "name": t.name, "state": t.state, "submitted_at": t.submitted_at,
+             "engines": sorted(t.engines) if t.engines is not None else None}
+            for t in self.scheduler.tasks.values() if t.state in (WAITING, READY)
+        ]  # fmt: skip
+        return {"counts": self.scheduler.counts(), "queued": queued[:limit], "queued_total": len(queued)}
 
     def _submit(self, identity: bytes, msg: Message) -> None:
         """Submits get no reply when accepted (that would double the traffic of small

@@ -47,6 +47,19 @@ def read_rss(pid: int) -> Optional[int]:
         return None
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def read_cpu_seconds(pid: int) -> Optional[float]:
+    """The CPU time (user + system) process ``pid`` has used, in seconds; None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()  # the name in parentheses may hold spaces
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class MemoryWatch:
     """Every ``period`` seconds, ``over(engine_id, rss)`` for each engine whose RSS passes ``limit``.
 

@@ -11,6 +11,12 @@ the same ZeroMQ context, and every socket is a PLAIN server.  Refused connection
 in the DropLog: wrong credentials by the ZAP handler, peers without any (the
 ZeroMQ security mechanism does not match) by a monitor on each socket.  Each
 socket takes messages up to its own limits (``wire.limits``).
+
+Batches (``transport.batch``): the task and client sockets take them, each
+envelope handled as if it had come alone; what the controller sends to clients
+goes through an :class:`~ipcluster.transport.batch.Outbox`, so every reply and
+result one reactor turn makes for a client leaves in one message at the start
+of the next turn.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ipcluster.connection import CHANNELS
 from ipcluster.controller.droplog import DropLog
-from ipcluster.transport import security, wire
+from ipcluster.transport import batch, security, wire
 
 Send = Callable[[Sequence[bytes]], bool]
 
@@ -58,6 +64,14 @@ class ControllerSockets:
         self.zap = security.ZapHandler(key)
         self._auxiliary: list = []  # the ZAP handler and the monitors
         self._factory = None
+        #: The batch-taking handlers of the task and client sockets (their counts), by channel.
+        self.unbatchers: dict = {}
+        #: What goes to clients, sent together once per reactor turn.
+        self.outbox = batch.Outbox(
+            lambda frames: self._send_now("client", frames),
+            lambda flush: reactor.callLater(0, flush),
+            config.max_message_size,
+        )
 
     def sender(self, channel: str) -> Send:
         def send(frames: Sequence[bytes]) -> bool:
@@ -75,6 +89,11 @@ class ControllerSockets:
         return drain
 
     def send(self, channel: str, frames: Sequence[bytes]) -> bool:
+        if channel == "client":
+            return self.outbox.put(frames)
+        return self._send_now(channel, frames)
+
+    def _send_now(self, channel: str, frames: Sequence[bytes]) -> bool:
         sock = self.sockets.get(channel)
         sent = sock.send_frames(frames) if sock is not None else False
         if not sent and channel == "client" and sock is not None:
@@ -115,6 +134,10 @@ class ControllerSockets:
             self._auxiliary.append(PairSocket(self._factory, monitor, lambda frames: self._monitored(channel, frames)))
 
         address = f"tcp://{self.config.ip}:{port or '*'}"
+        if channel in wire.BATCHED:
+            handler = self.unbatchers[channel] = batch.Unbatcher(
+                handler, lambda identity, e: self.drops.drop(channel, e.reason, identity, e.detail)
+            )
         try:
             return router(
                 self._factory,
@@ -160,6 +183,7 @@ class ControllerSockets:
 
     def close(self) -> None:
         if self._factory is not None:
+            self.outbox.flush()  # what this turn made for clients still goes out
             self._factory.shutdown()
             self._factory = None
         self.sockets = {}

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from zope.interface import implementer
 
+from ipcluster.controller.memory import read_cpu_seconds, read_rss
 from ipcluster.controller.supervisor import BACKING_OFF, EXITED, GIVEN_UP
 from ipcluster.controller.registry import DEAD, LIVE_STATES, EngineRecord, Registry
 from ipcluster.interfaces import IStatusSource
@@ -29,7 +30,8 @@ class ControllerStatus:
 
     def __init__(
         self, clock, registry: Registry, scheduler, drops, config, ports: Callable[[], dict],
-        local=None,
+        local=None, rss_of: Callable[[int], Optional[int]] = read_rss,
+        cpu_of: Callable[[int], Optional[float]] = read_cpu_seconds,
     ) -> None:
         self.clock = clock
         self.registry = registry
@@ -39,6 +41,7 @@ class ControllerStatus:
         self._ports = ports
         self._local = local  # the LocalEngines service (supervision of the controller's own engines)
         self._listeners: dict = {}
+        self._rss_of, self._cpu_of = rss_of, cpu_of
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -99,6 +102,23 @@ class ControllerStatus:
             "heartbeat_misses": config.heartbeat_misses,
             "data_dir": str(config.data_dir),
         }
+
+    def usage(self) -> dict:
+        """``{engine_id: {"rss": bytes, "cpu": seconds}}`` of the live engines this controller
+        started (their processes are on this host: read from ``/proc``); remote engines are left out."""
+        usage = {}
+        for record in self.registry:
+            if record.local and record.state in LIVE_STATES and record.pid:
+                rss, cpu = self._rss_of(record.pid), self._cpu_of(record.pid)
+                if rss is not None or cpu is not None:
+                    usage[record.id] = {"rss": rss, "cpu": cpu}
+        return usage
+
+    def subscribe_runs(self, listener) -> None:
+        self.scheduler.runs.subscribe(listener)
+
+    def unsubscribe_runs(self, listener) -> None:
+        self.scheduler.runs.unsubscribe(listener)
 
     def subscribe(self, listener) -> None:
         def relay(event, record: EngineRecord, reason: str) -> None:

@@ -122,6 +122,16 @@ class Options(usage.Options):
         for channel in CHANNELS
     ]
 
+    def parseOptions(self, options=None) -> None:
+        """As usage.Options; under twistd, a bad option ends twistd with one line and status 1
+        (twistd's own report would print the whole option list before it)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit(f"twistd ipcluster: {e} (see `twistd ipcluster --help`)") from None
+
     def postOptions(self) -> None:
         if self["engines"] < 0:
             raise usage.UsageError("--engines must be 0 or more")

@@ -38,6 +38,7 @@ from ipcluster.scheduler.dependencies import Dependencies
 from ipcluster.scheduler.dispatch import Dispatcher, log_control_failure
 from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT, NoEngineWatch
 from ipcluster.scheduler.rescue import FAIL, RETRY, rescues, stranded_error
+from ipcluster.scheduler.runs import RunLog
 from ipcluster.scheduler.running import note_report, note_running, reported_seconds
 from ipcluster.scheduler.results import NO_PAYLOADS, ResultPost
 from ipcluster.scheduler.inputs import InputValues
@@ -94,6 +95,7 @@ class Scheduler:
         self.completed = 0
         self.failed = 0
         self.retried = 0
+        self.runs = RunLog(clock)  # each ended run, for the status page's task stream
         self._on_engine_event = {EngineEvent.JOINED: self._engine_joined, EngineEvent.ALIVE: self._engine_alive}
         self._on_engine_event.update(dict.fromkeys(GONE_EVENTS, self._engine_gone))
         self.output = OutputRelay(codec, send_client, session_of, drops.drop)  # live output, never stored
@@ -326,6 +328,7 @@ class Scheduler:
             self.completed += 1
         else:
             self.failed += 1
+        self.runs.finished(task, ok, fields, error)
         self.results.deliver(self.store, task, ok, fields, payloads, error)
         self.inputs.finished(task, ok, payloads)
         for dependent in self.dependencies.finished(task.id, ok):
@@ -367,6 +370,7 @@ class Scheduler:
                 self._fail(task, task.lifecycle.engine_lost, rescue.error)
                 continue
             if rescue.action == RETRY:
+                self.runs.retried(task)
                 task.lifecycle.retry()
                 self.retried += 1
                 self.log.info("retrying task {task}: engine {engine} {event} while running it ({left} retries left)",

@@ -40,6 +40,8 @@ MAX_REPLY_HEADER_BYTES = 64 * 1024 * 1024  # what clients and engines accept fro
 SIGNATURE_BYTES = 32
 MAX_SESSION_CHARS = 64  # a session is a 32-hex-digit nonce or token; "" before one is issued
 MAX_SEQUENCE = 2**63 - 1
+#: The most envelopes one batch message carries (``transport.batch``).
+MAX_BATCH_ENVELOPES = 256
 
 
 class BadMessage(Exception):
@@ -93,6 +95,7 @@ SCHEMAS: dict[str, Schema] = {
     "welcome": Schema(0, {"ref": _STR, "version": _INT}),
     "running": Schema(0, {"task": _STR}),
     "engines": Schema(0, {}),
+    "tasks": Schema(0, {}),
     "submit": Schema(1, {"task": _STR}),
     "cancel": Schema(0, {"task": _STR}),
     "fetch": Schema(0, {"task": _STR}),
@@ -105,7 +108,7 @@ ACCEPTS = {
     "registration": frozenset({"register"}),
     "control": frozenset({"pong", "reply"}),
     "task": frozenset({"started", "result", "output", "bye"}),
-    "client": frozenset({"connect", "engines", "submit", "control", "cancel", "fetch", "purge"}),
+    "client": frozenset({"connect", "engines", "tasks", "submit", "control", "cancel", "fetch", "purge"}),
 }
 
 #: Which message types engines and clients accept from the controller, per socket.
@@ -115,6 +118,9 @@ PEER_ACCEPTS = {
     "task": frozenset({"task", "task_in"}),
     "client": frozenset({"welcome", "reply", "running", "result", "output", "unknown"}),
 }
+
+#: The controller sockets whose peers may send batches (``transport.batch``).
+BATCHED = frozenset({"task", "client"})
 
 #: How many payload frames at most each socket's messages carry.
 _MOST_PAYLOADS = {channel: max(SCHEMAS[t].payloads for t in types) for channel, types in ACCEPTS.items()}
@@ -334,6 +340,8 @@ def limits(channel: str, max_message_size: int) -> Limits:
         # measured, 96 bytes pass a 32-character token and 384 a 255-byte identity.
         return Limits(HEARTBEAT_FRAME_LIMIT, 2, IDENTITY_ALLOWANCE + PING_BYTES)
     frames = 1 + 2 + _MOST_PAYLOADS[channel]
+    if channel in BATCHED:  # the identity, the batch's frame counts, its envelopes
+        frames = 2 + MAX_BATCH_ENVELOPES * (2 + _MOST_PAYLOADS[channel])
     if _MOST_PAYLOADS[channel] == 0:
         return Limits(MAX_HEADER_BYTES, frames, IDENTITY_ALLOWANCE + SIGNATURE_BYTES + MAX_HEADER_BYTES)
     return Limits(max_message_size, frames, IDENTITY_ALLOWANCE + max_message_size)

@@ -1,8 +1,10 @@
 """The status page itself: ``static/index.html`` with its stylesheet and script inlined.
 
-The page is one self-contained document (no external assets), served with a
-Content-Security-Policy that allows exactly its own inline style and script
-(by hash), fetches to its own origin, and nothing else.
+The page is one document with no assets from elsewhere: its own inline style
+and script (allowed by hash) and the charting library (Chart.js, MIT licence,
+``static/chart.umd.min.js`` with ``static/chart.js-LICENSE.md``) served by the
+same site at ``/chart.js``.  Its Content-Security-Policy allows exactly those,
+fetches and event streams to its own origin, and nothing else.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def _page() -> tuple[bytes, bytes]:
             raise RuntimeError(f"ipcluster/web/static/index.html must hold exactly one {empty}")
         html = html.replace(empty, filled)
     csp = (
-        f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; "
+        f"default-src 'none'; script-src 'self' {_csp_hash(script)}; style-src {_csp_hash(style)}; "
         "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
     return html.encode("utf-8"), csp.encode("ascii")
@@ -35,3 +37,5 @@ def _page() -> tuple[bytes, bytes]:
 
 #: The page (UTF-8 HTML) and the Content-Security-Policy it is served with.
 PAGE, PAGE_CSP = _page()
+#: Chart.js, minified, as shipped in static/ (its licence beside it).
+CHART_JS = _static("chart.umd.min.js").encode("utf-8")

@@ -1,4 +1,5 @@
-"""The status page's HTTP resources: ``/``, ``/status.json`` and ``/metrics``, read-only.
+"""The status page's HTTP resources: ``/``, ``/chart.js``, ``/status.json``, ``/events`` and
+``/metrics``, read-only.
 
 Every resource answers GET and HEAD only (405 to anything else), with
 ``no-store`` caching, ``nosniff``, no referrer and no framing.
@@ -9,7 +10,8 @@ import json
 
 from twisted.web import resource, server
 
-from ipcluster.web.page import PAGE, PAGE_CSP
+from ipcluster.web.events import EventHub, start_stream
+from ipcluster.web.page import CHART_JS, PAGE, PAGE_CSP
 from ipcluster.web.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ipcluster.web.prometheus import exposition
 from ipcluster.web.view import StatusView
@@ -46,6 +48,32 @@ class Page(_ReadOnly):
         return PAGE
 
 
+class ChartLibrary(_ReadOnly):
+    """``/chart.js``: the charting library the page draws with (Chart.js, shipped in ``static/``)."""
+
+    def render_GET(self, request):
+        _common_headers(request, b"text/javascript; charset=utf-8")
+        request.setHeader(b"cache-control", b"max-age=3600")
+        return CHART_JS
+
+
+class Events(_ReadOnly):
+    """``/events``: live updates as server-sent events (see :mod:`ipcluster.web.events`)."""
+
+    def __init__(self, hub: EventHub, hello) -> None:
+        super().__init__()
+        self.hub = hub
+        self.hello = hello
+
+    def render_GET(self, request):
+        _common_headers(request, b"text/event-stream; charset=utf-8")
+        return start_stream(self.hub, request, self.hello)
+
+    def render_HEAD(self, request):
+        _common_headers(request, b"text/event-stream; charset=utf-8")
+        return b""
+
+
 class StatusJson(_ReadOnly):
     """``/status.json``: :meth:`StatusView.status` as JSON."""
 
@@ -71,14 +99,20 @@ class Metrics(_ReadOnly):
 
 
 class StatusSite(server.Site):
-    """The three resources of one view, without an access log (an open page polls every second)."""
+    """The resources of one view, without an access log (a page that cannot stream polls every second).
+
+    ``events`` (the ``/events`` resource) is left out when None.
+    """
 
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, view: StatusView) -> None:
+    def __init__(self, view: StatusView, events: "Events | None" = None) -> None:
         root = resource.Resource()
         root.putChild(b"", Page())
+        root.putChild(b"chart.js", ChartLibrary())
+        if events is not None:
+            root.putChild(b"events", events)
         root.putChild(b"status.json", StatusJson(view))
         root.putChild(b"metrics", Metrics(view))
         super().__init__(root)

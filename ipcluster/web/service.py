@@ -1,16 +1,25 @@
-"""The live status page: ``/`` (HTML), ``/status.json`` and ``/metrics`` (Prometheus).
+"""The live status page: ``/`` (HTML), ``/events`` (pushed updates), ``/status.json`` and
+``/metrics`` (Prometheus).
 
 ``web_service(controller, "tcp:8080:interface=127.0.0.1")`` is a Twisted
 service that serves, from twisted.web:
 
 ``/``
-    a self-contained page (no external assets) that fetches ``status.json``
-    every second and shows the engines (id, host, pid, state, heartbeat RTT,
-    running task, busy-for, queued tasks), the number of engines in each state,
+    a page (no assets from elsewhere: the charts are drawn with Chart.js,
+    served as ``/chart.js``) that listens to ``/events`` and shows a task
+    stream (a lane per engine, a bar per task run coloured by outcome), tasks
+    per second and queued tasks over the last five minutes, each local
+    engine's RSS and CPU, the engines (id, host, pid, state, heartbeat RTT,
+    running task and for how long, busy-for, queued tasks), the number of engines in each state,
     tasks in flight, queued in the controller, completed, failed and per
     second, engines that died or whose registration was purged, and dropped
     messages by socket and reason.  Each engine row carries
     ``data-engine-id`` and ``data-state`` attributes.
+``/events``
+    the same data pushed as server-sent events (a ``hello`` with the last
+    minutes, a ``tick`` every second, ``runs`` as tasks end; see
+    :mod:`ipcluster.web.events`), which the page listens to (it polls
+    ``status.json`` only where it cannot stream);
 ``/status.json``
     the same data as JSON (see :meth:`ipcluster.web.view.StatusView.status`).
 ``/metrics``
@@ -18,7 +27,9 @@ service that serves, from twisted.web:
     families are listed in :mod:`ipcluster.web.prometheus`).
 
 The package: :mod:`~ipcluster.web.view` (the data, read through the
-controller's ``IStatusSource``), :mod:`~ipcluster.web.prometheus` (the
+controller's ``IStatusSource``), :mod:`~ipcluster.web.history` (the charts'
+rings of samples and task runs), :mod:`~ipcluster.web.events` (the event
+streams and their bounds), :mod:`~ipcluster.web.prometheus` (the
 metrics), :mod:`~ipcluster.web.page` (the page, kept in ``static/``),
 :mod:`~ipcluster.web.resources` (HTTP) and this module (the service).
 
@@ -44,7 +55,9 @@ from twisted.internet.task import LoopingCall
 
 from ipcluster.interfaces import IStatusSource
 from ipcluster.listening import ListeningService, loopback_by_default
-from ipcluster.web.resources import StatusSite
+from ipcluster.web.events import MAX_PENDING, MAX_STREAMS, EventHub, frame
+from ipcluster.web.history import History
+from ipcluster.web.resources import Events, StatusSite
 from ipcluster.web.view import SAMPLE_PERIOD, StatusView
 
 __all__ = ["web_service", "WebService"]
@@ -55,31 +68,49 @@ class WebService(ListeningService):
 
     A :class:`~ipcluster.listening.ListeningService` (``listening()``,
     ``address``, ``port``, ``factory``) that, while it runs, samples the
-    source's counters every second and records engine failures.
+    source's counters every second (``view``, ``history``), records engine
+    failures and task runs, and pushes them to the open event streams
+    (``events``: at most ``max_streams``, each at most ``max_pending`` bytes behind).
     """
 
-    def __init__(self, source: IStatusSource, endpoint: str, reactor) -> None:
+    def __init__(
+        self, source: IStatusSource, endpoint: str, reactor, max_streams: int = MAX_STREAMS, max_pending: int = MAX_PENDING
+    ) -> None:
         self.view = StatusView(source, reactor)
-        self.site = StatusSite(self.view)
+        self.events = EventHub(reactor, max_streams, max_pending)
+        self.history = History(source, reactor, on_run=self.events.run)
+        self.site = StatusSite(self.view, Events(self.events, self._hello))
         # A bad description fails here, at once.
         super().__init__("web", serverFromString(reactor, endpoint), endpoint, self.site,
                          label="status page", unauthenticated=True)  # fmt: skip
-        self._sampler = LoopingCall(self.view.sample)
+        self._sampler = LoopingCall(self._tick)
         self._sampler.clock = reactor
+
+    def _hello(self) -> bytes:
+        return frame("hello", {"status": self.view.status(), **self.history.snapshot()})
+
+    def _tick(self) -> None:
+        self.view.sample()
+        sample = self.history.sample()
+        if self.events.streams:  # serialised once for every open page
+            self.events.broadcast(frame("tick", {"status": self.view.status(), "sample": sample}))
 
     def startService(self) -> None:
         super().startService()
         self.view.watch()
+        self.history.watch()
         self._sampler.start(SAMPLE_PERIOD, now=False)
 
     def stopService(self):
         self.view.unwatch()
+        self.history.unwatch()
+        self.events.close()
         if self._sampler.running:  # not running if startService never came
             self._sampler.stop()
         return super().stopService()
 
 
-def web_service(controller, endpoint: str, reactor=None) -> service.IService:
+def web_service(controller, endpoint: str, reactor=None, **limits) -> service.IService:
     """The status pages of ``controller`` (read through ``controller.status``) as a service on ``endpoint``.
 
     ``endpoint`` is a Twisted server endpoint description such as
@@ -87,6 +118,7 @@ def web_service(controller, endpoint: str, reactor=None) -> service.IService:
     or wait on ``.listening()``).  Unauthenticated and read-only, so a TCP
     endpoint without an interface (or a bare port) binds 127.0.0.1; name
     another interface (``interface=0.0.0.0``) to serve beyond this host.  ``reactor`` defaults to the
-    controller's.
+    controller's; ``limits`` (``max_streams``, ``max_pending``) bound the event streams.
     """
-    return WebService(controller.status, loopback_by_default(endpoint), controller.reactor if reactor is None else reactor)
+    reactor = controller.reactor if reactor is None else reactor
+    return WebService(controller.status, loopback_by_default(endpoint), reactor, **limits)

@@ -44,7 +44,6 @@ function supervision(e, now) {
   if (e.supervisor === "backing off" && e.next_restart_at) parts.push("back in " + dur(Math.max(0, e.next_restart_at - now)));
   else if (e.supervisor === "given up") parts.push("gave up");
   else if (e.supervisor !== "running") parts.push(e.supervisor);
-  if (e.rss) parts.push((e.rss / 1e6).toFixed(0) + " MB");
   return parts.join(" \u00b7 ");
 }
 function text(id, value) { document.getElementById(id).textContent = value; }
@@ -79,7 +78,9 @@ function render(s) {
     el("td", {class: "num"}, dur(e.task_running_for)),
     el("td", {class: "num"}, dur(e.busy_for)),
     el("td", {class: "num"}, e.state === "dead" ? "" : e.queued),
-    el("td", {class: "supervision", title: e.last_exit || ""}, supervision(e, s.time)))), 10,
+    el("td", {class: "num"}, usageOf(e.id, "rss", v => (v / 1e6).toFixed(0) + " MB")),
+    el("td", {class: "num"}, usageOf(e.id, "cpu", v => v.toFixed(0) + " %")),
+    el("td", {class: "supervision", title: e.last_exit || ""}, supervision(e, s.time)))), 12,
     "No engines have registered yet.");
 
   fill("failure-rows", s.failures.map(f => el("tr", {data: {failedEngine: f.engine, event: f.event}},
@@ -104,20 +105,178 @@ function render(s) {
 function connection(ok, why) {
   const node = document.getElementById("conn");
   node.className = "conn " + (ok ? "ok" : "lost");
-  node.textContent = ok ? "live" : "no answer from the controller (" + why + ")";
+  node.textContent = ok ? (streaming ? "live" : "live (polling)") : "no answer from the controller (" + why + ")";
   document.documentElement.dataset.connection = ok ? "ok" : "lost";
 }
 
-async function tick() {
+// -- charts (Chart.js, served by the controller as chart.js) ----------------------------
+const OUTCOMES = {ok: "#2da44e", failed: "#cf222e", retried: "#d4a72c", cancelled: "#8c959f"};
+const PALETTE = ["#0969da", "#8250df", "#1a7f37", "#bf3989", "#9a6700", "#cf222e", "#1b7c83", "#57606a"];
+const STREAM_WINDOW = 60, SERIES_WINDOW = 300, KEEP_RUNS = 5000;
+const history = {samples: [], runs: []};
+let latest = {engines: {}};
+let streaming = false;
+let charts = null;
+let pending = false;
+const drawn = {stream: 0, rate: 0, rss: 0, cpu: 0};
+
+function usageOf(id, key, show) {
+  const u = latest.engines[id];
+  return u && u[key] !== null && u[key] !== undefined ? show(u[key]) : "";
+}
+function colour(i) { return PALETTE[i % PALETTE.length]; }
+function counted(name) {
+  return {id: "counted-" + name, afterDraw: () => {
+    drawn[name] += 1;
+    document.documentElement.dataset["drawn" + name[0].toUpperCase() + name.slice(1)] = drawn[name];
+  }};
+}
+function timeAxis(window) {
+  return {type: "linear", min: 0, max: window, grid: {color: "#eef0f3"},
+          ticks: {maxTicksLimit: 7, callback: v => clock(v)}};
+}
+function lineChart(id, name, yTitle) {
+  return new Chart(document.getElementById(id), {
+    type: "line", data: {datasets: []}, plugins: [counted(name)],
+    options: {animation: false, maintainAspectRatio: false, parsing: false, normalized: true,
+      elements: {point: {radius: 0}, line: {borderWidth: 1.6, tension: 0.2}},
+      interaction: {mode: "nearest", axis: "x", intersect: false},
+      plugins: {legend: {position: "bottom", labels: {boxWidth: 10, font: {size: 11}}}},
+      scales: {x: timeAxis(SERIES_WINDOW), y: {beginAtZero: true, title: {display: !!yTitle, text: yTitle}}}}});
+}
+function setupCharts() {
+  if (typeof Chart === "undefined") return null;
+  Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
+  Chart.defaults.color = "#636c76";
+  document.getElementById("stream-window").textContent = STREAM_WINDOW;
+  document.getElementById("stream-legend").replaceChildren(
+    ...Object.keys(OUTCOMES).map(o => el("span", {class: o}, o)));
+  const stream = new Chart(document.getElementById("chart-stream"), {
+    type: "bar", plugins: [counted("stream")],
+    data: {labels: [], datasets: Object.entries(OUTCOMES).map(([outcome, c]) => (
+      {label: outcome, data: [], backgroundColor: c, borderWidth: 0, minBarLength: 2, grouped: false,
+       barPercentage: 0.8, categoryPercentage: 1.0}))},
+    options: {indexAxis: "y", animation: false, maintainAspectRatio: false,
+      plugins: {legend: {display: false}, tooltip: {callbacks: {
+        label: ctx => { const r = ctx.raw.run; return r.task + (r.name ? " " + r.name : "") + ": " + r.outcome +
+                        ", " + dur(r.end - r.start); }}}},
+      scales: {x: timeAxis(STREAM_WINDOW), y: {type: "category", grid: {display: false}}}}});
+  const rate = lineChart("chart-rate", "rate", "");
+  rate.data.datasets = [
+    {label: "tasks / s", data: [], borderColor: "#0969da", backgroundColor: "#0969da33", fill: true},
+    {label: "queued", data: [], borderColor: "#9a6700", backgroundColor: "#9a6700", yAxisID: "y2"}];
+  rate.options.scales.y2 = {beginAtZero: true, position: "right", grid: {display: false}};
+  return {stream, rate, rss: lineChart("chart-rss", "rss", ""), cpu: lineChart("chart-cpu", "cpu", "")};
+}
+function engineLines(chart, engines, key, scale) {
+  chart.data.datasets = engines.map((id, i) => ({
+    label: id, borderColor: colour(i), backgroundColor: colour(i),
+    data: history.samples.filter(s => s.engines[id] && s.engines[id][key] !== null && s.engines[id][key] !== undefined)
+      .map(s => ({x: s.time, y: s.engines[id][key] * scale}))}));
+}
+function redraw() {
+  pending = false;
+  if (!charts) return;
+  const now = latest.time || Date.now() / 1000;
+  const lanes = [...new Set([...(latest.lanes || []), ...history.runs.map(r => r.engine)])].sort(naturally);
+  const stream = charts.stream;
+  stream.data.labels = lanes;
+  document.getElementById("stream-box").style.height = Math.max(110, 34 + 26 * lanes.length) + "px";
+  const shown = history.runs.filter(r => r.end >= now - STREAM_WINDOW);
+  stream.data.datasets.forEach(ds => {
+    ds.data = shown.filter(r => r.outcome === ds.label).map(r => ({y: r.engine, x: [r.start, r.end], run: r}));
+  });
+  Object.assign(stream.options.scales.x, {min: now - STREAM_WINDOW, max: now});
+  stream.update("none");
+  document.documentElement.dataset.streamBars = shown.length;
+
+  const samples = history.samples;
+  charts.rate.data.datasets[0].data = samples.filter(s => s.per_second !== null).map(s => ({x: s.time, y: s.per_second}));
+  charts.rate.data.datasets[1].data = samples.map(s => ({x: s.time, y: s.queued}));
+  const engines = [...new Set(samples.flatMap(s => Object.keys(s.engines)))].sort(naturally);
+  engineLines(charts.rss, engines, "rss", 1e-6);
+  engineLines(charts.cpu, engines, "cpu", 1);
+  // The last five minutes, or since the page has data (at least a minute).
+  const since = Math.max(now - SERIES_WINDOW, Math.min(now - 60, samples.length ? samples[0].time : now));
+  for (const chart of [charts.rate, charts.rss, charts.cpu]) {
+    Object.assign(chart.options.scales.x, {min: since, max: now});
+    chart.update("none");
+  }
+}
+function schedule() {
+  if (!pending) { pending = true; requestAnimationFrame(redraw); }
+}
+function naturally(a, b) { return a.localeCompare(b, undefined, {numeric: true}); }
+function addRuns(runs) {
+  history.runs.push(...runs);
+  const horizon = (latest.time || 0) - SERIES_WINDOW;
+  if (history.runs.length > KEEP_RUNS || (history.runs.length && history.runs[0].end < horizon)) {
+    history.runs = history.runs.filter(r => r.end >= horizon).slice(-KEEP_RUNS);
+  }
+}
+function addSample(sample) {
+  history.samples.push(sample);
+  while (history.samples.length && history.samples[0].time < sample.time - SERIES_WINDOW) history.samples.shift();
+  latest = Object.assign({}, latest, {engines: sample.engines});
+}
+function show(status) {
+  latest = Object.assign({}, latest, {time: status.time, lanes: status.engines.filter(e => e.state !== "dead").map(e => e.id)});
+  render(status);
+}
+
+// -- live updates: server-sent events, or polling where the controller refuses a stream ----------
+function listen() {
+  const source = new EventSource("events");
+  source.addEventListener("hello", ev => {
+    const hello = JSON.parse(ev.data);
+    streaming = true;
+    history.samples = [];
+    history.runs = [];
+    hello.samples.forEach(addSample);
+    addRuns(hello.runs);
+    show(hello.status);
+    connection(true);
+    schedule();
+  });
+  source.addEventListener("tick", ev => {
+    const tick = JSON.parse(ev.data);
+    addSample(tick.sample);
+    show(tick.status);
+    connection(true);
+    schedule();
+  });
+  source.addEventListener("runs", ev => {
+    addRuns(JSON.parse(ev.data));
+    schedule();
+  });
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {  // refused (too many streams): poll instead
+      streaming = false;
+      poll();
+    } else {
+      connection(false, "reconnecting");
+    }
+  };
+}
+
+async function poll() {
   try {
     const response = await fetch("status.json", {cache: "no-store"});
     if (!response.ok) throw new Error("HTTP " + response.status);
-    render(await response.json());
+    const status = await response.json();
+    const t = status.tasks;
+    addSample({time: status.time, per_second: t.per_second, queued: t.ready + t.waiting, in_flight: t.in_flight,
+               engines: latest.engines});
+    show(status);
     connection(true);
+    schedule();
   } catch (e) {
     connection(false, e.message || String(e));
   } finally {
-    setTimeout(tick, REFRESH);
+    setTimeout(poll, REFRESH);
   }
 }
-tick();
+
+charts = setupCharts();
+if (typeof EventSource !== "undefined" && !new URLSearchParams(location.search).has("poll")) listen();
+else poll();
