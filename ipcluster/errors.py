@@ -76,6 +76,23 @@ class UnknownSession(ClusterError):
     """
 
 
+class TaskLost(ClusterError):
+    """The task was in flight when the controller stopped, and cannot be run again.
+
+    No engine reported it within the recovery grace period and its payload was
+    too large to be kept in the store (``--store-max-payload``); or, on the
+    client's side, the restarted controller did not know it and the client had
+    not kept its payload either.
+    """
+
+
+class ResultNotKept(ClusterError):
+    """The task finished, but its result was larger than the store keeps (``--store-max-result``).
+
+    It went to the clients waiting for it then; ``fetch`` cannot get it later.
+    """
+
+
 class RemoteError(ClusterError):
     """A task raised on its engine and the exception could not be re-raised as-is.
 
@@ -154,6 +171,8 @@ _BY_NAME = {
         TaskTimeout,
         PayloadTooLarge,
         UnknownSession,
+        TaskLost,
+        ResultNotKept,
     )
 }
 

@@ -60,19 +60,35 @@ class IEngineControl(Interface):
 
 
 class ITaskStore(Interface):
-    """Where finished (and unfinished) tasks are recorded."""
+    """Where finished (and unfinished) tasks are recorded.
+
+    Writes are fire and forget; :meth:`committed` tells when they are durable.
+    The scheduler sends a result to its clients only once the write that records
+    it is committed, so a result a client has seen survives a controller crash.
+    """
 
     max_age = Attribute("Seconds a finished task is kept (None: forever).")
     max_tasks = Attribute("Most finished tasks kept (None: no limit).")
 
-    def submitted(task_id, name, submitted_at):
-        """Record a new task (fire and forget)."""
+    def submitted(task_id, name, submitted_at, payload=None, options=None):
+        """Record a new task (fire and forget), with what a restarted controller needs to run it
+        again: ``payload`` (None: too large to keep) and ``options`` (a dict: engines, after,
+        retries, timeout, after_failed)."""
 
     def started(task_id, engine, started_at):
         """Record that ``engine`` started the task (fire and forget)."""
 
-    def finished(task_id, ok, finished_at, engine, error, result, stdout, stderr):
-        """Record the outcome (fire and forget).  ``error`` is a dict or None."""
+    def finished(task_id, ok, finished_at, engine, error, result, stdout, stderr, not_kept=None):
+        """Record the outcome (fire and forget).  ``error`` is a dict or None.  ``not_kept``: the
+        size of a result that is not written (``result`` and the output are then None/empty)."""
+
+    def committed():
+        """Deferred: fires once every write made before this call is durable (group commit:
+        one transaction serves every caller of one reactor turn).  Fails if that write failed."""
+
+    def unfinished():
+        """Deferred: the records of tasks not finished (submitted or running), oldest first, each
+        with ``payload`` (bytes or None) and ``options`` (a dict) besides the usual keys."""
 
     def get(task_id):
         """Deferred: the task's record as a dict, or None if unknown."""

@@ -686,8 +686,11 @@ class BadInput(CLITestCase):
         for verb in ("start", "stop", "status", "engines", "run"):
             result = ipcluster(verb, "--bogus", "script.py")
             self.assert_one_line(result, f"ipcluster {verb} --help")
-            if verb != "run":  # run passes what follows its script on to the script
+            if verb not in ("run", "engines"):  # run passes what follows its script on to the script
                 self.assertIn("unrecognized arguments: --bogus", result.stderr)
+        # (engines reads script.py as its action, and says that one is wrong)
+        self.assert_one_line(ipcluster("engines", "--bogus"), "unrecognized arguments: --bogus")
+        self.assert_one_line(ipcluster("engines", "grow"), "invalid choice: 'grow'")
         self.assert_one_line(ipcluster("start", "-n", "many"), "invalid int value: 'many'")
 
     def test_a_data_dir_that_is_a_file_for_every_verb(self):

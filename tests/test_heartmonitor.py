@@ -86,7 +86,9 @@ class HeartMonitorTests(SynchronousTestCase):
         self.assertEqual(r.joined_at, 0.25)
         self.assertEqual(self.events_of("e1"), ["registering", "joined"])
         self.clock.advance(0.25)
-        self.assertEqual(self.control_pings, [("e1", 2)])
+        self.assertEqual(self.control_pings, [], "it joined 0.25 s ago: no control ping needed yet")
+        self.clock.advance(PERIOD)
+        self.assertEqual(self.control_pings, [("e1", 3)], "quiet for 0.75 s: pinged")
 
     def test_silent_engine_dies_after_exactly_misses_beats(self):
         a, b = self.join("a", "b")

@@ -62,7 +62,9 @@ class ControllersEngines(unittest.SynchronousTestCase):
         reactor = SpawningReactor()
         LocalEngines(reactor, Registry(), "/d/connection.json", 1).start_engine("e0")
         command = engine_command("/d/connection.json", "e0")
-        self.assertEqual(reactor.spawned, [(command.executable, command.argv, command.env)])
+        # ... in an environment that ties it to this process (engine/parent.py)
+        env = dict(command.env, IPCLUSTER_PARENT_PID=str(os.getpid()))
+        self.assertEqual(reactor.spawned, [(command.executable, command.argv, env)])
 
 
 class FakeProcess:

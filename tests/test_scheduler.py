@@ -254,7 +254,7 @@ class EngineTrafficTests(Fixture):
         # Again: dropped.
         self.result("e1", "t1")
         self.assertEqual(len(self.to_clients), 1)
-        self.assertEqual(self.drops.totals[("task", "result for a task not assigned to this engine")], 1)
+        self.assertEqual(self.drops.totals[("task", "result of a finished task (a resend)")], 1)
         self.assertIn("t2", self.scheduler.tasks)
         self.assertEqual(e2.state, "alive")
 
@@ -1649,6 +1649,7 @@ class ControllerRestartTests(TestCase):
         self.reply(scheduler, "result", {"task": "good", "ok": True}, [b"value", b"out\n", b"err\n"])
         error = {"type": "ValueError", "message": "bad", "traceback": "tb"}
         self.reply(scheduler, "result", {"task": "bad", "ok": False, "error": error}, [b"", b"", b"oops"])
+        yield store.committed()  # results reach clients once stored
         self.assertEqual([msg.type for _, msg in to_clients], ["running", "result", "result"])
         yield store.close()  # the controller stops with "lost" still running
 
@@ -1691,6 +1692,7 @@ class ControllerRestartTests(TestCase):
         self.assertEqual((yield d), "next")
         self.assertEqual([msg["task"] for _, msg in to_engines], ["next"])
         self.assertEqual((yield scheduler.submit(b"c1", "doomed", b"p", after=["bad"])), "doomed")
+        yield store.committed()
         [(_, msg)] = to_clients
         self.assertEqual((msg["task"], msg["error"]["type"]), ("doomed", "DependencyError"))
         self.assertIn("bad", msg["error"]["message"])

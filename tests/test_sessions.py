@@ -123,6 +123,7 @@ class ClientCoreSessions(SynchronousTestCase):
         self.assertEqual(self.core.session, before)
 
     def test_unknown_session_fails_the_request_and_opens_a_new_one(self):
+        self.core.keep_bytes = 0  # (no payload kept: the submit fails too; see the next test)
         outcomes, results = [], []
         msg_id, _ = self.core.request("engines", {}, lambda ok, value: outcomes.append(value))
         task_id, _ = self.core.submit(abs, (-1,), {}, {}, results.append)
@@ -141,6 +142,52 @@ class ClientCoreSessions(SynchronousTestCase):
         old_id, _ = self.core.request("engines", {}, lambda ok, value: replies.append(value))
         self.core.received(self.controller.encode("reply", {"ref": old_id, "ok": True, "value": 7}))
         self.assertEqual(replies, [7])
+
+    def test_a_kept_task_is_announced_again_and_resubmitted(self):
+        results = []
+        task_id, _ = self.core.submit(abs, (-1,), {}, {"retries": 2}, results.append)
+        other_id, _ = self.core.submit(abs, (-2,), {}, {}, results.append)
+        self.core.received(self.controller.encode("unknown", {"reason": "r", "ref": "x.1", "task": task_id}))
+        self.assertEqual(results, [], "a kept task waits for the new session")
+        [connect] = self.sent
+        new = Codec(KEY, session="n" * 32)
+        self.core.received(new.encode("welcome", {"ref": Codec(KEY).decode(connect).id, "version": 2}))
+        fetches = [Codec(KEY).decode(f) for f in self.sent[1:]]
+        self.assertEqual(sorted((m.type, m["task"], m.session) for m in fetches),
+                         sorted([("fetch", task_id, "n" * 32), ("fetch", other_id, "n" * 32)]))
+        by_task = {m["task"]: m for m in fetches}
+        unknown = errors.to_wire(errors.BadRequest("unknown task"))
+        self.core.received(new.encode("reply", {"ref": by_task[task_id].id, "ok": False, "error": unknown}))
+        self.core.received(new.encode("reply", {"ref": by_task[other_id].id, "ok": True, "value": "pending"}))
+        [resubmit] = [Codec(KEY).decode(f) for f in self.sent[3:]]
+        self.assertEqual((resubmit.type, resubmit["task"], resubmit["retries"], resubmit.session),
+                         ("submit", task_id, 2, "n" * 32))
+        self.assertEqual((self.core.resumed, self.core.resubmitted), (1, 1))
+        # Its result is delivered once.
+        frames = new.encode("result", {"task": task_id, "ok": True}, [b"\x80\x04K\x01.", b"", b""])
+        self.core.received(frames)
+        self.assertEqual([r.value for r in results], [1])
+
+    def test_a_task_neither_known_nor_kept_is_lost(self):
+        results = []
+        task_id, _ = self.core.submit(abs, (-1,), {}, {}, results.append)
+        self.core._kept.clear()  # (let go: over the client's bound)
+        connect_id, frames = self.core.request("connect", {}, lambda ok, value: None)
+        new = Codec(KEY, session="n" * 32)
+        self.core.received(new.encode("welcome", {"ref": connect_id, "version": 2}))
+        [fetch] = [Codec(KEY).decode(f) for f in self.sent]
+        unknown = errors.to_wire(errors.BadRequest("unknown task"))
+        self.core.received(new.encode("reply", {"ref": fetch.id, "ok": False, "error": unknown}))
+        [result] = results
+        self.assertIsInstance(result.value, errors.TaskLost)
+        self.assertFalse(self.core.waiting())
+
+    def test_kept_payloads_are_bounded(self):
+        self.core.keep_bytes = 300
+        for n in range(10):
+            self.core.submit(len, (b"x" * 100,), {}, {}, lambda r: None)
+        self.assertLessEqual(self.core._kept_size, 300)
+        self.assertGreater(len(self.core._kept), 0)
 
     def test_payload_too_large_is_refused_at_submit(self):
         results = []

@@ -66,7 +66,7 @@ class StoreTests:
             {
                 "task": "t1", "name": "square", "status": "ok", "submitted_at": now, "started_at": now + 1,
                 "finished_at": now + 2, "engine": "e1", "error": None, "result": b"\x80\x04result\x00",
-                "stdout": "out\n", "stderr": "err\n",
+                "stdout": "out\n", "stderr": "err\n", "not_kept": None,
             },
         )
 
@@ -212,6 +212,52 @@ class SQLiteTaskStoreTests(StoreTests, TestCase):
         after = yield defer.gatherResults([store.get(t) for t in ("t1", "t2", "t3")])
         self.assertEqual(after, before)
         self.assertEqual((after[0]["result"], after[1]["error"], after[2]["status"]), (b"result", ERROR, "submitted"))
+
+    @defer.inlineCallbacks
+    def test_committed_means_on_disk_without_the_batch_timer(self):
+        store = self.make_store(batch_seconds=3600)  # the timer would never flush in this test
+        store.finished("t1", True, 2.0, "e1", None, b"v", "", "")
+        yield store.committed()
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT task, result FROM tasks").fetchall(), [("t1", b"v")])
+
+    @defer.inlineCallbacks
+    def test_one_commit_for_a_turn(self):
+        store = self.make_store()
+        for i in range(5):
+            store.finished(f"t{i}", True, 2.0, "e1", None, b"v", "", "")
+        waiters = [store.committed() for _ in range(5)]
+        self.assertEqual(len(store._pending), 5)
+        yield defer.gatherResults(waiters)
+        self.assertEqual(store._pending, [])
+
+    @defer.inlineCallbacks
+    def test_unfinished_tasks_keep_what_recovery_needs(self):
+        store = self.make_store()
+        store.submitted("t1", "f", 1.0, b"payload", {"engines": ["e0"], "retries": 2})
+        store.submitted("t2", "g", 2.0, None, {})
+        store.started("t2", "e1", 3.0)
+        store.submitted("t3", "h", 3.0, b"p", {})
+        store.finished("t3", True, 4.0, "e1", None, b"v", "", "")
+        found = yield store.unfinished()
+        self.assertEqual([(r["task"], r["status"], r["payload"], r["options"]) for r in found],
+                         [("t1", "submitted", b"payload", {"engines": ["e0"], "retries": 2}),
+                          ("t2", "running", None, {})])
+
+    @defer.inlineCallbacks
+    def test_a_store_of_the_first_schema_is_migrated(self):
+        db = sqlite3.connect(self.path)
+        db.executescript(
+            "CREATE TABLE tasks (task TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, submitted_at REAL, "
+            "started_at REAL, finished_at REAL, engine TEXT, error TEXT, result BLOB, stdout TEXT, stderr TEXT);"
+            "INSERT INTO tasks (task, status, result) VALUES ('old', 'ok', X'01');"
+        )
+        db.close()
+        store = self.make_store()
+        self.assertEqual((yield store.get("old"))["result"], b"\x01")
+        store.submitted("new", "f", 1.0, b"p", {})
+        self.assertEqual([r["task"] for r in (yield store.unfinished())], ["new"])
 
     @defer.inlineCallbacks
     def test_writes_just_before_close_are_kept(self):

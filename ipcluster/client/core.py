@@ -17,16 +17,23 @@ from typing import Any, Callable, Optional, Sequence
 import cloudpickle
 
 from ipcluster import errors, futureinputs
+from ipcluster.client.checks import (  # noqa: F401 (the names clients import from here)
+    OPTION_NAMES, ChunkCall, _name, submit_options, take_options,
+)
 from ipcluster.client.inputs import input_options
 from ipcluster.client.output import OutputWatch
 from ipcluster.sourcelines import task_extras
-from ipcluster.limits import MAX_NAME, MAX_RETRIES, MAX_SECONDS, is_retries, is_seconds, is_text
 from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE, batch
 from ipcluster.transport.replay import ReplayWindow
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
 
+__all__ = ["ClientCore", "TaskResult", "OPTION_NAMES", "ChunkCall", "submit_options", "take_options", "_name"]
+
 #: Sessions whose messages a client still takes (the current one and those before it).
 KEEP_SESSIONS = 8
+#: Bytes of pending tasks' payloads a client keeps to submit them again to a restarted
+#: controller that does not know them (the oldest kept are let go first).
+KEEP_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 #: ``callback(ok, value)``: value is the reply's value, or an exception when not ok.
 Callback = Callable[[bool, Any], None]
@@ -81,9 +88,19 @@ class ClientCore:
     the controller answers ``unknown`` (it no longer knows the session), the
     request fails with :class:`~ipcluster.errors.UnknownSession` and a
     ``connect`` that opens a new session goes to :attr:`send_back`.
+
+    **Resuming.**  A new session from a controller that gave us another one
+    before means it restarted (or forgot us): every pending task is announced
+    again (``fetch``: the controller adds us to its clients, or sends its
+    stored result), and a task it does not know is submitted again from its
+    kept payload -- payloads of pending tasks are kept up to ``keep_bytes``
+    (64 MiB), the oldest let go first; a task whose payload was let go fails
+    then with :class:`~ipcluster.errors.TaskLost`.  A ``submit`` answered
+    ``unknown`` waits for that, instead of failing, when its payload is kept.
     """
 
-    def __init__(self, key: bytes, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(self, key: bytes, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 keep_bytes: int = KEEP_PAYLOAD_BYTES) -> None:
         # The controller's replies can be large (engines() of a big cluster).
         self.codec = Codec(key, max_header=MAX_REPLY_HEADER_BYTES)
         #: The largest message the controller takes (``--max-message-size``, from the connection file).
@@ -94,6 +111,14 @@ class ClientCore:
         self._running: dict[str, list] = {}  # task id -> callbacks waiting to hear it started
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
         self._reconnecting = False
+        #: Pending tasks' submit fields and payloads, to submit again (``keep_bytes`` at most).
+        self.keep_bytes = keep_bytes
+        self._kept: OrderedDict[str, tuple] = OrderedDict()
+        self._kept_size = 0
+        #: Times this client re-announced its pending tasks to a restarted controller, and
+        #: tasks it submitted again.
+        self.resumed = 0
+        self.resubmitted = 0
         #: How the driver sends frames from within :meth:`received` (its I/O thread, or the reactor).
         self.send_back: Callable[[list], object] = lambda frames: None
         self.dropped = 0
@@ -143,7 +168,24 @@ class ClientCore:
                 "(--max-message-size)"
             )
         self.expect(task_id, on_result, on_running)
+        self._keep(task_id, fields, payload)
         return task_id, frames
+
+    def _keep(self, task_id: str, fields: dict, payload: bytes) -> None:
+        with self._lock:
+            if len(payload) > self.keep_bytes:
+                return
+            self._kept[task_id] = (fields, payload)
+            self._kept_size += len(payload)
+            while self._kept_size > self.keep_bytes:
+                _, (_, old) = self._kept.popitem(last=False)
+                self._kept_size -= len(old)
+
+    def _let_go(self, task_id: str) -> None:
+        """(Under the lock.)  The task's payload need not be kept any more."""
+        kept = self._kept.pop(task_id, None)
+        if kept is not None:
+            self._kept_size -= len(kept[1])
 
     def waiting(self) -> bool:
         """Whether anything waits for the controller (a reply or a task's result)."""
@@ -171,6 +213,7 @@ class ClientCore:
                 if on_result is None or not waiting:
                     self._results.pop(task_id, None)
                     self._running.pop(task_id, None)
+                    self._let_go(task_id)
 
     def expire(self, msg_id: str, error: BaseException) -> None:
         """No reply came in time: fail the waiter."""
@@ -184,6 +227,8 @@ class ClientCore:
             replies, self._replies = self._replies, {}
             results, self._results = self._results, {}
             self._running = {}
+            self._kept.clear()
+            self._kept_size = 0
         for callback in replies.values():
             callback(False, error)
         for task_id, waiting in results.items():
@@ -247,8 +292,46 @@ class ClientCore:
         self._windows[msg.session] = window
         while len(self._windows) > KEEP_SESSIONS:
             self._windows.popitem(last=False)
-        self.codec.session = msg.session
+        before, self.codec.session = self.codec.session, msg.session
         callback(True, msg.fields)
+        if before and before != msg.session:
+            self._resume()
+
+    def _resume(self) -> None:
+        """A new session after another one: announce every pending task again (``fetch``)."""
+        with self._lock:
+            pending = list(self._results)
+        if pending:
+            self.resumed += 1
+        for task_id in pending:
+            _, frames = self.request("fetch", {"task": task_id}, lambda ok, value, t=task_id: self._refetched(t, ok, value))
+            self.send_back(frames)
+
+    def _refetched(self, task_id: str, ok: bool, value: Any) -> None:
+        """The answer to a re-announcing ``fetch``: resubmit a task the controller does not know."""
+        if ok or isinstance(value, errors.UnknownSession):
+            return  # pending (or done: its result came first); or yet another session: resumed again then
+        with self._lock:
+            kept = self._kept.get(task_id) if isinstance(value, errors.BadRequest) else None
+        if kept is not None:
+            fields, payload = kept
+            self.resubmitted += 1
+            self.send_back(self.codec.encode("submit", fields, [payload]))
+            return
+        if isinstance(value, errors.BadRequest):
+            value = errors.TaskLost(
+                f"the restarted controller does not know task {task_id} (it had not stored it) and this client "
+                f"did not keep its payload (it keeps {self.keep_bytes} bytes of payloads): submit it again"
+            )
+        self._fail_task(task_id, value)
+
+    def _fail_task(self, task_id: str, error: BaseException) -> None:
+        with self._lock:
+            waiting = self._results.pop(task_id, [])
+            self._running.pop(task_id, None)
+            self._let_go(task_id)
+        for on_result in waiting:
+            on_result(_Failed(task_id, error))
 
     def _session_lost(self, msg: Message) -> None:
         """The controller does not know our session: fail that request, open a new session."""
@@ -259,10 +342,9 @@ class ClientCore:
         task_id, ref = msg.get("task"), msg.get("ref")
         if isinstance(task_id, str):
             with self._lock:
-                waiting = self._results.pop(task_id, [])
-                self._running.pop(task_id, None)
-            for on_result in waiting:
-                on_result(_Failed(task_id, error))
+                kept = task_id in self._kept
+            if not kept:  # (a kept one is re-announced, and submitted again, with the new session)
+                self._fail_task(task_id, error)
         elif isinstance(ref, str):
             self.expire(ref, error)
         if self._reconnecting or msg.session != self.codec.session:
@@ -280,6 +362,7 @@ class ClientCore:
         with self._lock:
             waiting = self._results.pop(msg["task"], None)
             self._running.pop(msg["task"], None)
+            self._let_go(msg["task"])
         if not waiting:
             self.dropped += 1
             return
@@ -301,83 +384,3 @@ class _Failed:
         self.value = error
         self.stdout = self.stderr = ""
         self.started = self.finished = None
-
-
-def _name(fn: Callable) -> str:
-    """What the controller shows of a task: its function's name, as printable text."""
-    name = getattr(fn, "__name__", None)
-    if not isinstance(name, str):
-        name = type(fn).__name__
-    return name[:MAX_NAME] if is_text(name[:MAX_NAME], MAX_NAME) else repr(name)[:MAX_NAME]
-
-
-def _engines(engines) -> list:
-    if isinstance(engines, str):
-        raise TypeError("engines= takes a list of engine ids")
-    return [str(e) for e in engines]
-
-
-def _retries(retries) -> int:
-    if not is_retries(retries):
-        raise ValueError(f"retries must be a whole number from 0 to {MAX_RETRIES}")
-    return retries
-
-
-def _timeout(timeout) -> float:
-    timeout = float(timeout)
-    if not (is_seconds(timeout) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, at most {MAX_SECONDS:.0f}")
-    return timeout
-
-
-def _after_failed(after_failed) -> str:
-    if after_failed not in ("fail", "run"):
-        raise ValueError("after_failed must be 'fail' or 'run'")
-    return after_failed
-
-
-#: Each submit option and the check that makes its wire value (or raises TypeError/ValueError).
-_OPTION_CHECKS = {
-    "engine": str,
-    "engines": _engines,
-    "after": lambda after: [_task_id(t) for t in after],
-    "retries": _retries,
-    "timeout": _timeout,
-    "after_failed": _after_failed,
-}
-
-
-#: The keyword arguments ``Client.submit`` takes as scheduling options (not the task's).
-OPTION_NAMES = tuple(_OPTION_CHECKS)
-
-
-def take_options(kwargs: dict) -> dict:
-    """Remove submit's own option names from ``kwargs`` (the task's keyword arguments); them."""
-    return {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
-
-
-def submit_options(engine=None, engines=None, after=None, retries=None, timeout=None, after_failed=None) -> dict:
-    """The scheduling fields of a submit request, checked on this side for clear errors."""
-    if engine is not None and engines is not None:
-        raise TypeError("give engine= or engines=, not both")
-    given = {"engine": engine, "engines": engines, "after": after or None, "retries": retries,
-             "timeout": timeout, "after_failed": after_failed}
-    return {name: _OPTION_CHECKS[name](value) for name, value in given.items() if value is not None}
-
-
-def _task_id(task) -> str:
-    task_id = getattr(task, "task_id", task)
-    if not isinstance(task_id, str):
-        raise TypeError(f"after= takes futures or task ids, not {task!r}")
-    return task_id
-
-
-class ChunkCall:
-    """Runs ``fn`` over a chunk of argument tuples on an engine (``map(chunksize=...)``)."""
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
-        self.__name__ = getattr(fn, "__name__", "chunk")
-
-    def __call__(self, chunk: list) -> list:
-        return [self.fn(*args) for args in chunk]

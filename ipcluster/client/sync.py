@@ -24,7 +24,8 @@ from ipcluster.client.future import TaskFuture
 from ipcluster.client.progress import progress_bar
 from ipcluster.client.verbs import ControlVerbs
 from ipcluster.client.views import EngineViews
-from ipcluster.client.core import ClientCore
+from ipcluster.client.core import KEEP_PAYLOAD_BYTES, ClientCore
+from ipcluster.client.watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_RESTART_WAIT, ControllerWatch
 from ipcluster.transport.security import configure_client
 from ipcluster.transport.zmqfast import recv_frames, send_frames
 
@@ -41,14 +42,21 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
     """
 
     def __init__(
-        self, connection_file: Optional[str] = None, timeout: float = 10.0, controller_timeout: float = 20.0
+        self, connection_file: Optional[str] = None, timeout: float = 10.0, controller_timeout: float = 20.0,
+        restart_wait: float = DEFAULT_RESTART_WAIT, give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+        keep_bytes: int = KEEP_PAYLOAD_BYTES,
     ) -> None:
         self.info = connection.read(connection_file)
         self.timeout = timeout
-        #: While something waits for the controller, it is probed every few seconds; after this
-        #: long without a word from it, every pending future fails with NoController.
+        #: While something waits for the controller, it is probed every few seconds.  After this
+        #: long without a word from it, pending futures fail with NoController if the controller is
+        #: gone: its connection file removed, or its process gone with no heir within
+        #: ``restart_wait``; a paused or restarting controller is waited for, up to
+        #: ``give_up_after`` seconds of silence (the only limit for a controller on another host).
+        #: See ``client/watch.py``.
         self.controller_timeout = controller_timeout
-        self._core = ClientCore(self.info.key, self.info.max_message_size)
+        self._watch = ControllerWatch(self.info, controller_timeout, restart_wait, give_up_after)
+        self._core = ClientCore(self.info.key, self.info.max_message_size, keep_bytes)
         self._context = zmq.Context()
         self._pipe_address = f"inproc://ipcluster-client-{uuid.uuid4().hex}"
         self._pipe_in = self._context.socket(zmq.PAIR)
@@ -182,15 +190,13 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
             while True:
                 events = dict(poller.poll(500))
                 now = time.monotonic()
+                gone = None
                 if dealer in events or not self._core.waiting():
                     heard = now
-                elif now - heard > self.controller_timeout:
-                    self._core.fail_all(
-                        errors.NoController(
-                            f"the controller at {self.info.address('client')} has not answered for "
-                            f"{now - heard:.0f} s"
-                        )
-                    )
+                else:
+                    gone = self._watch.verdict(now - heard, now)
+                if gone is not None:
+                    self._core.fail_all(errors.NoController(f"the controller at {self.info.address('client')} {gone}"))
                     heard = now
                 elif now - heard > probe_every and now - probed > probe_every:
                     probed = now

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from ipcluster import connection, errors
 from ipcluster.client.options import TaskOptions
 from ipcluster.client.verbs import ControlVerbs, task_id_of
 from ipcluster.client.core import ClientCore, TaskResult, submit_options, take_options
+from ipcluster.client.watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_RESTART_WAIT, ControllerWatch
 from ipcluster.transport.security import configure_client
 
 
@@ -28,33 +29,63 @@ class TwistedClient(ControlVerbs):
 
     log = Logger()
 
-    def __init__(self, info: connection.ConnectionInfo, reactor, timeout: float) -> None:
+    def __init__(self, info: connection.ConnectionInfo, reactor, timeout: float, controller_timeout: float = 20.0,
+                 restart_wait: float = DEFAULT_RESTART_WAIT, give_up_after: float = DEFAULT_GIVE_UP_AFTER) -> None:
         from ipcluster.transport.reactor import DealerSocket, make_factory
 
         self.info = info
         self.reactor = reactor
         self.timeout = timeout
         self._core = ClientCore(info.key, info.max_message_size)
+        # A silent controller, with something pending: probed, and judged as the blocking client's is.
+        self._watch = ControllerWatch(info, controller_timeout, restart_wait, give_up_after)
+        self._probe_every = min(5.0, controller_timeout / 3)
+        self._heard = self._probed = reactor.seconds()
         self._pending: dict[str, defer.Deferred] = {}  # unfinished tasks' Deferreds, by task id
         self._idle: list[defer.Deferred] = []  # shutdown()s waiting for no task to be pending
         self._shutdown = False
         self._factory = make_factory(reactor)
         self._socket = DealerSocket(
-            self._factory, info.address("client"), self._core.received, name="client",
+            self._factory, info.address("client"), self._received, name="client",
             configure=lambda sock: configure_client(sock, info),
         )
         self._core.send_back = self._socket.send_frames
+        self._checker = task.LoopingCall(self._check)
+        self._checker.clock = reactor
+        self._checker.start(min(1.0, self._probe_every), now=False)
+
+    def _received(self, frames: list) -> None:
+        self._heard = self.reactor.seconds()
+        self._core.received(frames)
+
+    def _check(self) -> None:
+        """Probe a silent controller (a restarted one gives a new session: the core resumes), and
+        fail what is pending once it is gone (``client/watch.py``)."""
+        now = self.reactor.seconds()
+        if not self._core.waiting():
+            self._heard = now
+            return
+        gone = self._watch.verdict(now - self._heard, now)
+        if gone is not None:
+            self._heard = now
+            self._core.fail_all(errors.NoController(f"the controller at {self.info.address('client')} {gone}"))
+        elif now - self._heard > self._probe_every and now - self._probed > self._probe_every:
+            self._probed = now
+            _, frames = self._core.request("connect", {}, lambda ok, value: None)
+            self._socket.send_frames(frames)
 
     @classmethod
-    def connect(cls, connection_file: Optional[str] = None, reactor=None, timeout: float = 10.0) -> defer.Deferred:
-        """A Deferred that fires with a connected client, or NoController."""
+    def connect(cls, connection_file: Optional[str] = None, reactor=None, timeout: float = 10.0,
+                **watch: float) -> defer.Deferred:
+        """A Deferred that fires with a connected client, or NoController.  ``watch``: the
+        ``controller_timeout``, ``restart_wait`` and ``give_up_after`` of ``Client``."""
         if reactor is None:
             from twisted.internet import reactor
         try:
             info = connection.read(connection_file)
         except errors.NoController:
             return defer.fail()
-        client = cls(info, reactor, timeout)
+        client = cls(info, reactor, timeout, **watch)
 
         def no_answer(failure):
             client.close()
@@ -221,6 +252,8 @@ class TwistedClient(ControlVerbs):
     def close(self) -> None:
         """Close now: pending Deferreds fail with NoController (their tasks go on on the cluster)."""
         self._shutdown = True
+        if self._checker.running:
+            self._checker.stop()
         if self._factory is not None:
             self._factory.shutdown()
             self._factory = None

@@ -12,7 +12,9 @@ from ipcluster.controller.registry import DEFAULT_DEAD_ENGINE_TTL
 from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD
 from ipcluster.controller.supervisor import DEFAULT_RESTART_LIMIT, DEFAULT_RESTART_WINDOW, RestartPolicy
 from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT
+from ipcluster.scheduler.recovery import DEFAULT_RECOVERY_GRACE
 from ipcluster.scheduler.scheduler import DEFAULT_PREFETCH
+from ipcluster.store import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_RESULT
 from ipcluster.transport import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_SIZE
 
 
@@ -42,6 +44,10 @@ class ControllerConfig:
     engine_memory_limit: Optional[int] = attr.ib(default=None)
     no_engine_timeout: Optional[float] = attr.ib(default=DEFAULT_NO_ENGINE_TIMEOUT)
     dead_engine_ttl: Optional[float] = attr.ib(default=DEFAULT_DEAD_ENGINE_TTL)
+    # Crash safety (see store/__init__.py and scheduler/recovery.py).
+    store_max_payload: int = attr.ib(default=DEFAULT_MAX_PAYLOAD)
+    store_max_result: int = attr.ib(default=DEFAULT_MAX_RESULT)
+    recovery_grace: float = attr.ib(default=DEFAULT_RECOVERY_GRACE)
 
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy(limit=self.restart_limit, window=self.restart_window, memory_limit=self.engine_memory_limit)

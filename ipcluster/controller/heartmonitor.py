@@ -1,19 +1,28 @@
 """The HeartMonitor: pings every engine's heart and judges liveness.
 
-Each period it sends beat ``b`` to every active engine: a signed ping to its
-native heart (an echo that answers even while the engine's interpreter is held)
-and a ``ping`` on its Python control channel.  At the next tick:
+Each period (beat ``b``) every active engine gets a signed ping to its native
+heart (an echo that answers even while the engine's interpreter is held) and,
+when its control channel has been quiet long enough to need one, a ``ping`` on
+that Python channel.  The period is cut into *slices*: the engines of the
+period are split into at most :data:`MAX_SLICES` groups of about
+``slice_size``, and each slice runs at its own moment, ``period / slices``
+apart, so that no single reactor turn pings them all (1,000 engines are 10
+slices of 100).  In its slice, each engine is first judged on the ping it got
+a period ago, then pinged again:
 
-* no heart pong for the previous beat is a *miss*; ``misses`` in a row mean
-  **dead**;
+* no heart pong for that ping is a *miss*; ``misses`` in a row mean **dead**;
 * a heart that answers while the control channel has been silent for
   ``busy_after`` seconds means **busy** (the interpreter is held: a long
   GIL-holding C call) -- never dead;
-* a registering engine counts (joins) at its first pong, and is purged if
-  none comes within ``registration_timeout``.
+* a registering engine is pinged as soon as its heart is connected (retried
+  every :data:`JOIN_RETRY` s until a ping goes out), counts (joins) at its
+  first pong, and is purged if none comes within ``registration_timeout``.
 
-A tick that runs late (the reactor was blocked for more than half a period)
-judges nobody: the pongs that prove engines alive may still sit unread.
+A slice that runs late (the reactor was blocked for more than half a period)
+judges nobody in it: the pongs that prove them alive may still sit unread.  An
+engine whose last ping went out less than half a period ago is not judged
+either (the slices moved when engines came and went).  Every engine is thus
+judged at most once per period, and exactly once when nothing runs late.
 Time comes only from the injected clock, so all of this is tested with
 ``twisted.internet.task.Clock``.
 """
@@ -21,15 +30,24 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from ipcluster.controller.registry import ALIVE, BUSY, REGISTERING, EngineEvent, EngineRecord, Registry
+from ipcluster.controller.registry import (
+    ACTIVE_STATES, ALIVE, BUSY, REGISTERING, EngineEvent, EngineRecord, Registry,
+)
 from ipcluster.transport.wire import BadMessage, PingCodec
 
 DEFAULT_PERIOD = 0.5
 DEFAULT_MISSES = 3
+#: Engines one slice of a period pings, about (fewer slices when there are fewer engines).
+DEFAULT_SLICE_SIZE = 100
+#: Most slices a period is cut into.
+MAX_SLICES = 64
+#: Seconds between attempts to ping registering engines whose heart is not connected yet
+#: (doubled after each round in which none connected, up to JOIN_RETRY_MAX).
+JOIN_RETRY = 0.002
+JOIN_RETRY_MAX = 0.064
 
 
 class HeartMonitor:
@@ -49,11 +67,14 @@ class HeartMonitor:
         busy_after: Optional[float] = None,
         registration_timeout: float = 10.0,
         drain: Optional[Callable[[], None]] = None,
+        slice_size: int = DEFAULT_SLICE_SIZE,
     ) -> None:
         if period <= 0:
             raise ValueError("heartbeat period must be positive")
         if misses < 1:
             raise ValueError("heartbeat misses must be at least 1")
+        if slice_size < 1:
+            raise ValueError("heartbeat slice size must be at least 1")
         self.clock = clock
         self.registry = registry
         self.pings = pings
@@ -62,92 +83,170 @@ class HeartMonitor:
         self.period = period
         self.misses = misses
         self.busy_after = busy_after if busy_after is not None else max(1.0, 3 * period)
+        # A control ping is skipped while the channel spoke this recently: the next slice,
+        # a period on, still judges it quiet for less than busy_after (with half a period spare).
+        self._control_quiet = self.busy_after - 1.5 * period
         self.registration_timeout = registration_timeout
         self.drain = drain
+        self.slice_size = slice_size
         self.beat = 0
+        #: Slices that ran late (and judged nobody); a period's worth counts once in the log.
         self.late_ticks = 0
-        self._last_tick: Optional[float] = None
-        self._loop: Optional[LoopingCall] = None
+        self._period_start = 0.0
+        self._engines: list[EngineRecord] = []  # this period's engines, in slice order
+        self._slices = 1
+        self._next_slice = 0
+        self._call: Optional[IDelayedCall] = None
+        self._joining: dict[bytes, EngineRecord] = {}  # registering engines not yet pinged
+        self._join_call: Optional[IDelayedCall] = None
+        self._join_delay = JOIN_RETRY
+        self._late = False
 
     # -- lifecycle -----------------------------------------------------------
 
-    def _safe_tick(self) -> None:
+    def start(self) -> None:
+        self.registry.subscribe(self._registry_event)
+        for record in self.registry.active():
+            if record.state == REGISTERING:
+                self._joining[record.identity] = record
+        self._period_start = self.clock.seconds() - self.period  # so that the first period begins now
+        self._slices = self._next_slice = 1
+        self._run_slice()
+        self._ping_joining()
+
+    def stop(self) -> None:
+        self.registry.unsubscribe(self._registry_event)
+        for call in (self._call, self._join_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._call = self._join_call = None
+        self._joining.clear()
+
+    # -- the slices of a period ----------------------------------------------
+
+    def _begin_period(self, start: float) -> None:
+        self.beat += 1
+        self._period_start = start
+        self._engines = self.registry.active()
+        n = len(self._engines)
+        self._slices = min(MAX_SLICES, max(1, -(-n // self.slice_size)))
+        self._next_slice = 0
+
+    def _run_slice(self) -> None:
+        self._call = None
+        if self._next_slice >= self._slices:
+            self._begin_period(self._period_start + self.period)
         try:
             self.tick()
         except Exception:
-            # Never let one bad tick end liveness checking for good.
-            self.log.failure("heart monitor tick failed")
+            # Never let one bad slice end liveness checking for good.
+            self.log.failure("heart monitor slice failed")
+        now = self.clock.seconds()
+        if self._late:
+            # The slice ran late: the rest of the period is scheduled from now.
+            self._period_start = now - (self._next_slice - 1) * self.period / self._slices
+        due = self._due(self._next_slice)
+        self._call = self.clock.callLater(max(0.0, due - now), self._run_slice)
 
-    def start(self) -> None:
-        self._loop = LoopingCall(self._safe_tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.period, now=True).addErrback(
-            lambda f: self.log.failure("heart monitor loop stopped", f)
-        )
-
-    def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-
-    # -- the tick ------------------------------------------------------------
+    def _due(self, k: int) -> float:
+        return self._period_start + k * self.period / self._slices
 
     def tick(self) -> None:
+        """Run the period's next slice now: judge its engines, then ping them."""
         now = self.clock.seconds()
-        interval = self.period if self._last_tick is None else now - self._last_tick
-        self._last_tick = now
+        k = self._next_slice
+        self._next_slice += 1
+        late = now - self._due(k) > self.period / 2
         if self.drain is not None:
             # Read pongs and control traffic that arrived while we were busy before judging anyone.
             self.drain()
-        if interval > 1.5 * self.period:
+        if late:
             self.late_ticks += 1
-            self.log.warn(
-                "heart monitor ran {lag:.2f} s late (reactor busy); not counting misses this period",
-                lag=interval - self.period,
-            )
-        elif interval < 0.5 * self.period:
-            # LoopingCall snapped back to its schedule right after a late tick:
-            # engines had less than half a period to answer the last ping.
-            pass
-        else:
-            self._judge(now)
-        self.beat += 1
-        for record in self.registry.active():
-            # Each ping carries its own send time: at scale a tick takes a while.
-            self.send_heart(record.identity, self.pings.ping(record.identity, self.beat, self.clock.seconds()))
-            if record.state != REGISTERING:
-                self.send_control_ping(record, self.beat)
-
-    def _judge(self, now: float) -> None:
-        previous = self.beat
-        for record in self.registry.active():
-            if record.state == REGISTERING:
-                if now - record.registered_at > self.registration_timeout:
-                    self.registry.remove(
-                        record,
-                        f"no heartbeat within {self.registration_timeout:g} s of registering",
-                        now,
-                        event=EngineEvent.PURGED,
-                    )
-                continue
-            if record.last_pong_beat < previous:
-                record.misses += 1
-                if record.misses >= self.misses:
-                    self.registry.mark_dead(
-                        record,
-                        f"heart silent for {record.misses} beats "
-                        f"({self.period * record.misses:.1f} s at {self.period:g} s a beat)",
-                        now,
-                    )
-                    continue
-            else:
-                record.misses = 0
-            last = record.last_control_at if record.last_control_at is not None else record.joined_at
-            if record.state == ALIVE and last is not None and now - last > self.busy_after:
-                task = f" running task {record.running_task}" if record.running_task else ""
-                self.registry.mark_busy(
-                    record, last, f"heart answers, control silent for {now - last:.1f} s{task}"
+            if not self._late:
+                self.log.warn(
+                    "heart monitor ran {lag:.2f} s late (reactor busy); not counting misses this period",
+                    lag=now - self._due(k),
                 )
+        self._late = late
+        n = len(self._engines)
+        lo, hi = k * n // self._slices, (k + 1) * n // self._slices
+        ping = self.pings.ping
+        send_heart = self.send_heart
+        beat = self.beat
+        for record in self._engines[lo:hi]:
+            if record.state not in ACTIVE_STATES or self.registry.by_identity(record.identity) is not record:
+                continue  # gone since the period began
+            if not late and not self._judge(record, now):
+                continue  # judged dead or purged
+            data = ping(record.identity, beat, now)
+            # A ping the ROUTER refuses (the heart disconnected) counts as sent: it goes unanswered.
+            record.ping_beat, record.pinged_at, record.ping = beat, now, data
+            if send_heart(record.identity, data) and self._joining:
+                self._joining.pop(record.identity, None)
+            if record.state != REGISTERING and (
+                record.last_control_at is None or now - record.last_control_at >= self._control_quiet
+            ):
+                self.send_control_ping(record, beat)
+
+    def _judge(self, record: EngineRecord, now: float) -> bool:
+        """Judge one engine on its last ping; False if it is gone (dead or purged)."""
+        if record.state == REGISTERING:
+            if now - record.registered_at > self.registration_timeout:
+                self.registry.remove(
+                    record,
+                    f"no heartbeat within {self.registration_timeout:g} s of registering",
+                    now,
+                    event=EngineEvent.PURGED,
+                )
+                return False
+            return True
+        if record.pinged_at is None or now - record.pinged_at < self.period / 2:
+            return True  # not pinged, or too recently to tell
+        if record.last_pong_beat < record.ping_beat:
+            record.misses += 1
+            if record.misses >= self.misses:
+                self.registry.mark_dead(
+                    record,
+                    f"heart silent for {record.misses} beats "
+                    f"({self.period * record.misses:.1f} s at {self.period:g} s a beat)",
+                    now,
+                )
+                return False
+        else:
+            record.misses = 0
+        last = record.last_control_at if record.last_control_at is not None else record.joined_at
+        if record.state == ALIVE and last is not None and now - last > self.busy_after:
+            task = f" running task {record.running_task}" if record.running_task else ""
+            self.registry.mark_busy(record, last, f"heart answers, control silent for {now - last:.1f} s{task}")
+        return True
+
+    # -- registering engines are pinged at once ------------------------------
+
+    def _registry_event(self, event: EngineEvent, record: EngineRecord, reason: str) -> None:
+        if event == EngineEvent.REGISTERING:
+            self._joining[record.identity] = record
+            if self._join_call is None:  # else the retry already due will ping it
+                self._join_delay = JOIN_RETRY
+                self._join_call = self.clock.callLater(0, self._ping_joining)
+
+    def _ping_joining(self) -> None:
+        """Ping each registering engine not pinged yet; retry soon those whose heart is not connected."""
+        self._join_call = None
+        now = self.clock.seconds()
+        sent = False
+        for identity, record in list(self._joining.items()):
+            if record.state != REGISTERING or now - record.registered_at > self.registration_timeout:
+                del self._joining[identity]  # joined, gone, or left to the slices to purge
+                continue
+            data = self.pings.ping(identity, self.beat, now)
+            if self.send_heart(identity, data):
+                record.ping_beat, record.pinged_at, record.ping = self.beat, now, data
+                del self._joining[identity]
+                sent = True
+        # Back off while no heart connects (a registration storm must not spin the reactor).
+        self._join_delay = JOIN_RETRY if sent else min(2 * self._join_delay, JOIN_RETRY_MAX)
+        if self._joining and self._join_call is None:
+            self._join_call = self.clock.callLater(self._join_delay, self._ping_joining)
 
     # -- input ---------------------------------------------------------------
 
@@ -156,9 +255,12 @@ class HeartMonitor:
         record = self.registry.by_identity(identity)
         if record is None or record.state not in (REGISTERING, ALIVE, BUSY):
             raise BadMessage("pong from unknown engine")
-        beat, sent = self.pings.pong(identity, data)
-        if beat > self.beat:
-            raise BadMessage("pong from the future", f"beat {beat} > {self.beat}")
+        if data == record.ping:  # the last ping sent to it: no need to check its signature again
+            beat, sent = record.ping_beat, record.pinged_at
+        else:
+            beat, sent = self.pings.pong(identity, data)
+            if beat > self.beat:
+                raise BadMessage("pong from the future", f"beat {beat} > {self.beat}")
         now = self.clock.seconds()
         if beat > record.last_pong_beat:
             record.last_pong_beat = beat

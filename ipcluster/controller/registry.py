@@ -107,6 +107,10 @@ class EngineRecord:
     identity: bytes = attr.ib(factory=_random_token, repr=False)
     #: Replay windows of the engine's messages, per socket.
     windows: dict = attr.ib(factory=lambda: defaultdict(ReplayWindow), repr=False)
+    #: The heart monitor's last ping to this engine: its beat, when it went out, its bytes.
+    ping_beat: int = attr.ib(default=-1, repr=False)
+    pinged_at: Optional[float] = attr.ib(default=None, repr=False)
+    ping: bytes = attr.ib(default=b"", repr=False)
 
     @property
     def session(self) -> str:

@@ -27,6 +27,7 @@ from ipcluster.controller.control import ControlChannel, send_control_ping
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.frontend import ClientFrontEnd
 from ipcluster.controller.heartmonitor import HeartMonitor
+from ipcluster.controller.identity import announce, kept_ports, previous_identity, sequence
 from ipcluster.controller.log import log_engine_event
 from ipcluster.controller.registrar import Registrar
 from ipcluster.controller.registry import Registry
@@ -73,12 +74,16 @@ class Controller(service.MultiService):
             reactor = _reactor
         self.config = config
         self.reactor = reactor
-        self.key = new_key()
-        self.codec = Codec(self.key)
+        #: The previous controller's connection file, if it was killed (its key and ports are reused).
+        self.previous = previous_identity(config.connection_file)
+        self.key = self.previous.key if self.previous is not None else new_key()
+        self.codec = Codec(self.key, sequence=sequence())
         self.pings = PingCodec(self.key)
         self.registry = Registry(clock=reactor, dead_ttl=config.dead_engine_ttl)
         self.drops = DropLog(reactor)
-        self.sockets = ControllerSockets(reactor, config, self.drops, self.key)
+        self.sockets = ControllerSockets(
+            reactor, config, self.drops, self.key, kept=kept_ports(self.previous, config.ports)
+        )
         self.client_sessions = ClientSessions()
         self.info: Optional[ConnectionInfo] = None
         self.store: Optional[ITaskStore] = None
@@ -118,6 +123,9 @@ class Controller(service.MultiService):
             session_of=self.client_sessions.session_of,
             no_engine_timeout=config.no_engine_timeout,
             engines_coming=self.local_engines.coming,
+            max_payload=config.store_max_payload,
+            max_result=config.store_max_result,
+            recovery_grace=config.recovery_grace,
         )
         self.local_engines.subscribe(self.scheduler.engines_changed)
         self.scheduler.inputs.max_message_size = config.max_message_size  # a task_in must fit it
@@ -208,7 +216,13 @@ class Controller(service.MultiService):
         self.scheduler.store = self.open_store()
         if not self.sockets.bound:
             self.bind()
+        if self.previous is not None:
+            announce(self.previous, self.config.connection_file)
         connection.write(self.info, self.config.connection_file)
+        # The old controller's tasks in flight: engines report them, or they run again (recovery.py).
+        self.scheduler.store.unfinished().addCallback(self.scheduler.recover).addErrback(
+            lambda f: self.log.failure("could not recover the tasks in flight from the store", f)
+        )
         self.log.info(
             "controller listening on {ip}, ports {ports}; connection file {path}",
             ip=self.config.ip,

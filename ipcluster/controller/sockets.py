@@ -27,6 +27,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from twisted.logger import Logger
+
 from ipcluster.connection import CHANNELS
 from ipcluster.controller.droplog import DropLog
 from ipcluster.transport import batch, security, wire
@@ -55,8 +57,12 @@ class CannotListen(OSError):
 class ControllerSockets:
     """Binds, sends on, drains and closes the controller's sockets."""
 
-    def __init__(self, reactor, config, drops: DropLog, key: bytes) -> None:
+    log = Logger()
+
+    def __init__(self, reactor, config, drops: DropLog, key: bytes, kept: Optional[Mapping[str, int]] = None) -> None:
         self.reactor = reactor
+        #: Ports of the previous controller to bind again where none is configured (``identity.py``).
+        self.kept = dict(kept or {})
         self.config = config
         self.drops = drops
         self.key = key
@@ -122,9 +128,21 @@ class ControllerSockets:
             raise
 
     def _bind(self, router, channel: str, handler: Callable[[list], None]):
+        port = int(self.config.ports.get(channel, 0) or 0)
+        if not port and channel in self.kept:
+            try:
+                return self._bind_on(router, channel, handler, self.kept[channel])
+            except CannotListen as e:
+                self.log.warn(
+                    "the {channel} port {port} of the previous controller is taken ({why}): listening on another "
+                    "one; its clients cannot reconnect by themselves (engines re-read the connection file)",
+                    channel=channel, port=self.kept[channel], why=e.strerror,
+                )
+        return self._bind_on(router, channel, handler, port)
+
+    def _bind_on(self, router, channel: str, handler: Callable[[list], None], port: int):
         from ipcluster.transport.reactor import PairSocket
 
-        port = int(self.config.ports.get(channel, 0) or 0)
         limits = wire.limits(channel, self.config.max_message_size)
 
         def configure(sock: zmq.Socket) -> None:

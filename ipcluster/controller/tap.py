@@ -11,6 +11,8 @@ from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD
 from ipcluster.controller.registry import DEFAULT_DEAD_ENGINE_TTL
 from ipcluster.controller.supervisor import DEFAULT_RESTART_LIMIT, DEFAULT_RESTART_WINDOW
 from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT
+from ipcluster.scheduler.recovery import DEFAULT_RECOVERY_GRACE
+from ipcluster.store import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_RESULT
 
 
 def _positive(kind):
@@ -103,6 +105,16 @@ class Options(usage.Options):
          "survives restarts) or 'memory'."],
         ["store-max-age", None, 7 * 24 * 3600.0, "Seconds a finished task's record is kept.", _positive(float)],
         ["store-max-tasks", None, 1_000_000, "Most finished task records kept.", _positive(int)],
+        ["store-max-payload", None, DEFAULT_MAX_PAYLOAD, "Largest task payload (pickled function and arguments) "
+         "written to the store at submit, so that a restarted controller can run the task again. A larger task "
+         "that no engine reports after a restart fails with TaskLost.", _size],
+        ["store-max-result", None, DEFAULT_MAX_RESULT, "Largest result (value and printed output) written to the "
+         "store. Results are stored before any client sees them: a larger one goes to the clients waiting for it "
+         "without waiting for the disk, and fetch() later fails with ResultNotKept.", _size],
+        ["recovery-grace", None, DEFAULT_RECOVERY_GRACE, "Seconds that tasks found unfinished in the store at "
+         "start (the previous controller was killed) wait for the engines to re-register and report them "
+         "(running, or with a result they could not deliver); then the others are queued again. Keep it above "
+         "the engines' --controller-timeout plus a few seconds.", _positive(float)],
         ["web", None, None, "Serve a live status page, JSON (/status.json) and Prometheus metrics (/metrics) "
          "on this port or Twisted endpoint, e.g. 8080 or tcp:8080. Read-only and unauthenticated: it binds "
          "127.0.0.1 unless the endpoint names an interface (tcp:8080:interface=0.0.0.0)."],
@@ -205,6 +217,9 @@ def makeService(options: Options):
         engine_memory_limit=options["engine-memory-limit"],
         no_engine_timeout=options["no-engine-timeout"] or None,
         dead_engine_ttl=options["dead-engine-ttl"] or None,
+        store_max_payload=options["store-max-payload"],
+        store_max_result=options["store-max-result"],
+        recovery_grace=options["recovery-grace"],
     )
     _pidfile_in_data_dir(options, config.data_dir)
     controller = Controller(config)

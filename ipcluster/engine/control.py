@@ -25,6 +25,7 @@ from ipcluster.engine.channels import Channels
 from ipcluster.engine.commands import ControlCommands
 from ipcluster.engine.diagnostics import say
 from ipcluster.engine.link import Link, MonotonicClock, new_link
+from ipcluster.engine.outbox import Outbox
 from ipcluster.engine.taskqueue import QueuedTask
 from ipcluster.transport.security import configure_client, engine_token
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
@@ -72,6 +73,10 @@ class ControlThread:
             interrupt=engine.interrupt,
         )
         self.commands = ControlCommands(engine, self.link)
+        #: The last results, sent again after every new registration (``outbox.py``).
+        self.outbox = Outbox()
+        #: The kept results wait to be sent under this registration (once it is joined).
+        self._resend_to: Optional[Channels] = None
         self._next_tick = self._next_contact = 0.0
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="ipcluster-io", daemon=True)
@@ -123,6 +128,7 @@ class ControlThread:
         if isinstance(outcome, Channels):
             self.sealing = (outcome.key, outcome.session, outcome.max_message_size)
             self.link.registered(outcome)
+            self._resend_to = outcome if len(self.outbox) else None
             return
         self.link.attempt_failed(outcome)
         if outcome is not None and not self.engine.leaving.is_set():
@@ -263,19 +269,35 @@ class ControlThread:
             if not channels.accept(channel, msg):
                 continue
             self._heard()
+            if channel == "control" and self._resend_to is channels:
+                self._resend(channels)
             if not handler(channels, msg):
                 return False
 
+    def _resend(self, channels: Channels) -> None:
+        """The controller spoke to this registration: send it the results kept from before."""
+        self._resend_to = None
+        again = self.outbox.again(channels.codec)
+        for frames in again:
+            send_frames(channels.task, frames, 0)
+        if again:
+            say(f"sent {len(again)} recent result(s) again to the controller")
+
     def _forward(self, wake: zmq.Socket, channels: Optional[Channels]) -> None:
-        """Send the main thread's frames on the task socket (dropped while unregistered)."""
+        """Send the main thread's results on the task socket, and keep them (``outbox.py``): while
+        unregistered they are only kept, and go out after the next registration."""
         while True:
             try:
                 frames = recv_frames(wake)
             except zmq.Again:
                 self.engine.forwarded.set()  # the main thread may start its next task
                 return
-            if frames[0] == b"send" and channels is not None:
+            if frames[0] != b"send":
+                continue
+            if channels is not None:
                 self._stream(channels, final=True)  # the last of a streaming task's output, before its result
+            self.outbox.keep(frames[1:], sent=channels is not None)
+            if channels is not None:
                 send_frames(channels.task, frames[1:], 0)
 
     def _on_control(self, channels: Channels, msg: Message) -> bool:

@@ -28,6 +28,7 @@ import zmq
 from ipcluster import connection, errors, faults
 from ipcluster.engine.control import ControlThread
 from ipcluster.engine.diagnostics import say
+from ipcluster.engine.parent import follow_parent
 from ipcluster.engine.runner import EngineStop, Runner
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
 from ipcluster.transport.wire import Codec
@@ -87,6 +88,8 @@ class Engine:
         out.setsockopt(zmq.LINGER, 0)
         out.connect(self.control.wake_address)
         try:
+            if not follow_parent():
+                raise EngineStop("the controller that started this engine is gone")
             self._run_tasks(out)
         except EngineStop as e:
             if not self.exit_reason:

@@ -7,6 +7,7 @@ missed heartbeats.
 """
 from __future__ import annotations
 
+import os
 import signal
 from typing import Callable, Iterable, Optional
 
@@ -14,6 +15,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ipcluster.engine.parent import PARENT_ENV
 from ipcluster.faults import FaultTrail, with_fault
 from ipcluster.interfaces import ILauncher
 from ipcluster.launchers.command import engine_command
@@ -98,7 +100,8 @@ class LocalLauncher:
             raise ValueError(f"engine {engine_id} runs already (pid {self.processes[engine_id].pid})")
         proc = EngineProcess(engine_id, self._process_ended)
         command = engine_command(self.connection_file, engine_id)
-        self.reactor.spawnProcess(proc, command.executable, command.argv, env=command.env, childFDs={0: "w", 1: "r", 2: "r"})
+        env = dict(command.env, **{PARENT_ENV: str(os.getpid())})  # it ends with this process (engine/parent.py)
+        self.reactor.spawnProcess(proc, command.executable, command.argv, env=env, childFDs={0: "w", 1: "r", 2: "r"})
         proc.pid = proc.transport.pid
         self.processes[engine_id] = proc
         self._ended.pop(engine_id, None)

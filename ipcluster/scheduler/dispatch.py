@@ -22,7 +22,7 @@ from ipcluster.controller.registry import ACTIVE_STATES, ALIVE, LIVE_STATES, Reg
 from ipcluster.interfaces import IEngineControl
 from ipcluster.scheduler.inputs import task_frames
 from ipcluster.scheduler.queues import Assignments, ReadyQueues
-from ipcluster.scheduler.task import ASSIGNED, DONE, READY, WAITING, Task
+from ipcluster.scheduler.task import ASSIGNED, DONE, READY, RECOVERING, WAITING, Task
 from ipcluster.transport.wire import Codec
 
 RELEASE_TIMEOUT = 5.0  # seconds an engine gets to give a prefetched task back
@@ -137,7 +137,7 @@ class Dispatcher:
         """Unstarted restricted tasks none of whose engines is registering, alive or busy any more."""
         return [
             t for t in self.queues.tasks.values()
-            if t.state in (READY, WAITING) and t.engines is not None
+            if t.state in (READY, WAITING) and t.engines is not None and RECOVERING not in t.unmet
             and not any((r := self.registry.get(e)) is not None and r.state in ACTIVE_STATES for e in t.engines)
         ]
 

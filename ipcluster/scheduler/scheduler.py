@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import signal
-from collections import OrderedDict, deque
 from typing import Callable, Iterable, Optional, Sequence
 
 from twisted.internet import defer
@@ -40,10 +39,13 @@ from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT, NoEngineWat
 from ipcluster.scheduler.rescue import FAIL, RETRY, rescues, stranded_error
 from ipcluster.scheduler.runs import RunLog
 from ipcluster.scheduler.running import note_report, note_running, reported_seconds
+from ipcluster.scheduler.recovery import DEFAULT_RECOVERY_GRACE, Recovery
 from ipcluster.scheduler.results import NO_PAYLOADS, ResultPost
 from ipcluster.scheduler.inputs import InputValues
 from ipcluster.scheduler.output import OutputRelay
 from ipcluster.scheduler.submission import check_engines, check_fields
+from ipcluster.scheduler.views import SchedulerViews
+from ipcluster.store import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_RESULT
 from ipcluster.scheduler.task import ASSIGNED, DEFAULT_RETRIES, DONE, READY, RUNNING, WAITING, NoTransition, Task
 from ipcluster.transport.wire import Codec, Message
 
@@ -54,7 +56,7 @@ Send = Callable[[Sequence[bytes]], bool]
 DEFAULT_PREFETCH = 1
 
 
-class Scheduler:
+class Scheduler(SchedulerViews):
     """Assigns tasks to engines and results to clients."""
 
     log = Logger()
@@ -71,10 +73,13 @@ class Scheduler:
         control_for: Optional[Callable[[str], IEngineControl]] = None,
         prefetch: int = DEFAULT_PREFETCH,
         on_engine_traffic: Callable[[EngineRecord], None] = lambda record: None,
-        remember: int = 100_000,
+        remember: int = 10_000,
         session_of: Callable[[bytes], str] = lambda client: "",
         no_engine_timeout: Optional[float] = DEFAULT_NO_ENGINE_TIMEOUT,
         engines_coming: Callable[[], bool] = lambda: False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_result: int = DEFAULT_MAX_RESULT,
+        recovery_grace: float = DEFAULT_RECOVERY_GRACE,
     ) -> None:
         self.registry = registry
         self.codec = codec
@@ -86,7 +91,10 @@ class Scheduler:
         self.prefetch = prefetch
         self.on_engine_traffic = on_engine_traffic
         self.tasks: dict[str, Task] = {}  # unfinished tasks only
-        self.results = ResultPost(codec, clock, send_client, self.tasks, session_of)
+        #: Payloads larger than this are not written to the store (such a task cannot be re-queued
+        #: by a restarted controller).
+        self.max_payload = max_payload
+        self.results = ResultPost(codec, clock, send_client, self.tasks, session_of, max_result)
         self.dispatcher = Dispatcher(registry, codec, send_engine, self.tasks, 1 + prefetch, self._withdrawn, control_for)
         self.dependencies = Dependencies(self.tasks, remember)
         self.inputs = InputValues(self.tasks)  # futures as inputs: their results go with the task
@@ -101,59 +109,8 @@ class Scheduler:
         self.output = OutputRelay(codec, send_client, session_of, drops.drop)  # live output, never stored
         self._on_task_message = {"started": self._started, "result": self._result, "output": self.output.relay}
         self.inbox = EngineInbox(registry, codec, drops, "task")
+        self.recovery = Recovery(self, recovery_grace)
         registry.subscribe(self._registry_event)
-
-    # -- what the status source, the manhole and the tests read -------------------------
-
-    @property
-    def control_for(self) -> Optional[Callable[[str], IEngineControl]]:
-        """Each engine's control channel, by engine id (None: no stealing, cancelling or interrupting)."""
-        return self.dispatcher.control_for
-
-    @control_for.setter
-    def control_for(self, control_for: Optional[Callable[[str], IEngineControl]]) -> None:
-        self.dispatcher.control_for = control_for
-
-    @property
-    def stolen(self) -> int:
-        """Tasks moved from one engine's prefetch slot to an idle engine."""
-        return self.dispatcher.stolen
-
-    @property
-    def assigned(self) -> dict[str, "OrderedDict[str, Task]"]:
-        """Per live engine, the tasks it holds (running and prefetched) by id."""
-        return self.dispatcher.assignments.by_engine
-
-    @property
-    def ready(self) -> deque:
-        """Ids of ready tasks that may run anywhere, in order (stale entries included)."""
-        return self.dispatcher.queues.anywhere
-
-    @property
-    def ready_on(self) -> dict[str, deque]:
-        """Ids of ready restricted tasks, per engine they may run on."""
-        return self.dispatcher.queues.on
-
-    @property
-    def dependents(self) -> dict[str, set]:
-        return self.dependencies.dependents
-
-    @property
-    def recent(self) -> "OrderedDict[str, bool]":
-        return self.dependencies.recent
-
-    def counts(self) -> dict:
-        """Unfinished tasks by state (waiting, ready, assigned, running) and the totals."""
-        counts = dict.fromkeys((WAITING, READY, ASSIGNED, RUNNING), 0)
-        for task in self.tasks.values():
-            if task.state in counts:
-                counts[task.state] += 1
-        counts.update(completed=self.completed, failed=self.failed, retried=self.retried, stolen=self.stolen)
-        return counts
-
-    def assigned_to(self, engine_id: str) -> int:
-        """How many tasks the engine holds (running and queued there)."""
-        return self.dispatcher.assignments.count(engine_id)
 
     # -- submission -----------------------------------------------------------------------
 
@@ -194,7 +151,10 @@ class Scheduler:
 
     def _accept(self, task: Task, after: list, outcomes: dict) -> str:
         self.tasks[task.id] = task
-        self.store.submitted(task.id, task.name, task.submitted_at)
+        self.store.submitted(task.id, task.name, task.submitted_at, _kept(task.payload, self.max_payload), {
+            "engines": sorted(task.engines) if task.engines else None, "after": after, "retries": task.retries,
+            "timeout": task.timeout, "after_failed": "run" if task.run_after_failed else "fail",
+            "inputs": list(task.inputs)})
         self._settle(task, self.dependencies.attach(task, after, outcomes))
         if task.state == READY:
             self.dispatcher.dispatch()
@@ -228,8 +188,11 @@ class Scheduler:
             return defer.succeed(False)
         if task.state in (WAITING, READY):
             self._withdrawn(task)
-            return defer.succeed(True)
-        return self.dispatcher.withdraw(task)
+            decided = defer.succeed(True)
+        else:
+            decided = self.dispatcher.withdraw(task)
+        # The answer follows the TaskCancelled result, which waits for the store.
+        return decided.addCallback(lambda cancelled: self.store.committed().addCallback(lambda _: cancelled))
 
     def _withdrawn(self, task: Task) -> None:
         """Cancel a task that has not started (waiting, ready, or given back by its engine)."""
@@ -251,7 +214,11 @@ class Scheduler:
             return
         task = self.dispatcher.assignments.held(engine_id).get(msg["task"])
         if task is None:
-            self.drops.drop("task", f"{msg.type} for a task not assigned to this engine", engine_id.encode(), msg["task"])
+            if msg.type == "result" and self.recovery.result(engine_id, msg):
+                self.dispatcher.fill(engine_id)
+                return
+            why = "of a finished task (a resend)" if msg["task"] in self.recent else "for a task not assigned to this engine"
+            self.drops.drop("task", f"{msg.type} {why}", engine_id.encode(), msg["task"])
             return
         self._on_task_message[msg.type](identity, engine_id, record, task, msg)
 
@@ -299,6 +266,12 @@ class Scheduler:
         The control channel calls this for each pong (``running.note_report``).
         """
         note_report(record, task_id, running_for, self.clock.seconds())
+        if self.recovery.recovering:
+            self.recovery.claim(record, task_id, running_for)
+
+    def recover(self, records) -> int:
+        """Take the store's unfinished tasks (``ITaskStore.unfinished``) at start: see ``recovery.py``."""
+        return self.recovery.load(records)
 
     def _timed_out(self, task: Task) -> None:
         """The running task's timeout timer fired."""
@@ -388,7 +361,13 @@ class Scheduler:
     def stop(self) -> None:
         """The controller stops: every unfinished task is abandoned (its timeout timer cancelled)."""
         self.watch.stop()
+        self.recovery.stop()
         tasks = list(self.tasks.values())
         self.tasks.clear()
         for task in tasks:
             task.lifecycle.abandon()
+
+
+def _kept(payload: bytes, limit: int):
+    """The payload as the store keeps it: None when over ``limit`` bytes."""
+    return payload if len(payload) <= limit else None

@@ -36,7 +36,7 @@ from automat import NoTransition, TypeMachineBuilder
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = [
-    "WAITING", "READY", "ASSIGNED", "RUNNING", "DONE", "RELEASING",
+    "WAITING", "READY", "ASSIGNED", "RUNNING", "DONE", "RELEASING", "RECOVERING",
     "DEFAULT_RETRIES", "NoTransition", "Task", "TaskInputs",
 ]
 
@@ -46,6 +46,9 @@ DEFAULT_RETRIES = 1
 WAITING, READY, ASSIGNED, RUNNING, DONE = "waiting", "ready", "assigned", "running", "done"
 #: The machine's one state that is not public: assigned, with a release request out.
 RELEASING = "releasing"
+#: What a recovered task waits on (in ``unmet``) until the engines reported it or the recovery
+#: grace is over (``scheduler/recovery.py``); no task id can be this (ids are printable).
+RECOVERING = "\x00recovering"
 
 
 class TaskInputs(Protocol):

@@ -14,8 +14,22 @@ from __future__ import annotations
 SUBMITTED, RUNNING, OK, FAILED = "submitted", "running", "ok", "failed"
 FINISHED = (OK, FAILED)
 
+#: Largest task payload (pickled function and arguments) written to the store at submit, so that
+#: a restarted controller can run the task again: larger ones are not kept (such a task, if no
+#: engine holds it after a restart, fails with TaskLost).
+DEFAULT_MAX_PAYLOAD = 8 * 1024 * 1024
+#: Largest result (value, stdout and stderr together) written to the store: larger ones reach
+#: their clients but are not kept (``fetch`` later fails with ResultNotKept).  Every stored result
+#: is written before any client sees it, so a large one would delay its own delivery by the
+#: time its write takes, and make the store file grow by its size (issue 9: large results go to
+#: the store only when asked for).
+DEFAULT_MAX_RESULT = 8 * 1024 * 1024
 
-def record(task_id, name, status, submitted_at, started_at, finished_at, engine, error, result, stdout, stderr) -> dict:
+
+def record(task_id, name, status, submitted_at, started_at, finished_at, engine, error, result, stdout, stderr,
+           not_kept=None) -> dict:
+    """A task's record as ``ITaskStore.get`` returns it.  ``not_kept``: the size in bytes of a
+    result (value and output) that was delivered but not written (over the result limit), else None."""
     return {
         "task": task_id,
         "name": name,
@@ -28,4 +42,5 @@ def record(task_id, name, status, submitted_at, started_at, finished_at, engine,
         "result": result,
         "stdout": stdout,
         "stderr": stderr,
+        "not_kept": not_kept,
     }

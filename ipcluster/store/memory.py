@@ -1,4 +1,9 @@
-"""The in-memory task store: tests and ``--store memory`` (nothing survives a restart)."""
+"""The in-memory task store: tests and ``--store memory``.
+
+Nothing survives the controller's process: after a restart (crash or not) no
+result can be fetched and no task in flight is recovered.  ``committed`` fires
+at once, so results reach their clients without waiting.
+"""
 from __future__ import annotations
 
 import time
@@ -22,21 +27,26 @@ class MemoryTaskStore:
         self._clock = clock
         self.records: "OrderedDict[str, dict]" = OrderedDict()
         self.finished_ids: "OrderedDict[str, None]" = OrderedDict()
+        #: What a restarted controller would need of unfinished tasks: (payload, options) by id.
+        self.recovery: dict[str, tuple] = {}
 
     def _now(self) -> float:
         return self._clock.time() if hasattr(self._clock, "time") else self._clock.seconds()
 
-    def submitted(self, task_id, name, submitted_at) -> None:
+    def submitted(self, task_id, name, submitted_at, payload=None, options=None) -> None:
         self.records[task_id] = _record(task_id, name, SUBMITTED, submitted_at, None, None, None, None, None, None, None)
+        self.recovery[task_id] = (payload, dict(options or {}))
 
     def started(self, task_id, engine, started_at) -> None:
         r = self.records.get(task_id)
         if r is not None:
             r.update(status=RUNNING, engine=engine, started_at=started_at)
 
-    def finished(self, task_id, ok, finished_at, engine, error, result, stdout, stderr) -> None:
+    def finished(self, task_id, ok, finished_at, engine, error, result, stdout, stderr, not_kept=None) -> None:
         r = self.records.pop(task_id, None) or _record(task_id, None, None, None, None, None, None, None, None, None, None)
-        r.update(status=OK if ok else FAILED, finished_at=finished_at, engine=engine, error=error, result=result, stdout=stdout, stderr=stderr)
+        r.update(status=OK if ok else FAILED, finished_at=finished_at, engine=engine, error=error, result=result,
+                 stdout=stdout, stderr=stderr, not_kept=not_kept)
+        self.recovery.pop(task_id, None)
         self.finished_ids[task_id] = None
         self.records[task_id] = r
         self._trim()
@@ -55,6 +65,18 @@ class MemoryTaskStore:
             del self.finished_ids[oldest]
             self.records.pop(oldest, None)
 
+    def committed(self) -> defer.Deferred:
+        """Every write is "committed" at once (in memory: nothing survives the process)."""
+        return defer.succeed(None)
+
+    def unfinished(self) -> defer.Deferred:
+        found = []
+        for task_id, r in self.records.items():
+            if r["status"] in (SUBMITTED, RUNNING):
+                payload, options = self.recovery.get(task_id, (None, {}))
+                found.append(dict(r, payload=payload, options=dict(options)))
+        return defer.succeed(found)
+
     def get(self, task_id) -> defer.Deferred:
         r = self.records.get(task_id)
         return defer.succeed(dict(r) if r is not None else None)
@@ -68,6 +90,7 @@ class MemoryTaskStore:
         for k in doomed:
             del self.records[k]
             self.finished_ids.pop(k, None)
+            self.recovery.pop(k, None)
         return defer.succeed(len(doomed))
 
     def close(self) -> defer.Deferred:
