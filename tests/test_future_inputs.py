@@ -196,3 +196,27 @@ class SlowStore(Fixture):
             waiting.callback(None)  # the store knows no "gone"
         self.failureResultOf(b, errors.BadRequest)
         self.assertIn("unknown dependency 'b'", str(self.failureResultOf(c, errors.BadRequest).value))
+
+
+class Recovered(Fixture):
+    """A controller that restarts gathers a recovered task's inputs again (from the store, or
+    from an input recovered with it once that one finishes)."""
+
+    def test_inputs_of_recovered_tasks_come_again(self):
+        from tests.test_recovery import unfinished
+
+        self.engine("a")
+        self.store.submitted("done", "f", 1.0)
+        self.store.finished("done", True, 2.0, "a", None, b"value-done", "", "")
+        self.scheduler.recovery.grace = 15.0
+        self.scheduler.recover([
+            unfinished("mid", after=["done"], inputs=["done"]),
+            unfinished("last", after=["mid"], inputs=["mid", "done"]),
+        ])
+        self.clock.advance(16)
+        sent = {m["task"]: m for _, m in self.to_engines}
+        self.assertEqual(sent["mid"].type, "task_in")
+        self.assertEqual(msgpack.unpackb(sent["mid"].payloads[1]), {"done": b"value-done"})
+        self.result("a", "mid", payloads=(b"value-mid", b"", b""))
+        sent = {m["task"]: m for _, m in self.to_engines}
+        self.assertEqual(msgpack.unpackb(sent["last"].payloads[1]), {"mid": b"value-mid", "done": b"value-done"})
