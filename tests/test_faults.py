@@ -57,7 +57,11 @@ class Segfaults(unittest.TestCase):
         for task in (segfault_by_signal, segfault_by_null_read):
             joined = event(controller.registry, "joined", "e0", seconds=BOUND * 2)  # its supervisor restarts it
             f = yield within(threads.deferToThread(client.submit, task, retries=0), BOUND, "submit")
-            e = yield within(threads.deferToThread(f.exception, BOUND * 2), BOUND * 3, task.__name__)
+            try:
+                e = yield within(threads.deferToThread(f.exception, BOUND * 2), BOUND * 3, task.__name__)
+            except Exception as waited:  # say where the engine and the task were
+                engines = [r.describe(0) for r in controller.registry]
+                raise AssertionError(f"{waited}; engines: {engines}; tasks: {controller.scheduler.counts()}")
             self.assertIsInstance(e, errors.EngineDied)
             text = str(e)
             self.assertIn("signal 11", text)
