@@ -57,6 +57,17 @@ class RouterSocketTests(SynchronousTestCase):
         self.dealer.setsockopt(zmq.IDENTITY, b"dealer-1")
         self.dealer.connect(self.router.address)
 
+    def use_inproc(self):
+        """Router and dealer over inproc, in one context: a send is in the router's pipe when it
+        returns, so a test can count on every pushed message waiting (over TCP they trickle in)."""
+        self.router = RouterSocket(
+            self.factory, f"inproc://test-{id(self)}", self.on_message, max_batch=BATCH, name="inproc"
+        )
+        self.dealer = self.factory.context.socket(zmq.DEALER)
+        self.addCleanup(self.dealer.close, 0)
+        self.dealer.setsockopt(zmq.IDENTITY, b"dealer-1")
+        self.dealer.connect(self.router.address)
+
     def close_factory(self):
         if self.factory.connections is not None:
             self.factory.shutdown()
@@ -92,6 +103,7 @@ class RouterSocketTests(SynchronousTestCase):
         self.assertGreater(self.router.port, 0)
 
     def test_reads_at_most_max_batch_then_yields(self):
+        self.use_inproc()
         self.push(COUNT)
         self.wait_readable()
         self.router.doRead()
@@ -115,6 +127,7 @@ class RouterSocketTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_explicit_limit(self):
+        self.use_inproc()
         self.push(50)
         self.wait_readable()
         self.router.doRead(limit=7)
