@@ -113,6 +113,28 @@ class RemoteError(ClusterError):
         return head
 
 
+_REMOTE_CLASSES: dict = {}
+
+
+def remote_error(ename: str, evalue: str, traceback: str = "", module: object = None) -> RemoteError:
+    """A RemoteError for an exception this side cannot rebuild, of a subclass named after it.
+
+    ``except RemoteError`` still catches it; its class is called ``ename`` (in a
+    module named ``ipcluster.errors.remote.<module>``), so the client's traceback
+    names the original class, and ``.module`` holds the original's module.
+    """
+    name = ename if ename.isidentifier() else "RemoteError"
+    where = f"ipcluster.errors.remote.{module}" if isinstance(module, str) and module else "ipcluster.errors.remote"
+    cls = _REMOTE_CLASSES.get((name, where))
+    if cls is None:
+        if len(_REMOTE_CLASSES) > 1000:
+            _REMOTE_CLASSES.clear()
+        cls = _REMOTE_CLASSES[(name, where)] = type(name, (RemoteError,), {"__module__": where})
+    error = cls(ename, evalue, traceback)
+    error.module = module if isinstance(module, str) else None
+    return error
+
+
 class TaskInterrupted(RemoteError):
     """The task was interrupted on its engine (``KeyboardInterrupt``, ``SystemExit``).
 

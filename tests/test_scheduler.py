@@ -495,9 +495,12 @@ class RestrictionTests(Fixture):
         self.assertIn("nope", str(e))
         self.refused("t2", errors.UnknownEngine, engines=["nope", "nada"])
 
-    def test_one_known_engine_is_enough(self):
-        self.submit("t1", engines=["nope", "b"])
-        self.assertEqual(self.sent("b"), ["t1"])
+    def test_one_unknown_engine_in_a_list_is_refused(self):
+        # A typo in engines=[...] is refused as engine="typo" is, even when another name is right.
+        e = self.refused("t1", errors.UnknownEngine, engines=["nope", "b"])
+        self.assertIn("'nope'", str(e))
+        self.assertNotIn("'b'", str(e))
+        self.assertEqual(self.sent("b"), [])
 
     def test_dead_engine_rejected(self):
         self.die(self.b, "heart silent")
@@ -1728,16 +1731,19 @@ class ReviewRegressionTests(Fixture):
         self.engine("e0")
         self.submit("hold", engines=["e0"])
         self.submit("hold2", engines=["e0"])
-        self.submit("t", engines=["e0", "e1"])  # ready, queued for e0 only: e1 does not exist yet
-        self.engine("e1")
+        e1 = self.engine("e1", alive=False)  # registering: known, not yet joined
+        self.submit("t", engines=["e0", "e1"])  # ready, queued for e0 only: e1 has not joined
+        self.registry.mark_alive(e1, self.clock.seconds())
         self.assertEqual(self.sent("e1"), ["t"])
+        # An engine that does not exist at all is refused (issue 11: unknown engines in every form).
+        self.refused("t2", errors.UnknownEngine, engines=["e0", "e2"])
 
     def test_restricted_task_survives_the_death_of_one_of_its_engines(self):
         e0 = self.engine("e0")
         self.submit("hold", engines=["e0"], retries=0)
         self.submit("hold2", engines=["e0"], retries=0)
-        self.submit("t", engines=["e0", "e1"])
         e1 = self.engine("e1", alive=False)  # registering: may run it once it joins
+        self.submit("t", engines=["e0", "e1"])
         self.die(e0)
         self.registry.mark_alive(e1, self.clock.seconds())
         self.assertEqual(self.sent("e1"), ["t"])

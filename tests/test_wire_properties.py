@@ -96,6 +96,8 @@ def field_value(types):
     if types == (dict,):
         packable_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
         return st.dictionaries(st.text(max_size=6), packable_ints | st.text(max_size=6), max_size=3)
+    if types == (list,):
+        return st.lists(st.text(max_size=6), max_size=3)
     return st.text(max_size=30)
 
 

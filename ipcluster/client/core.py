@@ -16,10 +16,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import cloudpickle
 
-from ipcluster import errors
+from ipcluster import errors, futureinputs
 from ipcluster.client.checks import (  # noqa: F401 (the names clients import from here)
     OPTION_NAMES, ChunkCall, _name, submit_options, take_options,
 )
+from ipcluster.client.inputs import input_options
+from ipcluster.client.output import OutputWatch
+from ipcluster.sourcelines import task_extras
 from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE, batch
 from ipcluster.transport.replay import ReplayWindow
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
@@ -63,11 +66,11 @@ def _remote_exception(error: Any, payload: bytes) -> BaseException:
     if error.get("origin") == "ipcluster":  # made by the controller or engine, not by the task
         return errors.from_wire(error)
     if not payload:
-        return errors.RemoteError(ename, evalue, tb)
+        return errors.remote_error(ename, evalue, tb, error.get("module"))
     try:
         exc = pickle.loads(payload)
     except Exception:
-        return errors.RemoteError(ename, evalue, tb)
+        return errors.remote_error(ename, evalue, tb, error.get("module"))
     if not isinstance(exc, Exception):
         # KeyboardInterrupt, SystemExit, ...: raising those here would stop the client.
         return errors.TaskInterrupted(ename, evalue, tb)
@@ -119,6 +122,8 @@ class ClientCore:
         #: How the driver sends frames from within :meth:`received` (its I/O thread, or the reactor).
         self.send_back: Callable[[list], object] = lambda frames: None
         self.dropped = 0
+        #: Live output of running tasks, to the futures that watch it (``client/output.py``).
+        self.output = OutputWatch()
         #: Controller messages refused as replays or from a session this client was not given.
         self.refused = 0
 
@@ -149,9 +154,11 @@ class ClientCore:
         There is no reply: a refused task fails through ``on_result``.
         ``on_running(engine)`` is called if the controller says it started.
         """
-        payload = cloudpickle.dumps((fn, args, kwargs))
+        extras = task_extras(fn)  # source lines for the remote traceback, if fn's are not in a file
+        with futureinputs.collecting() as inputs:  # futures in the arguments: the engine gets their results
+            payload = cloudpickle.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs))
         task_id = uuid.uuid4().hex
-        fields = dict(options, task=task_id, name=_name(fn))
+        fields = dict(options, task=task_id, name=_name(fn), **input_options(options, inputs))
         frames = self.codec.encode("submit", fields, [payload])
         size = sum(len(frame) for frame in frames)
         if size > self.max_message_size:
@@ -264,6 +271,8 @@ class ClientCore:
                 callback(True, msg.get("value"))
             else:
                 callback(False, errors.from_wire(msg.get("error")))
+        elif msg.type == "output":
+            self.output.received(msg)
         elif msg.type == "running":
             with self._lock:
                 waiting = self._running.pop(msg["task"], ())

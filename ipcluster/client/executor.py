@@ -19,13 +19,14 @@ import weakref
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Optional
 
-from ipcluster import errors
+from ipcluster import errors, futureinputs
 from ipcluster.client.adaptive import adaptive_results
 from ipcluster.client.callbacks import CallbackThread
-from ipcluster.client.core import ClientCore, TaskResult, submit_options, take_options
+from ipcluster.client.core import OPTION_NAMES, ClientCore, TaskResult, submit_options, take_options
 from ipcluster.client.future import TaskFuture
 from ipcluster.client.mapping import map_results
 from ipcluster.client.options import TaskOptions
+from ipcluster.client.progress import progress_bar
 
 
 class TaskExecutor(Executor):
@@ -93,8 +94,11 @@ class TaskExecutor(Executor):
 
         if self._shutdown and not mapping:  # (checked again below: shutdown may come while fn is pickled)
             raise RuntimeError("cannot submit tasks after the client was shut down")
-        task_id, frames = self._core.submit(fn, args, kwargs, options, deliver, started)
+        with futureinputs.collecting() as inputs:  # the futures among the arguments (core.submit sends them)
+            task_id, frames = self._core.submit(fn, args, kwargs, options, deliver, started)
         future = TaskFuture(task_id, self)
+        future._inputs = list(inputs)
+        future.name = getattr(fn, "__name__", "") if isinstance(getattr(fn, "__name__", ""), str) else ""
         future._callback = deliver
         with self._pending_lock:
             # A map made before shutdown goes on submitting its chunks (shutdown waits for them).
@@ -102,17 +106,19 @@ class TaskExecutor(Executor):
             if accepted:
                 self._pending[task_id] = future
         if accepted:
+            self._core.output.watch(task_id, future._output)
             try:
                 self._send(frames)
                 return future
             except errors.NoController:  # closed meanwhile
                 pass
         self._core.forget(task_id=task_id)
+        self._core.output.forget(task_id)
         self._settled(future)
         raise RuntimeError("cannot submit tasks after the client was shut down")
 
     def map(self, fn: Callable, /, *iterables: Any, timeout: Optional[float] = None, chunksize: Optional[int] = None,
-            buffersize: Optional[int] = None, **options: Any):
+            buffersize: Optional[int] = None, progress: bool = False, **options: Any):
         """``Executor.map`` on the cluster: an ordered iterator of ``fn``'s results.
 
         Without ``chunksize`` the map sizes its chunks itself (``adaptive.py``):
@@ -125,12 +131,31 @@ class TaskExecutor(Executor):
         reached.  When the iterator stops early, the tasks not yet started
         are cancelled.  ``options`` are submit's (engines, retries, timeout
         is map's own: use ``client.options(timeout=...).map`` for the tasks').
+        ``progress=True`` shows a tqdm bar (``tqdm.auto``: a widget in a notebook)
+        as results are consumed.
+
+        Every keyword is map's or submit's, never ``fn``'s (``Executor.map``
+        passes none): bind ``fn``'s own, one called ``progress`` included, with
+        ``functools.partial(fn, progress=...)``.
         """
+        unknown = sorted(set(options) - set(OPTION_NAMES))
+        if unknown:
+            raise TypeError(
+                f"map() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: map passes no keyword "
+                "arguments to the function; bind them with functools.partial(fn, name=value)"
+            )
         return self._map(fn, iterables, submit_options(**options), timeout=timeout, chunksize=chunksize,
-                         buffersize=buffersize)
+                         buffersize=buffersize, progress=progress)
 
     def _map(self, fn: Callable, iterables: tuple, options: dict, timeout: Optional[float] = None,
-             chunksize: Optional[int] = None, buffersize: Optional[int] = None):
+             chunksize: Optional[int] = None, buffersize: Optional[int] = None, progress: bool = False):
+        # The bar's total only when it is known without consuming the iterables (buffersize stays lazy).
+        total = min(map(len, iterables), default=0) if all(hasattr(it, "__len__") for it in iterables) else None
+        results = self._map_results(fn, iterables, options, timeout, chunksize, buffersize)
+        return progress_bar(results, total, unit="task") if progress else results
+
+    def _map_results(self, fn: Callable, iterables: tuple, options: dict, timeout: Optional[float],
+                     chunksize: Optional[int], buffersize: Optional[int]):
         def submit(f: Callable, args: tuple) -> TaskFuture:
             return self._submit(f, args, {}, options)
 
@@ -222,6 +247,13 @@ class TaskExecutor(Executor):
             answers.append(removed)
         return answers
 
+    def _cancel_unstarted(self) -> None:
+        """Cancel, on the cluster, this client's tasks that have not started (``close``)."""
+        with self._pending_lock:
+            unstarted = [f for f in self._pending.values() if not (f.running() or f.done())]
+        if unstarted and not self._closed and threading.current_thread() is not self._thread:
+            self._cancel_tasks(unstarted)
+
     def _cancel_soon(self, futures: list) -> None:
         """Ask the controller to cancel these tasks, without waiting (a map that stopped early):
         their futures follow its answers."""
@@ -235,14 +267,16 @@ class TaskExecutor(Executor):
                 return
 
     def _settled(self, future: TaskFuture) -> None:
-        """``future`` is done: it is no longer pending."""
+        """``future`` is done: it is no longer pending (and has no more output to hear of)."""
+        self._core.output.forget(future.task_id)
         with self._pending_lock:
             if self._pending.get(future.task_id) is future:
                 del self._pending[future.task_id]
 
-    def __exit__(self, *exc) -> None:
-        """``with Client() as c:`` ends with ``c.shutdown(wait=True)``."""
-        self.shutdown(wait=True)
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """``with Client() as c:`` ends with ``c.shutdown(wait=True)``: it waits for the client's
+        tasks.  Left by an exception, it first cancels those not started (``cancel_futures``)."""
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
 def settle_reply(reply: Future):

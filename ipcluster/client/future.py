@@ -13,12 +13,15 @@ Its state follows the controller:
 """
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ipcluster import errors
 from ipcluster.client.callbacks import call_logged
+from ipcluster.client.inputs import with_cause
+from ipcluster.futureinputs import reduce_future
 
 if TYPE_CHECKING:
     from ipcluster.client.core import TaskResult
@@ -38,8 +41,16 @@ class TaskFuture(Future):
         self.engine: Optional[str] = None
         self.stdout = ""
         self.stderr = ""
+        #: The task's function's name (what the controller shows), when known.
+        self.name = ""
         self._client = client
         self._lock = threading.RLock()  # our transitions: started, delivered, cancelled
+        #: The live output heard so far, ``(stream, text)`` chunks (the engine bounds it).
+        self.output: list = []
+        self._output_changed = threading.Condition(self._lock)
+        self._output_callbacks: list = []
+        #: The futures among this task's arguments (their results are its inputs).
+        self._inputs: list = []
         self._callbacks: list = []
         self._dispatch = _WAITING
         self._callback = self._deliver  # what the client core calls with the result
@@ -47,6 +58,10 @@ class TaskFuture(Future):
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} on {self.engine} {self._state.lower()}>"
+
+    def __reduce__(self):
+        """In a task's arguments: a placeholder the engine replaces by this task's result."""
+        return reduce_future(self)
 
     # -- the Future API ---------------------------------------------------------------
 
@@ -63,6 +78,29 @@ class TaskFuture(Future):
             return False
         return self._client._cancel_tasks([self])[0]
 
+    def result(self, timeout: Optional[float] = None):
+        """The task's value (or its exception, raised); TimeoutError that says what was
+        waited for, for how long, and where the task is, if ``timeout`` passes first."""
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise concurrent.futures.TimeoutError(self._waited(timeout)) from None
+
+    def exception(self, timeout: Optional[float] = None):
+        """The task's exception (None if it succeeded); TimeoutError as :meth:`result`."""
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise concurrent.futures.TimeoutError(self._waited(timeout)) from None
+
+    def _waited(self, timeout: Optional[float]) -> str:
+        if self.running():
+            where = f"running on engine {self.engine}" if self.engine else "running"
+        else:
+            where = "pending (queued in the controller or on an engine, not started)"
+        name = f" ({self.name})" if self.name else ""
+        return f"task {self.task_id}{name} did not finish within {timeout:g} s: it is {where}"
+
     def add_done_callback(self, fn: Callable[["TaskFuture"], object]) -> None:
         """Call ``fn(future)`` once it is done, on the client's callback thread, in the order added.
 
@@ -74,6 +112,53 @@ class TaskFuture(Future):
                 self._callbacks.append(fn)
                 return
         call_logged(fn, self)
+
+    # -- live output -------------------------------------------------------------------
+
+    def add_output_callback(self, fn: Callable[[str, str], object]) -> None:
+        """Call ``fn(stream, text)`` for each chunk the task prints while it runs (``stream`` is
+        ``"stdout"`` or ``"stderr"``), on the client's callback thread, in order; the chunks
+        heard before are replayed first.  ``stdout``/``stderr`` hold the whole output once done."""
+        with self._lock:
+            self._output_callbacks.append(fn)
+            heard = list(self.output)
+        for chunk in heard:
+            self._post(fn, *chunk)
+
+    def iter_output(self, timeout: Optional[float] = None):
+        """Yield ``(stream, text)`` chunks as the task prints them, until it is done.
+
+        ``timeout`` bounds each wait for the next chunk (TimeoutError).  A task
+        that ends within 0.1 s streams nothing: its output is in ``stdout``/``stderr``.
+        """
+        seen = 0
+        while True:
+            with self._output_changed:
+                if seen >= len(self.output) and not self.done():
+                    if not self._output_changed.wait_for(lambda: seen < len(self.output) or self.done(), timeout):
+                        raise concurrent.futures.TimeoutError(self._waited(timeout).replace("finish", "print"))
+                if seen >= len(self.output):
+                    return
+                chunk = self.output[seen]
+            seen += 1
+            yield chunk
+
+    def _output(self, stream: str, text: str, engine: str) -> None:
+        """A chunk of live output arrived (the I/O thread)."""
+        with self._output_changed:
+            if engine and self.engine is None:
+                self.engine = engine
+            self.output.append((stream, text))
+            self._output_changed.notify_all()
+            callbacks = list(self._output_callbacks)
+        for fn in callbacks:
+            self._post(fn, stream, text)
+
+    def _post(self, fn: Callable, *args: object) -> None:
+        if self._client is None:
+            call_logged(fn, *args)
+        else:
+            self._client._callbacks.post(fn, *args)
 
     # -- what the client calls -------------------------------------------------------
 
@@ -100,7 +185,7 @@ class TaskFuture(Future):
             if result.ok:
                 self.set_result(result.value)
             else:
-                self.set_exception(result.value)
+                self.set_exception(with_cause(result.value, self._inputs))
 
     def _cancelled_by_controller(self, error: Optional[BaseException] = None) -> None:
         """The controller cancelled the task: cancel the future and tell its waiters
@@ -120,6 +205,7 @@ class TaskFuture(Future):
         # callbacks to the callback thread and tell the client this future is settled.
         with self._lock:
             self._dispatch = _POSTED
+            self._output_changed.notify_all()  # iter_output ends
         client = self._client
         if client is None:
             self._run_callbacks()

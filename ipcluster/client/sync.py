@@ -21,7 +21,9 @@ from ipcluster import connection, errors
 from ipcluster.client.executor import TaskExecutor, settle_reply
 from ipcluster.client.iothread import forward_waiting
 from ipcluster.client.future import TaskFuture
+from ipcluster.client.progress import progress_bar
 from ipcluster.client.verbs import ControlVerbs
+from ipcluster.client.views import EngineViews
 from ipcluster.client.core import KEEP_PAYLOAD_BYTES, ClientCore
 from ipcluster.client.watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_RESTART_WAIT, ControllerWatch
 from ipcluster.transport.security import configure_client
@@ -30,7 +32,7 @@ from ipcluster.transport.zmqfast import recv_frames, send_frames
 LIVE = ("alive", "busy")
 
 
-class Client(ControlVerbs, TaskExecutor):
+class Client(ControlVerbs, TaskExecutor, EngineViews):
     """A connection to a running controller; also a ``concurrent.futures.Executor``.
 
     ``Client()`` reads the default connection file (``$IPCLUSTER_DIR`` or
@@ -213,12 +215,17 @@ class Client(ControlVerbs, TaskExecutor):
             dealer.close(0)
             pipe.close(0)
 
-    def close(self) -> None:
+    def close(self, cancel: bool = True) -> None:
         """Close the connection now; pending futures fail with NoController.
 
-        Their tasks go on on the cluster (``fetch`` gets their results later).
-        ``shutdown()`` is the Executor's way: it waits for them.
+        With ``cancel`` (the default) this client's tasks that have not started
+        are cancelled on the cluster first: nobody would be left to wait for
+        them.  Running tasks go on, and so do queued ones with ``cancel=False``
+        (``fetch`` gets their results later).  ``shutdown()`` is the
+        Executor's way: it waits for them.
         """
+        if cancel:
+            self._cancel_unstarted()
         self._close(wait_for_callbacks=False)
 
     def _close(self, wait_for_callbacks: bool) -> None:
@@ -243,8 +250,4 @@ class Client(ControlVerbs, TaskExecutor):
 
 
 def _progress(iterable, total: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return iterable
-    return tqdm(iterable, total=total, unit="task")
+    return progress_bar(iterable, total, unit="task")

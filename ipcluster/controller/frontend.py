@@ -13,6 +13,7 @@ from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import Registry
 from ipcluster.controller.sessions import REPLAYED, UNKNOWN_SESSION, ClientSessions
 from ipcluster.limits import is_task_id
+from ipcluster.scheduler.inputs import check_inputs
 from ipcluster.scheduler.scheduler import READY, WAITING, Scheduler
 from ipcluster.transport.wire import ACCEPTS, PROTOCOL_VERSION, BadMessage, Codec, Message
 
@@ -178,6 +179,7 @@ class ClientFrontEnd:
             timeout=msg.get("timeout"),
             after_failed=msg.get("after_failed") or "fail",
             name=msg.get("name") or "",
+            inputs=check_inputs(msg.get("inputs")),
         )
 
     def _on_cancel(self, identity: bytes, msg: Message):

@@ -133,6 +133,7 @@ class Controller(service.MultiService):
             recovery_grace=config.recovery_grace,
         )
         self.local_engines.subscribe(self.scheduler.engines_changed)
+        self.scheduler.inputs.max_message_size = config.max_message_size  # a task_in must fit it
         # The scheduler records what each engine runs; the control channel hears it in pongs.
         self.control.on_status = self.scheduler.engine_reported
         self.registrar = Registrar(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 import zmq
 
 from ipcluster import connection, errors
+from ipcluster.engine import liveoutput
 from ipcluster.engine.channels import Channels
 from ipcluster.engine.commands import ControlCommands
 from ipcluster.engine.diagnostics import say
@@ -207,6 +208,7 @@ class ControlThread:
             if wake in events:
                 self._forward(wake, channels)
             self._announce(channels)
+            self._stream(channels)
             # Judged only with nothing left to read: after a long GIL hold by the main
             # thread, what waits is read first, so the hold does not count as silence.
             if not channels.control.poll(0) and not self._tick(channels):
@@ -230,8 +232,10 @@ class ControlThread:
 
     def _poll_wait(self) -> float:
         current = self.engine.runner.current
-        if current is None or current.announced:
+        if current is None:
             return IDLE_POLL_MS
+        if current.announced:
+            return liveoutput.INTERVAL * 1000  # its output is streamed at that pace
         return max(0.0, (current.started + ANNOUNCE_AFTER - time.monotonic()) * 1000)
 
     def _announce(self, channels: Channels) -> None:
@@ -243,6 +247,15 @@ class ControlThread:
             current.announced = True
             started = {"task": current.id, "instance": self.engine.instance, "running_for": running_for}
             send_frames(channels.task, channels.codec.encode("started", started), 0)
+
+    def _stream(self, channels: Channels, final: bool = False) -> None:
+        """Send what the running task printed since the last time (rate-limited: ``liveoutput``)."""
+        live = self.engine.runner.live
+        if live is None:
+            return
+        for stream, text in live.take(final):
+            fields = {"task": live.task_id, "stream": stream}
+            send_frames(channels.task, channels.codec.encode("output", fields, [text.encode("utf-8", "replace")]), 0)
 
     def _drain(self, channel: str, channels: Channels, handler: Callable[[Channels, Message], bool]) -> bool:
         """Handle every message waiting on ``channel``'s socket; False once the link is lost."""
@@ -285,6 +298,8 @@ class ControlThread:
                 return
             if frames[0] != b"send":
                 continue
+            if channels is not None:
+                self._stream(channels, final=True)  # the last of a streaming task's output, before its result
             self.outbox.keep(frames[1:], sent=channels is not None)
             if channels is not None:
                 send_frames(channels.task, frames[1:], 0)
@@ -305,6 +320,7 @@ class ControlThread:
         return True
 
     def _on_task(self, channels: Channels, msg: Message) -> bool:
-        if msg.type == "task" and not self.engine.queue.put(QueuedTask(msg["task"], msg.payloads[0])):
+        inputs = msg.payloads[1] if msg.type == "task_in" else None  # unpacked by the main thread
+        if not self.engine.queue.put(QueuedTask(msg["task"], msg.payloads[0], inputs)):
             channels.report_dropped(msg["task"], errors.EngineDied(f"engine {self.engine.id} is exiting"))
         return True

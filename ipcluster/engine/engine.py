@@ -25,7 +25,7 @@ from typing import Optional
 
 import zmq
 
-from ipcluster import connection, errors
+from ipcluster import connection, errors, faults
 from ipcluster.engine.control import ControlThread
 from ipcluster.engine.diagnostics import say
 from ipcluster.engine.parent import follow_parent
@@ -80,6 +80,7 @@ class Engine:
 
     def run(self) -> int:
         """Run until told to stop; returns the process exit code."""
+        faults.enable()  # a task that segfaults leaves every thread's traceback in the engine's log
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigint)
         self.control.start()

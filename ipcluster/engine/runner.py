@@ -14,7 +14,10 @@ from contextlib import redirect_stderr, redirect_stdout
 from typing import Optional
 
 import cloudpickle
+import msgpack
 
+from ipcluster import futureinputs, sourcelines
+from ipcluster.engine.liveoutput import LiveOutput, LiveStream
 from ipcluster.engine.taskqueue import QueuedTask
 
 
@@ -32,7 +35,26 @@ def describe(e: BaseException) -> dict:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     except Exception:
         tb = ""
-    return {"type": type(e).__name__, "message": message, "traceback": tb}
+    cls = type(e)
+    described = {"type": cls.__name__, "message": message, "traceback": tb}
+    module = getattr(cls, "__module__", None)
+    if isinstance(module, str) and module != "builtins":
+        described["module"] = module[:200]  # so a client that cannot rebuild it can still name it
+    return described
+
+
+def unpack(payload: bytes, inputs: Optional[bytes] = None) -> tuple:
+    """``(fn, args, kwargs)`` of a task's payload, its source lines restored (``sourcelines``),
+    the futures among its arguments replaced by their results (``inputs``, ``futureinputs``).
+
+    The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``.
+    """
+    supplied = msgpack.unpackb(inputs, raw=False) if inputs is not None else None
+    with futureinputs.supplying(supplied):
+        fn, args, kwargs, *rest = cloudpickle.loads(payload)
+    if rest and isinstance(rest[0], dict):
+        sourcelines.restore(fn, rest[0])
+    return fn, args, kwargs
 
 
 class Running:
@@ -52,6 +74,8 @@ class Runner:
 
     def __init__(self) -> None:
         self.current: Optional[Running] = None
+        #: The output of the task running (or the last one), for the control thread to stream.
+        self.live: Optional[LiveOutput] = None
 
     def run(self, task: QueuedTask) -> tuple[dict, list[bytes]]:
         """Run ``task``; the fields and the payloads (value, stdout, stderr) of its result.
@@ -64,9 +88,11 @@ class Runner:
         try:
             try:
                 # Inside the try: an interrupt from here on is this task's error, never lost.
+                self.live = live = LiveOutput(task.id)
                 self.current = Running(task.id)
-                with redirect_stdout(stdout), redirect_stderr(stderr):
-                    fn, args, kwargs = cloudpickle.loads(task.payload)
+                with redirect_stdout(LiveStream("stdout", stdout, live)), \
+                        redirect_stderr(LiveStream("stderr", stderr, live)):
+                    fn, args, kwargs = unpack(task.payload, task.inputs)
                     value = fn(*args, **kwargs)
             finally:
                 self.current = None

@@ -22,6 +22,8 @@ import attr
 class QueuedTask:
     id: str = attr.ib()
     payload: bytes = attr.ib(repr=False)
+    #: With ``task_in``: a msgpack map of task id to the result the task takes (futures as inputs).
+    inputs: Optional[bytes] = attr.ib(default=None, repr=False)
 
 
 #: How many ids of tasks handed to the main thread, and of tombstones, are remembered.

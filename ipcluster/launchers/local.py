@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipcluster.engine.parent import PARENT_ENV
+from ipcluster.faults import FaultTrail, with_fault
 from ipcluster.interfaces import ILauncher
 from ipcluster.launchers.command import engine_command
 
@@ -51,18 +52,22 @@ class EngineProcess(protocol.ProcessProtocol):
         self.exit_reason: Optional[str] = None
         self.pid: Optional[int] = None
         self._partial = {1: b"", 2: b""}
+        self._fault = FaultTrail()  # a faulthandler dump on stderr goes with the death's reason
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         lines = (self._partial.get(fd, b"") + data).split(b"\n")
         self._partial[fd] = lines.pop()
         for line in lines:
-            self.log.info("[engine {engine}] {line}", engine=self.engine_id, line=line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            if fd == 2:
+                self._fault.feed(text)
+            self.log.info("[engine {engine}] {line}", engine=self.engine_id, line=text)
 
     def processEnded(self, reason) -> None:
         for fd, rest in self._partial.items():
             if rest:
                 self.childDataReceived(fd, b"\n")
-        self.exit_reason = why_ended(reason.value)
+        self.exit_reason = with_fault(why_ended(reason.value), self._fault)
         self.on_ended(self, self.exit_reason)
         self.ended.callback(self.exit_reason)
 

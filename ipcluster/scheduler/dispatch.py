@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from ipcluster import errors
 from ipcluster.controller.registry import ACTIVE_STATES, ALIVE, LIVE_STATES, Registry
 from ipcluster.interfaces import IEngineControl
+from ipcluster.scheduler.inputs import task_frames
 from ipcluster.scheduler.queues import Assignments, ReadyQueues
 from ipcluster.scheduler.task import ASSIGNED, DONE, READY, RECOVERING, WAITING, Task
 from ipcluster.transport.wire import Codec
@@ -104,7 +105,7 @@ class Dispatcher:
         """Send ``task`` to the engine; False (task queued again, first) if it is unreachable."""
         record = self.registry.get(engine_id)
         if record is None or not self.send_engine(
-            [record.identity, *self.codec.encode("task", {"task": task.id}, [task.payload], session=record.session)]
+            [record.identity, *task_frames(self.codec, task, record.session)]
         ):
             # Gone without a word yet (its death will be noticed): keep the task for others.
             self.queues.push(task, front=True)

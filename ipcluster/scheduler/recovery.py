@@ -69,6 +69,8 @@ class Recovery:
             self.recovering[task.id] = task
             loaded.append((task, record.get("options") or {}))
         for task, options in loaded:  # waiting on each other as before
+            if task.inputs:  # (once every recovered task is in: those in flight hand their values over)
+                s.inputs.load(task, s.store)
             for dep in options.get("after") or ():
                 if dep in self.recovering:
                     task.unmet.add(dep)
@@ -141,9 +143,7 @@ class Recovery:
                 ))
                 continue
             requeued += 1
-            if not task.unmet:
-                task.lifecycle.dependencies_met()
-                s.dispatcher.push(task)
+            s._settle(task, None)  # ready if nothing else is unmet (its inputs packed)
         self.counts["lost"] += lost
         self.counts["requeued"] += requeued
         if left:
@@ -172,4 +172,5 @@ def _task(record: dict, s: "Scheduler") -> Task:
         run_after_failed=options.get("after_failed") == "run", clients=[], clock=s.clock, on_timeout=s._timed_out,
     )
     task.unmet.add(RECOVERING)
+    task.inputs = tuple(options.get("inputs") or ())  # futures as inputs: gathered again (inputs.py)
     return task

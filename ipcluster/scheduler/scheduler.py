@@ -32,6 +32,7 @@ from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.registry import GONE_EVENTS, LIVE_STATES, EngineEvent, EngineRecord, Registry
 from ipcluster.controller.sessions import EngineInbox
 from ipcluster.interfaces import IEngineControl, ITaskStore
+from ipcluster.scheduler.admission import Admission
 from ipcluster.scheduler.dependencies import Dependencies
 from ipcluster.scheduler.dispatch import Dispatcher, log_control_failure
 from ipcluster.scheduler.noengines import DEFAULT_NO_ENGINE_TIMEOUT, NoEngineWatch
@@ -40,12 +41,12 @@ from ipcluster.scheduler.runs import RunLog
 from ipcluster.scheduler.running import note_report, note_running, reported_seconds
 from ipcluster.scheduler.recovery import DEFAULT_RECOVERY_GRACE, Recovery
 from ipcluster.scheduler.results import NO_PAYLOADS, ResultPost
+from ipcluster.scheduler.inputs import InputValues
+from ipcluster.scheduler.output import OutputRelay
 from ipcluster.scheduler.submission import check_engines, check_fields
 from ipcluster.scheduler.views import SchedulerViews
 from ipcluster.store import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_RESULT
-from ipcluster.scheduler.task import (
-    ASSIGNED, DEFAULT_RETRIES, DONE, READY, RUNNING, WAITING, NoTransition, Task,
-)
+from ipcluster.scheduler.task import ASSIGNED, DEFAULT_RETRIES, DONE, READY, RUNNING, WAITING, NoTransition, Task
 from ipcluster.transport.wire import Codec, Message
 
 __all__ = ["Scheduler", "DEFAULT_PREFETCH", "DEFAULT_RETRIES", "WAITING", "READY", "ASSIGNED", "RUNNING", "DONE"]
@@ -96,6 +97,8 @@ class Scheduler(SchedulerViews):
         self.results = ResultPost(codec, clock, send_client, self.tasks, session_of, max_result)
         self.dispatcher = Dispatcher(registry, codec, send_engine, self.tasks, 1 + prefetch, self._withdrawn, control_for)
         self.dependencies = Dependencies(self.tasks, remember)
+        self.inputs = InputValues(self.tasks)  # futures as inputs: their results go with the task
+        self.admission = Admission(self.tasks, self.dependencies, self.inputs, lambda: self.store, self._accept)
         self.watch = NoEngineWatch(registry, clock, no_engine_timeout, self.tasks.values, self._no_engines, engines_coming)
         self.completed = 0
         self.failed = 0
@@ -103,7 +106,8 @@ class Scheduler(SchedulerViews):
         self.runs = RunLog(clock)  # each ended run, for the status page's task stream
         self._on_engine_event = {EngineEvent.JOINED: self._engine_joined, EngineEvent.ALIVE: self._engine_alive}
         self._on_engine_event.update(dict.fromkeys(GONE_EVENTS, self._engine_gone))
-        self._on_task_message = {"started": self._started, "result": self._result}
+        self.output = OutputRelay(codec, send_client, session_of, drops.drop)  # live output, never stored
+        self._on_task_message = {"started": self._started, "result": self._result, "output": self.output.relay}
         self.inbox = EngineInbox(registry, codec, drops, "task")
         self.recovery = Recovery(self, recovery_grace)
         registry.subscribe(self._registry_event)
@@ -121,25 +125,17 @@ class Scheduler(SchedulerViews):
         timeout: Optional[float] = None,
         after_failed: str = "fail",
         name: str = "",
+        inputs: Sequence[str] = (),
     ) -> defer.Deferred:
-        """Accept a task; fires with its id, or fails with a ClusterError (nothing is queued then)."""
+        """Accept a task; fires with its id, or fails with a ClusterError (nothing is queued then).
+        ``inputs``: tasks whose results it takes as arguments (``inputs.py``; they are in ``after`` too)."""
         try:
             task = self._new_task(client, task_id, payload, engines, retries, timeout, after_failed, name)
         except errors.ClusterError:
             return defer.fail()
-        after = list(dict.fromkeys(after))
-        unknown = self.dependencies.unknown(after)
-        if not unknown:
-            return defer.succeed(self._accept(task, after, {}))
-
-        def known(outcomes: dict) -> str:
-            # The store answered later: the same id may have been submitted meanwhile.
-            if task.id in self.tasks:
-                raise errors.BadRequest(f"task id {task.id!r} is already in flight")
-            return self._accept(task, after, outcomes)
-
-        # Dependencies finished long ago: ask the store (the task waits for the answer).
-        return self.dependencies.look_up(self.store, unknown).addCallback(known)
+        task.inputs = tuple(dict.fromkeys(inputs))
+        after = list(dict.fromkeys([*after, *task.inputs]))
+        return self.admission.admit(task, after)
 
     def _new_task(self, client, task_id, payload, engines, retries, timeout, after_failed, name) -> Task:
         retries = DEFAULT_RETRIES if retries is None else retries
@@ -157,7 +153,8 @@ class Scheduler(SchedulerViews):
         self.tasks[task.id] = task
         self.store.submitted(task.id, task.name, task.submitted_at, _kept(task.payload, self.max_payload), {
             "engines": sorted(task.engines) if task.engines else None, "after": after, "retries": task.retries,
-            "timeout": task.timeout, "after_failed": "run" if task.run_after_failed else "fail"})
+            "timeout": task.timeout, "after_failed": "run" if task.run_after_failed else "fail",
+            "inputs": list(task.inputs)})
         self._settle(task, self.dependencies.attach(task, after, outcomes))
         if task.state == READY:
             self.dispatcher.dispatch()
@@ -168,8 +165,9 @@ class Scheduler(SchedulerViews):
     def _settle(self, task: Task, failed: Optional[str]) -> None:
         """A waiting task heard from its dependencies: ``failed`` (one that failed it) fails it,
         else it is ready once none is unmet."""
-        if failed is not None:
-            error = errors.DependencyError(f"task {task.id} depends on {failed}, which failed")
+        error = None if failed is not None or task.unmet else self.inputs.pack(task)  # ready: its inputs packed
+        if failed is not None or error is not None:
+            error = error or errors.DependencyError(f"task {task.id} depends on {failed}, which failed")
             self._fail(task, task.lifecycle.dependency_failed, error)
         elif not task.unmet:
             task.lifecycle.dependencies_met()
@@ -203,7 +201,7 @@ class Scheduler(SchedulerViews):
     # -- engine traffic ---------------------------------------------------------------------
 
     def message_received(self, frames: list) -> None:
-        """A message from an engine on the task socket: ``started``, ``result`` or ``bye``."""
+        """A message from an engine on the task socket: ``started``, ``result``, ``output`` or ``bye``."""
         received = self.inbox.receive(frames)
         if received is None or received[1] is None or not self.registry.listed(received[1]):
             return  # dropped, or from no registration the scheduler gives work to
@@ -305,6 +303,7 @@ class Scheduler(SchedulerViews):
             self.failed += 1
         self.runs.finished(task, ok, fields, error)
         self.results.deliver(self.store, task, ok, fields, payloads, error)
+        self.inputs.finished(task, ok, payloads)
         for dependent in self.dependencies.finished(task.id, ok):
             self._settle(dependent, task.id if not (ok or dependent.run_after_failed) else None)
         self.dispatcher.dispatch()

@@ -40,7 +40,7 @@ def check_fields(options: Mapping[str, object]) -> None:
 
 
 def check_engines(registry: Registry, engines: Optional[Iterable[str]]) -> Optional[frozenset]:
-    """The engines a task may run on (None: any); at least one of them must be known and alive."""
+    """The engines a task may run on (None: any): every one must be known, one at least alive."""
     if engines is None:
         return None
     allowed = frozenset(engines)
@@ -49,8 +49,9 @@ def check_engines(registry: Registry, engines: Optional[Iterable[str]]) -> Optio
     if not all(is_engine_id(e) for e in allowed):
         raise errors.BadRequest(f"engines must be engine ids (printable text of 1-{MAX_ENGINE_ID_BYTES} bytes)")
     records = [registry.get(e) for e in allowed]
-    if all(r is None for r in records):
-        raise errors.UnknownEngine(f"no engine {', '.join(sorted(map(repr, allowed)))}")
+    unknown = sorted(e for e, r in zip(allowed, records) if r is None)
+    if unknown:  # a typo in a list must not pass silently because another name is right
+        raise errors.UnknownEngine(f"no engine {', '.join(map(repr, unknown))}")
     if not any(r is not None and r.state in ACTIVE_STATES for r in records):
         states = ", ".join(f"{e} is {r.state if r else 'unknown'}" for e, r in zip(allowed, records))
         raise errors.EngineDead(f"no engine the task may run on is alive ({states})")

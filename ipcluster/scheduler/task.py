@@ -123,6 +123,11 @@ class Task:
     run_after_failed: bool = attr.ib(default=False)
     clients: list = attr.ib(factory=list)
     unmet: set = attr.ib(factory=set)
+    #: Tasks whose results this one takes as arguments (``scheduler/inputs.py``), and their
+    #: value payloads until it is ready, then packed into one frame for its engine.
+    inputs: tuple = attr.ib(default=())
+    input_values: dict = attr.ib(factory=dict, repr=False)
+    input_frame: Optional[bytes] = attr.ib(default=None, repr=False)
     #: Arms the timeout timer (needed with a ``timeout``).
     clock: Optional[IReactorTime] = attr.ib(default=None, repr=False)
     #: Called with the task when its timeout timer fires (it still runs: the caller sends ``time_out``).

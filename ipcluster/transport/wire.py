@@ -85,8 +85,10 @@ SCHEMAS: dict[str, Schema] = {
     "unknown": Schema(0, {"reason": _STR}),
     # task socket (engine DEALER, identity = engine id)
     "task": Schema(1, {"task": _STR}),
+    "task_in": Schema(2, {"task": _STR, "inputs": (list,)}),  # a task with its inputs' results (futures as inputs)
     "started": Schema(0, {"task": _STR, "instance": _STR}),
     "result": Schema(3, {"task": _STR, "ok": _BOOL}),
+    "output": Schema(1, {"task": _STR, "stream": _STR}),  # engine -> controller -> client: live output
     "bye": Schema(0, {"instance": _STR, "reason": _STR}),
     # client socket (client DEALER -> controller ROUTER)
     "connect": Schema(0, {}),
@@ -105,7 +107,7 @@ SCHEMAS: dict[str, Schema] = {
 ACCEPTS = {
     "registration": frozenset({"register"}),
     "control": frozenset({"pong", "reply"}),
-    "task": frozenset({"started", "result", "bye"}),
+    "task": frozenset({"started", "result", "output", "bye"}),
     "client": frozenset({"connect", "engines", "tasks", "submit", "control", "cancel", "fetch", "purge"}),
 }
 
@@ -113,8 +115,8 @@ ACCEPTS = {
 PEER_ACCEPTS = {
     "registration": frozenset({"registered", "rejected"}),
     "control": frozenset({"ping", "command", "unknown"}),
-    "task": frozenset({"task"}),
-    "client": frozenset({"welcome", "reply", "running", "result", "unknown"}),
+    "task": frozenset({"task", "task_in"}),
+    "client": frozenset({"welcome", "reply", "running", "result", "output", "unknown"}),
 }
 
 #: The controller sockets whose peers may send batches (``transport.batch``).
