@@ -17,7 +17,7 @@ import re
 import time
 from typing import Any, Optional
 
-from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from ipcluster.client.views import ViewError, ViewResult
 
