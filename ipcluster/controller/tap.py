@@ -281,20 +281,16 @@ def makeService(options: Options):
         controller.check_data_dir()
     except (AlreadyRunning, OSError) as e:
         raise SystemExit(f"twistd ipcluster: {e}") from None
-    from ipcluster.manhole.service import manhole_services
+    manhole = {key: options[f"manhole-{key.replace('_', '-')}"] for key in ("ssh", "telnet", "authorized_keys", "passwords")}
+    if any(value is not None for value in manhole.values()):
+        # Only when asked for: twisted.conch and cryptography cost a tenth of a second of start-up.
+        from ipcluster.manhole.service import manhole_services
 
-    try:
-        for svc in manhole_services(
-            controller,
-            ssh=options["manhole-ssh"],
-            telnet=options["manhole-telnet"],
-            authorized_keys=options["manhole-authorized-keys"],
-            passwords=options["manhole-passwords"],
-            data_dir=config.data_dir,
-        ):
-            svc.setServiceParent(controller)
-    except ValueError as e:
-        raise SystemExit(f"twistd ipcluster: {e}") from None
+        try:
+            for svc in manhole_services(controller, data_dir=config.data_dir, **manhole):
+                svc.setServiceParent(controller)
+        except ValueError as e:
+            raise SystemExit(f"twistd ipcluster: {e}") from None
     if options["web"]:
         from ipcluster.web.service import web_service
 
