@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -99,6 +98,8 @@ def write(info: ConnectionInfo, path: Path) -> None:
     """Write ``info`` to ``path`` atomically, readable by its owner only (0600)."""
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    import tempfile  # only the controller writes one: engines and clients start without it
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".connection-", suffix=".tmp")
     try:
         os.fchmod(fd, 0o600)

@@ -218,23 +218,26 @@ class Controller(service.MultiService):
         return self.store
 
     def startService(self) -> None:
-        self.scheduler.store = self.open_store()
         if not self.sockets.bound:
             self.bind()
         if self.previous is not None:
             announce(self.previous, self.config.connection_file)
         connection.write(self.info, self.config.connection_file)
-        # The old controller's tasks in flight: engines report them, or they run again (recovery.py).
-        self.scheduler.store.unfinished().addCallback(self.scheduler.recover).addErrback(
-            lambda f: self.log.failure("could not recover the tasks in flight from the store", f)
-        )
         self.log.info(
             "controller listening on {ip}, ports {ports}; connection file {path}",
             ip=self.config.ip,
             ports=self.info.ports,
             path=str(self.config.connection_file),
         )
+        # Children first: the local engines are spawned now and import while the store opens
+        # (a new SQLite file takes 10-200 ms).  Nothing is read from a socket before this
+        # method returns, so no task can meet the placeholder store.
         super().startService()
+        self.scheduler.store = self.open_store()
+        # The old controller's tasks in flight: engines report them, or they run again (recovery.py).
+        self.scheduler.store.unfinished().addCallback(self.scheduler.recover).addErrback(
+            lambda f: self.log.failure("could not recover the tasks in flight from the store", f)
+        )
 
     @defer.inlineCallbacks
     def stopService(self):

@@ -9,8 +9,8 @@ the loop returns at once and the thread closes its sockets and ends.
 """
 from __future__ import annotations
 
+import os
 import threading
-import uuid
 from typing import Callable, Optional
 
 import zmq
@@ -31,7 +31,7 @@ class Heart:
         self.address = address
         self.identity = identity
         self.configure = configure
-        self._ctl_address = f"inproc://ipcluster-heart-{uuid.uuid4().hex}"
+        self._ctl_address = f"inproc://ipcluster-heart-{os.urandom(8).hex()}"
         self._ctl: Optional[zmq.Socket] = None
         self._thread: Optional[threading.Thread] = None
         self._ready = threading.Event()

@@ -13,7 +13,6 @@ import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Optional
 
-import cloudpickle
 import msgpack
 
 from ipcluster import futureinputs, sourcelines
@@ -49,6 +48,8 @@ def unpack(payload: bytes, inputs: Optional[bytes] = None) -> tuple:
 
     The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``.
     """
+    import cloudpickle  # here, not at the top: an engine starts faster without it (imported once)
+
     supplied = msgpack.unpackb(inputs, raw=False) if inputs is not None else None
     with futureinputs.supplying(supplied):
         fn, args, kwargs, *rest = cloudpickle.loads(payload)
@@ -96,7 +97,7 @@ class Runner:
                     value = fn(*args, **kwargs)
             finally:
                 self.current = None
-            payload = cloudpickle.dumps(value)
+            payload = _dumps(value)
             fields["ok"] = True
         except EngineStop:
             raise
@@ -108,9 +109,15 @@ class Runner:
         return fields, [payload, _text(stdout), _text(stderr)]
 
 
+def _dumps(value) -> bytes:
+    import cloudpickle  # imported by unpack() already
+
+    return cloudpickle.dumps(value)
+
+
 def _pickled_exception(e: BaseException) -> bytes:
     try:
-        return cloudpickle.dumps(e)
+        return _dumps(e)
     except Exception:
         return b""  # the description alone travels
 
