@@ -453,6 +453,37 @@ class RemoveAndScale(CLITestCase):
         self.assertEqual([e["id"] for e in self.status_json(path) if e["state"] in LIVE], ["e0"])
 
 
+class SettleOnTheReason(unittest.SynchronousTestCase):
+    """A failing daemon's reason reaches its log late on a loaded machine: start waits for it."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.log = Path(self.mktemp())
+        self.log.write_text("old run: twistd ipcluster: an old reason\n")
+        self.offset = self.log.stat().st_size
+        self.script = {}
+
+    def sleep(self, seconds):
+        self.clock.advance(seconds)
+        for at in [t for t in self.script if t <= self.clock.seconds()]:
+            with open(self.log, "a") as f:
+                f.write(self.script.pop(at))
+
+    def settle(self):
+        from ipcluster.cli.start import _settle
+
+        return _settle(self.log, self.offset, clock=self.clock.seconds, sleep=self.sleep)
+
+    def test_waits_through_a_quiet_spell_for_the_reason(self):
+        self.script = {0.1: "twistd: starting\n", 0.9: "twistd ipcluster: cannot listen on ...: Address already in use\n"}
+        self.assertEqual(self.settle(), "cannot listen on ...: Address already in use")
+
+    def test_no_reason_after_a_second_of_quiet(self):
+        self.script = {0.1: "twistd: starting\n"}
+        self.assertIsNone(self.settle(), "the old run's reason is not this one's")
+        self.assertLess(self.clock.seconds(), 2.0)
+
+
 class RemovalOrder(unittest.SynchronousTestCase):
     def test_idle_before_working_then_newest_first(self):
         engines = [

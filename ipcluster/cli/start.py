@@ -198,9 +198,8 @@ def start_daemon(dd: DataDir, engines: int, timeout: float, out: Optional[TextIO
     except _StartFailed as e:
         with contextlib.suppress(CLIError):
             stop_cluster(dd, timeout=DEFAULT_STOP_TIMEOUT, out=None)
-        _settle(dd.logfile)
+        reason = _settle(dd.logfile, log_offset)
         tail = dd.log_tail(offset=log_offset) if dd.logfile.exists() else ""
-        reason = _controller_said(dd.logfile, log_offset)
         first = f"the controller failed to start: {reason}" if reason else str(e)
         rest = str(e) if reason else ""
         raise CLIError("\n".join(part for part in (first, rest, tail) if part)) from None
@@ -285,18 +284,24 @@ def _wait_for_engines(dd: DataDir, pid: int, engines: int, deadline: Deadline, b
         client.close()
 
 
-def _settle(path: Path, quiet: float = 0.3, bound: float = 3.0, clock=time.monotonic, sleep=time.sleep) -> None:
-    """Wait (at most ``bound`` s) until ``path`` stops growing: a failing daemon logs its traceback
-    just after it has told twistd's parent process that it failed."""
+def _settle(path: Path, offset: int, quiet: float = 1.0, bound: float = 10.0, clock=time.monotonic,
+            sleep=time.sleep) -> Optional[str]:
+    """The controller's reason for failing, once its log has it; None if the log stays quiet for
+    ``quiet`` s without one (or at ``bound``). A failing daemon logs its reason just after it has
+    told twistd's parent process that it failed: on a loaded machine that can take a while."""
     deadline = Deadline(bound, clock, sleep)
     last, since = None, clock()
     while not deadline.passed():
+        reason = _controller_said(path, offset)
+        if reason is not None:
+            return reason
         size = _size(path)
         if size != last:
             last, since = size, clock()
         elif clock() - since >= quiet:
-            return
+            return None
         sleep(0.05)
+    return _controller_said(path, offset)
 
 
 def _running_message(dd: DataDir, pid: int, ids: list[str]) -> str:
