@@ -16,7 +16,7 @@ import contextlib
 import threading
 from typing import Any, Iterator, Mapping, Optional
 
-import cloudpickle
+from ipcluster.transport import buffers
 
 _local = threading.local()
 
@@ -76,5 +76,5 @@ def _input(task_id: str) -> Any:
     if supplied is None or task_id not in supplied.frames:
         raise MissingInput(f"the result of task {task_id}, an argument of this task, did not come with it")
     if task_id not in supplied.values:
-        supplied.values[task_id] = cloudpickle.loads(supplied.frames[task_id])
+        supplied.values[task_id] = buffers.loads(supplied.frames[task_id])
     return supplied.values[task_id]

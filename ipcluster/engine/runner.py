@@ -11,7 +11,7 @@ import io
 import time
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
-from typing import Optional
+from typing import Optional, Sequence
 
 import cloudpickle
 import msgpack
@@ -19,6 +19,7 @@ import msgpack
 from ipcluster import futureinputs, sourcelines
 from ipcluster.engine.liveoutput import LiveOutput, LiveStream
 from ipcluster.engine.taskqueue import QueuedTask
+from ipcluster.transport import buffers as pickle_buffers
 
 
 class EngineStop(BaseException):
@@ -43,15 +44,16 @@ def describe(e: BaseException) -> dict:
     return described
 
 
-def unpack(payload: bytes, inputs: Optional[bytes] = None) -> tuple:
+def unpack(payload: bytes, inputs: Optional[bytes] = None, buffers: Sequence = ()) -> tuple:
     """``(fn, args, kwargs)`` of a task's payload, its source lines restored (``sourcelines``),
     the futures among its arguments replaced by their results (``inputs``, ``futureinputs``).
 
-    The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``.
+    The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``, pickled with
+    ``buffers`` out of band (``transport.buffers``).
     """
     supplied = msgpack.unpackb(inputs, raw=False) if inputs is not None else None
     with futureinputs.supplying(supplied):
-        fn, args, kwargs, *rest = cloudpickle.loads(payload)
+        fn, args, kwargs, *rest = pickle_buffers.loads(payload, buffers)
     if rest and isinstance(rest[0], dict):
         sourcelines.restore(fn, rest[0])
     return fn, args, kwargs
@@ -78,7 +80,8 @@ class Runner:
         self.live: Optional[LiveOutput] = None
 
     def run(self, task: QueuedTask) -> tuple[dict, list[bytes]]:
-        """Run ``task``; the fields and the payloads (value, stdout, stderr) of its result.
+        """Run ``task``; the fields and the payloads (value, stdout, stderr, then the value's
+        out-of-band buffers: ``transport.buffers``) of its result.
 
         Every failure of the task, KeyboardInterrupt included, is its result; only
         :class:`EngineStop` goes through.
@@ -92,20 +95,20 @@ class Runner:
                 self.current = Running(task.id)
                 with redirect_stdout(LiveStream("stdout", stdout, live)), \
                         redirect_stderr(LiveStream("stderr", stderr, live)):
-                    fn, args, kwargs = unpack(task.payload, task.inputs)
+                    fn, args, kwargs = unpack(task.payload, task.inputs, task.buffers)
                     value = fn(*args, **kwargs)
             finally:
                 self.current = None
-            payload = cloudpickle.dumps(value)
+            payload, buffers = pickle_buffers.dumps(value)
             fields["ok"] = True
         except EngineStop:
             raise
         except BaseException as e:  # the task's own failure, KeyboardInterrupt included
             fields["ok"] = False
             fields["error"] = describe(e)
-            payload = _pickled_exception(e)
+            payload, buffers = _pickled_exception(e), []
         fields["finished"] = time.time()
-        return fields, [payload, _text(stdout), _text(stderr)]
+        return fields, [payload, _text(stdout), _text(stderr), *buffers]
 
 
 def _pickled_exception(e: BaseException) -> bytes:
