@@ -2,8 +2,9 @@
 
 :func:`dumps` pickles with protocol 5 and takes every contiguous buffer of at
 least :data:`THRESHOLD` bytes out of the pickle -- numpy arrays (their own
-``__reduce_ex__``), ``bytes``, ``bytearray`` and contiguous ``memoryview`` (our
-reducer) -- up to :data:`MAX_BUFFERS` of them; the rest stays in-band.  The
+``__reduce_ex__``) and contiguous ``memoryview`` anywhere in the value,
+``bytes`` and ``bytearray`` down to :data:`WRAP_DEPTH` levels of tuples, lists
+and dicts -- up to :data:`MAX_BUFFERS` of them; the rest stays in-band.  The
 pickle and the buffers go on the wire as separate frames (``wire``, header
 field ``bufs``) and are sent and received without copies (``zmqfast``), so a
 100 MB array is never copied by pickle, the controller or the engine's thread
@@ -34,15 +35,46 @@ def _rebuild_memoryview(buf) -> memoryview:
     return memoryview(buf)
 
 
+class _OutOfBand:
+    """A large ``bytes`` or ``bytearray`` pickled as a pickle buffer (the C pickler saves those
+    types itself, before any ``reducer_override``): it unpickles as the original type."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return type(self.data), (pickle.PickleBuffer(self.data),)
+
+
+#: How deep into tuples, lists and dicts :func:`dumps` looks for large ``bytes``/``bytearray``
+#: (``(fn, args, kwargs)``: their items are at depth 2); deeper ones stay in-band.
+WRAP_DEPTH = 3
+
+
+def _wrapped(obj: Any, depth: int = WRAP_DEPTH) -> Any:
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return _OutOfBand(obj) if len(obj) >= THRESHOLD else obj
+    if depth <= 0:
+        return obj
+    if kind is tuple or kind is list:
+        items = [_wrapped(item, depth - 1) for item in obj]
+        if any(a is not b for a, b in zip(items, obj)):
+            return kind(items)
+    elif kind is dict:
+        items = {k: _wrapped(v, depth - 1) for k, v in obj.items()}
+        if any(items[k] is not v for k, v in obj.items()):
+            return items
+    return obj
+
+
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, with ``bytes``, ``bytearray`` and ``memoryview`` as pickle buffers."""
+    """cloudpickle, with ``memoryview`` as a pickle buffer."""
 
     def reducer_override(self, obj: Any):
-        kind = type(obj)
-        if kind is bytes or kind is bytearray:
-            if len(obj) >= THRESHOLD:
-                return kind, (pickle.PickleBuffer(obj),)
-        elif kind is memoryview:
+        if type(obj) is memoryview:
             if obj.nbytes >= THRESHOLD and obj.contiguous:
                 return _rebuild_memoryview, (pickle.PickleBuffer(obj),)
             return _rebuild_memoryview, (obj.tobytes(),)
@@ -62,7 +94,7 @@ def dumps(obj: Any) -> tuple[bytes, list]:
 
     out = io.BytesIO()
     pickler = _Pickler(out, protocol=5, buffer_callback=_guarded(out_of_band))
-    pickler.dump(obj)
+    pickler.dump(_wrapped(obj))
     return out.getvalue(), buffers
 
 
