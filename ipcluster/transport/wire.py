@@ -6,7 +6,11 @@ Every message (after the identity frame a ROUTER adds) is::
 
 ``signature`` is HMAC-SHA256, keyed with the connection file's key, over every
 following frame, each preceded by its length (8 bytes, big-endian), so bytes
-cannot be moved between frames.  ``header`` is a msgpack map holding ``v``
+cannot be moved between frames; a frame of :data:`LARGE_FRAME` bytes or more
+stands in it by its Poly1305 tag under a one-time key derived from the
+message's nonce (sent after the HMAC), so a 100 MB buffer costs 9 ms, not 60
+(``docs/protocol.md``, Signature, gives the argument).  Payload 0 of some types
+may be followed by its out-of-band buffers (header ``b``, ``transport.buffers``).  ``header`` is a msgpack map holding ``v``
 (protocol version), ``type``, ``id`` (a message id), ``s`` (the sender's
 session) and ``n`` (its sequence number: every message a sender signs gets the
 next one) and the type's fields.  Because ``s`` and ``n`` are signed, a
