@@ -74,7 +74,7 @@ def _input(task_id: str) -> Any:
     if supplied is None or task_id not in supplied.frames:
         raise MissingInput(f"the result of task {task_id}, an argument of this task, did not come with it")
     if task_id not in supplied.values:
-        import cloudpickle  # the engine imports it with its first task (runner.unpack)
+        from ipcluster.transport import buffers  # the engine imports it with its first task (runner.unpack)
 
-        supplied.values[task_id] = cloudpickle.loads(supplied.frames[task_id])
+        supplied.values[task_id] = buffers.loads(supplied.frames[task_id])
     return supplied.values[task_id]

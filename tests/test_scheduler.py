@@ -28,6 +28,7 @@ from ipcluster.scheduler.scheduler import Scheduler
 from ipcluster.scheduler.task import ASSIGNED, DEFAULT_RETRIES, READY, RUNNING, WAITING
 from ipcluster.store.memory import MemoryTaskStore
 from ipcluster.store.sqlite import SQLiteTaskStore
+from ipcluster.transport import wire
 from ipcluster.transport.wire import Codec, PingCodec
 
 KEY = b"k" * 32
@@ -1451,7 +1452,7 @@ class ClientFrontEndTests(FrontEndFixture):
 
     def test_connect_and_engines(self):
         welcome = self.request("connect")
-        self.assertEqual((welcome.type, welcome["version"]), ("welcome", 2))
+        self.assertEqual((welcome.type, welcome["version"]), ("welcome", wire.PROTOCOL_VERSION))
         self.assertEqual(welcome.session, self.session(b"client-1"), "a known session is kept")
         reply = self.request("engines")
         self.assertEqual([(e["id"], e["state"]) for e in reply["value"]], [("e1", "alive")])

@@ -14,7 +14,6 @@ import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
-import cloudpickle
 
 from ipcluster import errors, futureinputs
 from ipcluster.client.checks import (  # noqa: F401 (the names clients import from here)
@@ -23,7 +22,7 @@ from ipcluster.client.checks import (  # noqa: F401 (the names clients import fr
 from ipcluster.client.inputs import input_options
 from ipcluster.client.output import OutputWatch
 from ipcluster.sourcelines import task_extras
-from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE, batch
+from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE, batch, buffers
 from ipcluster.transport.replay import ReplayWindow
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
 
@@ -53,7 +52,7 @@ class TaskResult:
         payload, out, err = msg.payloads
         self.stdout = bytes(out).decode("utf-8", "replace")
         self.stderr = bytes(err).decode("utf-8", "replace")
-        self.value = pickle.loads(payload) if self.ok else _remote_exception(msg.get("error"), payload)
+        self.value = buffers.loads(payload, msg.buffers) if self.ok else _remote_exception(msg.get("error"), payload)
 
 
 def _remote_exception(error: Any, payload: bytes) -> BaseException:
@@ -148,7 +147,8 @@ class ClientCore:
         on_result: Callable[[TaskResult], None],
         on_running: Optional[Callable[[str], None]] = None,
     ) -> tuple[str, list]:
-        """``(task_id, frames)`` for a task; the payload is cloudpickled here.
+        """``(task_id, frames)`` for a task; the payload is cloudpickled here, its large buffers
+        (numpy arrays, bytes, ...) kept out of band and sent uncopied (``transport.buffers``).
 
         ``options`` are the scheduling fields checked by :func:`submit_options`.
         There is no reply: a refused task fails through ``on_result``.
@@ -156,36 +156,38 @@ class ClientCore:
         """
         extras = task_extras(fn)  # source lines for the remote traceback, if fn's are not in a file
         with futureinputs.collecting() as inputs:  # futures in the arguments: the engine gets their results
-            payload = cloudpickle.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs))
+            payload, bufs = buffers.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs))
         task_id = uuid.uuid4().hex
         fields = dict(options, task=task_id, name=_name(fn), **input_options(options, inputs))
-        frames = self.codec.encode("submit", fields, [payload])
+        payloads = [payload, *bufs]
+        frames = self.codec.encode("submit", fields, payloads)
         size = sum(len(frame) for frame in frames)
         if size > self.max_message_size:
             raise errors.PayloadTooLarge(
                 f"the task's pickled function and arguments make a {size}-byte message (payload "
-                f"{len(payload)} bytes), over the controller's limit of {self.max_message_size} bytes "
-                "(--max-message-size)"
+                f"{len(payload)} bytes and {len(bufs)} buffer(s)), over the controller's limit of "
+                f"{self.max_message_size} bytes (--max-message-size)"
             )
         self.expect(task_id, on_result, on_running)
-        self._keep(task_id, fields, payload)
+        self._keep(task_id, fields, payloads)
         return task_id, frames
 
-    def _keep(self, task_id: str, fields: dict, payload: bytes) -> None:
+    def _keep(self, task_id: str, fields: dict, payloads: list) -> None:
+        size = sum(len(p) for p in payloads)
         with self._lock:
-            if len(payload) > self.keep_bytes:
+            if size > self.keep_bytes:
                 return
-            self._kept[task_id] = (fields, payload)
-            self._kept_size += len(payload)
+            self._kept[task_id] = (fields, payloads, size)
+            self._kept_size += size
             while self._kept_size > self.keep_bytes:
-                _, (_, old) = self._kept.popitem(last=False)
-                self._kept_size -= len(old)
+                _, (_, _, old) = self._kept.popitem(last=False)
+                self._kept_size -= old
 
     def _let_go(self, task_id: str) -> None:
         """(Under the lock.)  The task's payload need not be kept any more."""
         kept = self._kept.pop(task_id, None)
         if kept is not None:
-            self._kept_size -= len(kept[1])
+            self._kept_size -= kept[2]
 
     def waiting(self) -> bool:
         """Whether anything waits for the controller (a reply or a task's result)."""
@@ -314,9 +316,9 @@ class ClientCore:
         with self._lock:
             kept = self._kept.get(task_id) if isinstance(value, errors.BadRequest) else None
         if kept is not None:
-            fields, payload = kept
+            fields, payloads, _ = kept
             self.resubmitted += 1
-            self.send_back(self.codec.encode("submit", fields, [payload]))
+            self.send_back(self.codec.encode("submit", fields, payloads))
             return
         if isinstance(value, errors.BadRequest):
             value = errors.TaskLost(

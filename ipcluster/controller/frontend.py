@@ -180,6 +180,7 @@ class ClientFrontEnd:
             after_failed=msg.get("after_failed") or "fail",
             name=msg.get("name") or "",
             inputs=check_inputs(msg.get("inputs")),
+            buffers=msg.buffers,
         )
 
     def _on_cancel(self, identity: bytes, msg: Message):

@@ -321,6 +321,6 @@ class ControlThread:
 
     def _on_task(self, channels: Channels, msg: Message) -> bool:
         inputs = msg.payloads[1] if msg.type == "task_in" else None  # unpacked by the main thread
-        if not self.engine.queue.put(QueuedTask(msg["task"], msg.payloads[0], inputs)):
+        if not self.engine.queue.put(QueuedTask(msg["task"], msg.payloads[0], inputs, msg.buffers)):
             channels.report_dropped(msg["task"], errors.EngineDied(f"engine {self.engine.id} is exiting"))
         return True

@@ -57,7 +57,7 @@ class Outbox:
         if not isinstance(header, dict) or header.get("type") != "result" or not isinstance(header.get("task"), str):
             return
         fields = {k: v for k, v in header.items() if k not in _ENVELOPE}
-        payloads = [bytes(p) for p in frames[2:]]
+        payloads = list(frames[2:])  # as received from the main thread: large ones are views, not copies
         size = sum(len(p) for p in payloads)
         self._forget(header["task"])
         if size > self.max_bytes:

@@ -11,7 +11,7 @@ import io
 import time
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
-from typing import Optional
+from typing import Optional, Sequence
 
 import msgpack
 
@@ -42,17 +42,19 @@ def describe(e: BaseException) -> dict:
     return described
 
 
-def unpack(payload: bytes, inputs: Optional[bytes] = None) -> tuple:
+def unpack(payload: bytes, inputs: Optional[bytes] = None, buffers: Sequence = ()) -> tuple:
     """``(fn, args, kwargs)`` of a task's payload, its source lines restored (``sourcelines``),
     the futures among its arguments replaced by their results (``inputs``, ``futureinputs``).
 
-    The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``.
+    The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``, pickled with
+    ``buffers`` out of band (``transport.buffers``).
     """
-    import cloudpickle  # here, not at the top: an engine starts faster without it (imported once)
+    # Here, not at the top: an engine starts faster without cloudpickle (imported once).
+    from ipcluster.transport import buffers as pickle_buffers
 
     supplied = msgpack.unpackb(inputs, raw=False) if inputs is not None else None
     with futureinputs.supplying(supplied):
-        fn, args, kwargs, *rest = cloudpickle.loads(payload)
+        fn, args, kwargs, *rest = pickle_buffers.loads(payload, buffers)
     if rest and isinstance(rest[0], dict):
         sourcelines.restore(fn, rest[0])
     return fn, args, kwargs
@@ -79,7 +81,8 @@ class Runner:
         self.live: Optional[LiveOutput] = None
 
     def run(self, task: QueuedTask) -> tuple[dict, list[bytes]]:
-        """Run ``task``; the fields and the payloads (value, stdout, stderr) of its result.
+        """Run ``task``; the fields and the payloads (value, stdout, stderr, then the value's
+        out-of-band buffers: ``transport.buffers``) of its result.
 
         Every failure of the task, KeyboardInterrupt included, is its result; only
         :class:`EngineStop` goes through.
@@ -93,31 +96,34 @@ class Runner:
                 self.current = Running(task.id)
                 with redirect_stdout(LiveStream("stdout", stdout, live)), \
                         redirect_stderr(LiveStream("stderr", stderr, live)):
-                    fn, args, kwargs = unpack(task.payload, task.inputs)
+                    fn, args, kwargs = unpack(task.payload, task.inputs, task.buffers)
                     value = fn(*args, **kwargs)
             finally:
                 self.current = None
-            payload = _dumps(value)
+            payload, buffers = _dumps(value)
             fields["ok"] = True
         except EngineStop:
             raise
         except BaseException as e:  # the task's own failure, KeyboardInterrupt included
             fields["ok"] = False
             fields["error"] = describe(e)
-            payload = _pickled_exception(e)
+            payload, buffers = _pickled_exception(e), []
         fields["finished"] = time.time()
-        return fields, [payload, _text(stdout), _text(stderr)]
+        return fields, [payload, _text(stdout), _text(stderr), *buffers]
 
 
-def _dumps(value) -> bytes:
-    import cloudpickle  # imported by unpack() already
+def _dumps(value) -> tuple:
+    """``(pickle, out-of-band buffers)`` of a task's value (``transport.buffers``)."""
+    from ipcluster.transport import buffers as pickle_buffers  # imported by unpack() already
 
-    return cloudpickle.dumps(value)
+    return pickle_buffers.dumps(value)
 
 
 def _pickled_exception(e: BaseException) -> bytes:
     try:
-        return _dumps(e)
+        import cloudpickle  # imported by unpack() already
+
+        return cloudpickle.dumps(e)
     except Exception:
         return b""  # the description alone travels
 

@@ -24,6 +24,8 @@ class QueuedTask:
     payload: bytes = attr.ib(repr=False)
     #: With ``task_in``: a msgpack map of task id to the result the task takes (futures as inputs).
     inputs: Optional[bytes] = attr.ib(default=None, repr=False)
+    #: The payload's out-of-band buffers (``transport.buffers``), views of the received frames.
+    buffers: tuple = attr.ib(default=(), repr=False)
 
 
 #: How many ids of tasks handed to the main thread, and of tombstones, are remembered.

@@ -30,6 +30,7 @@ from ipcluster.interfaces import ITaskStore
 from ipcluster.limits import is_task_id
 from ipcluster.scheduler.task import Task
 from ipcluster.transport import DEFAULT_MAX_MESSAGE_SIZE
+from ipcluster.transport import joined as buffers
 from ipcluster.transport.wire import Codec
 
 #: Room kept for the signature, the header and the identity of a ``task_in`` message.
@@ -88,11 +89,15 @@ class InputValues:
 
     def finished(self, task: Task, ok: bool, payloads: Sequence[bytes]) -> None:
         """``task`` is done: its value to the tasks that take it; what it wanted, forgotten."""
+        dependents = self.wanted.pop(task.id, {}).values()
+        value = payloads[0]
+        if ok and len(payloads) > 3 and (dependents or sum(map(len, payloads)) <= RECENT_ITEM_BYTES):
+            value = buffers.join(payloads[0], payloads[3:])  # (a copy, for results used as inputs only)
         if ok:
-            self._remember(task.id, payloads[0])
-        for dependent in self.wanted.pop(task.id, {}).values():
+            self._remember(task.id, value)
+        for dependent in dependents:
             if ok:
-                dependent.input_values[task.id] = payloads[0]
+                dependent.input_values[task.id] = value
         for dep in task.inputs:
             waiting = self.wanted.get(dep)
             if waiting is not None:
@@ -134,6 +139,6 @@ class InputValues:
 def task_frames(codec: Codec, task: Task, session: str) -> list:
     """The message that sends ``task`` to an engine: ``task``, or ``task_in`` with its inputs."""
     if task.input_frame is None:
-        return codec.encode("task", {"task": task.id}, [task.payload], session=session)
-    return codec.encode("task_in", {"task": task.id, "inputs": list(task.inputs)}, [task.payload, task.input_frame],
-                        session=session)
+        return codec.encode("task", {"task": task.id}, [task.payload, *task.buffers], session=session)
+    return codec.encode("task_in", {"task": task.id, "inputs": list(task.inputs)},
+                        [task.payload, task.input_frame, *task.buffers], session=session)

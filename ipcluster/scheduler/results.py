@@ -27,6 +27,7 @@ from ipcluster import errors
 from ipcluster.interfaces import ITaskStore
 from ipcluster.scheduler.task import RUNNING, Task
 from ipcluster.store import DEFAULT_MAX_RESULT
+from ipcluster.transport import joined as buffers
 from ipcluster.transport.wire import Codec
 
 #: The payloads of a result that has none (a failure the controller decided).
@@ -79,7 +80,8 @@ class ResultPost:
         else:
             store.finished(
                 task.id, ok, self.clock.seconds(), task.engine, error if not ok else None,
-                payloads[0] if ok else payloads[0] or None, _text(payloads[1]), _text(payloads[2]),
+                buffers.join(payloads[0], payloads[3:]) if ok else payloads[0] or None, _text(payloads[1]),
+                _text(payloads[2]),
             )
         clients = list(task.clients)
         self.uncommitted += 1

@@ -46,6 +46,7 @@ from ipcluster.scheduler.output import OutputRelay
 from ipcluster.scheduler.submission import check_engines, check_fields
 from ipcluster.scheduler.views import SchedulerViews
 from ipcluster.store import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_RESULT
+from ipcluster.transport import joined as pickle_buffers
 from ipcluster.scheduler.task import ASSIGNED, DEFAULT_RETRIES, DONE, READY, RUNNING, WAITING, NoTransition, Task
 from ipcluster.transport.wire import Codec, Message
 
@@ -126,14 +127,17 @@ class Scheduler(SchedulerViews):
         after_failed: str = "fail",
         name: str = "",
         inputs: Sequence[str] = (),
+        buffers: Sequence = (),
     ) -> defer.Deferred:
         """Accept a task; fires with its id, or fails with a ClusterError (nothing is queued then).
-        ``inputs``: tasks whose results it takes as arguments (``inputs.py``; they are in ``after`` too)."""
+        ``inputs``: tasks whose results it takes as arguments (``inputs.py``; they are in ``after`` too).
+        ``buffers``: the payload's out-of-band buffers (``transport.buffers``)."""
         try:
             task = self._new_task(client, task_id, payload, engines, retries, timeout, after_failed, name)
         except errors.ClusterError:
             return defer.fail()
         task.inputs = tuple(dict.fromkeys(inputs))
+        task.buffers = tuple(buffers)
         after = list(dict.fromkeys([*after, *task.inputs]))
         return self.admission.admit(task, after)
 
@@ -151,7 +155,7 @@ class Scheduler(SchedulerViews):
 
     def _accept(self, task: Task, after: list, outcomes: dict) -> str:
         self.tasks[task.id] = task
-        self.store.submitted(task.id, task.name, task.submitted_at, _kept(task.payload, self.max_payload), {
+        self.store.submitted(task.id, task.name, task.submitted_at, _kept(task.payload, task.buffers, self.max_payload), {
             "engines": sorted(task.engines) if task.engines else None, "after": after, "retries": task.retries,
             "timeout": task.timeout, "after_failed": "run" if task.run_after_failed else "fail",
             "inputs": list(task.inputs)})
@@ -257,7 +261,7 @@ class Scheduler(SchedulerViews):
             if never_started:  # finished before the engine reported it started
                 self.store.started(task.id, engine_id, msg.get("started") or self.clock.seconds())
             fields = {k: msg.get(k) for k in ("ok", "error", "started", "finished") if msg.get(k) is not None}
-            self._finish(task, bool(msg["ok"]), fields, list(msg.payloads), msg.get("error"))
+            self._finish(task, bool(msg["ok"]), fields, [*msg.payloads, *msg.buffers], msg.get("error"))
         self.dispatcher.fill(engine_id)
 
     def engine_reported(self, record: EngineRecord, task_id: Optional[str], running_for: Optional[float]) -> None:
@@ -368,6 +372,7 @@ class Scheduler(SchedulerViews):
             task.lifecycle.abandon()
 
 
-def _kept(payload: bytes, limit: int):
-    """The payload as the store keeps it: None when over ``limit`` bytes."""
-    return payload if len(payload) <= limit else None
+def _kept(payload: bytes, bufs: Sequence, limit: int):
+    """The payload (with its buffers, ``transport.buffers.join``) as the store keeps it: None when
+    over ``limit`` bytes."""
+    return pickle_buffers.join(payload, bufs) if len(payload) + sum(map(len, bufs)) <= limit else None

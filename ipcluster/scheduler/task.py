@@ -128,6 +128,8 @@ class Task:
     inputs: tuple = attr.ib(default=())
     input_values: dict = attr.ib(factory=dict, repr=False)
     input_frame: Optional[bytes] = attr.ib(default=None, repr=False)
+    #: The payload's out-of-band buffers (``transport.buffers``): routed as received, never copied.
+    buffers: tuple = attr.ib(default=(), repr=False)
     #: Arms the timeout timer (needed with a ``timeout``).
     clock: Optional[IReactorTime] = attr.ib(default=None, repr=False)
     #: Called with the task when its timeout timer fires (it still runs: the caller sends ``time_out``).

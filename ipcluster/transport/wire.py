@@ -6,7 +6,11 @@ Every message (after the identity frame a ROUTER adds) is::
 
 ``signature`` is HMAC-SHA256, keyed with the connection file's key, over every
 following frame, each preceded by its length (8 bytes, big-endian), so bytes
-cannot be moved between frames.  ``header`` is a msgpack map holding ``v``
+cannot be moved between frames; a frame of :data:`LARGE_FRAME` bytes or more
+stands in it by its Poly1305 tag under a one-time key derived from the
+message's nonce (sent after the HMAC), so a 100 MB buffer costs 9 ms, not 60
+(``docs/protocol.md``, Signature, gives the argument).  Payload 0 of some types
+may be followed by its out-of-band buffers (header ``b``, ``transport.buffers``).  ``header`` is a msgpack map holding ``v``
 (protocol version), ``type``, ``id`` (a message id), ``s`` (the sender's
 session) and ``n`` (its sequence number: every message a sender signs gets the
 next one) and the type's fields.  Because ``s`` and ``n`` are signed, a
@@ -29,15 +33,21 @@ import hmac
 import itertools
 import os
 import struct
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import attr
 import msgpack
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_HEADER_BYTES = 64 * 1024  # what the controller accepts from its peers
 MAX_REPLY_HEADER_BYTES = 64 * 1024 * 1024  # what clients and engines accept from the controller
 SIGNATURE_BYTES = 32
+#: Frames of at least this many bytes are signed by their Poly1305 tag (``Codec.sign``).
+LARGE_FRAME = 64 * 1024
+NONCE_BYTES = 16
+#: Out-of-band buffer frames one message may carry (header ``b``; ``transport.buffers``).
+MAX_BUFFERS = 32
 MAX_SESSION_CHARS = 64  # a session is a 32-hex-digit nonce or token; "" before one is issued
 MAX_SEQUENCE = 2**63 - 1
 #: The most envelopes one batch message carries (``transport.batch``).
@@ -61,6 +71,8 @@ class Schema:
 
     payloads: int = attr.ib()
     fields: Mapping[str, tuple] = attr.ib(factory=dict)
+    #: Whether its payload 0 (a pickle) may come with out-of-band buffer frames (header ``b``).
+    buffers: bool = attr.ib(default=False)
 
 
 _STR = (str,)
@@ -84,10 +96,10 @@ SCHEMAS: dict[str, Schema] = {
     "reply": Schema(0, {"ref": _STR, "ok": _BOOL}),
     "unknown": Schema(0, {"reason": _STR}),
     # task socket (engine DEALER, identity = engine id)
-    "task": Schema(1, {"task": _STR}),
-    "task_in": Schema(2, {"task": _STR, "inputs": (list,)}),  # a task with its inputs' results (futures as inputs)
+    "task": Schema(1, {"task": _STR}, buffers=True),
+    "task_in": Schema(2, {"task": _STR, "inputs": (list,)}, buffers=True),  # a task with its inputs' results (futures as inputs)
     "started": Schema(0, {"task": _STR, "instance": _STR}),
-    "result": Schema(3, {"task": _STR, "ok": _BOOL}),
+    "result": Schema(3, {"task": _STR, "ok": _BOOL}, buffers=True),
     "output": Schema(1, {"task": _STR, "stream": _STR}),  # engine -> controller -> client: live output
     "bye": Schema(0, {"instance": _STR, "reason": _STR}),
     # client socket (client DEALER -> controller ROUTER)
@@ -96,7 +108,7 @@ SCHEMAS: dict[str, Schema] = {
     "running": Schema(0, {"task": _STR}),
     "engines": Schema(0, {}),
     "tasks": Schema(0, {}),
-    "submit": Schema(1, {"task": _STR}),
+    "submit": Schema(1, {"task": _STR}, buffers=True),
     "cancel": Schema(0, {"task": _STR}),
     "fetch": Schema(0, {"task": _STR}),
     "purge": Schema(0, {}),
@@ -138,6 +150,8 @@ class Message:
     session: str = attr.ib(default="")
     #: The sender's sequence number (``n``).
     seq: int = attr.ib(default=0)
+    #: Out-of-band buffers of payload 0 (``transport.buffers``), after the type's payloads.
+    buffers: tuple = attr.ib(default=())
 
     def __getitem__(self, name: str) -> Any:
         return self.fields[name]
@@ -190,13 +204,24 @@ class Codec:
         self._packer = msgpack.Packer(use_bin_type=True)
         self.new_id = MessageIds()
 
-    def sign(self, frames: Iterable[bytes]) -> bytes:
-        parts = []
-        for frame in frames:
-            parts.append(_LEN.pack(len(frame)))
-            parts.append(frame)
+    def sign(self, frames: Sequence[bytes], nonce: bytes = b"") -> bytes:
+        """The signature of ``frames`` (header, payloads, buffers): the HMAC alone (32 bytes),
+        or, when a frame has :data:`LARGE_FRAME` bytes or more, the HMAC and ``nonce`` (48)."""
+        parts = [nonce]
+        for i, frame in enumerate(frames):
+            size = len(frame)
+            parts.append(_LEN.pack(size))
+            parts.append(frame if size < LARGE_FRAME else self._frame_tag(nonce, i, frame))
         # hmac.digest is the one-shot C path: several times faster than hmac.new + update.
-        return hmac.digest(self._key, b"".join(parts), "sha256")
+        digest = hmac.digest(self._key, b"".join(parts), "sha256")
+        return digest + nonce if nonce else digest
+
+    def _frame_tag(self, nonce: bytes, index: int, frame) -> bytes:
+        """A large frame's Poly1305 tag, under a one-time key derived from the message's nonce."""
+        if len(nonce) != NONCE_BYTES:
+            raise BadMessage("bad signature", "a large frame without a nonce")
+        one_time = hmac.digest(self._key, b"ipcluster-frame" + nonce + index.to_bytes(4, "big"), "sha256")
+        return Poly1305.generate_tag(one_time, frame)
 
     def encode(
         self,
@@ -209,15 +234,23 @@ class Codec:
         """Frames for one message: ``[signature, header, *payloads]``.
 
         ``session`` (default: the codec's) is the ``s`` the receiver checks:
-        the controller labels each message with its receiver's session.
+        the controller labels each message with its receiver's session.  Payloads
+        beyond the type's count are payload 0's out-of-band buffers (header ``b``).
         """
         header = {"v": PROTOCOL_VERSION, "type": type, "id": msg_id or self.new_id()}
         if fields:
             header.update(fields)
         header["s"] = self.session if session is None else session
         header["n"] = next(self._sequence)
+        schema = SCHEMAS.get(type)
+        extra = len(payloads) - schema.payloads if schema is not None and schema.buffers else 0
+        if extra > 0:
+            header["b"] = extra
+        else:
+            header.pop("b", None)
         body = [self._packer.pack(header), *payloads]
-        return [self.sign(body), *body]
+        large = any(len(frame) >= LARGE_FRAME for frame in body)
+        return [self.sign(body, os.urandom(NONCE_BYTES) if large else b""), *body]
 
     def decode(self, frames: Sequence[bytes], accept: frozenset | None = None) -> Message:
         """Verify and decode ``frames`` (identity already removed).
@@ -234,13 +267,16 @@ class Codec:
         if not isinstance(msg_id, str) or not msg_id:
             raise BadMessage("missing id", mtype)
         session, seq = _sender(header)
+        buffers = _buffer_count(mtype, schema, header)
         payloads = tuple(frames[2:])
-        if len(payloads) != schema.payloads:
+        if len(payloads) != schema.payloads + buffers:
             raise BadMessage(
-                "wrong frame count", f"{mtype} carries {schema.payloads} payload(s), got {len(payloads)}", header
+                "wrong frame count",
+                f"{mtype} carries {schema.payloads} payload(s) and {buffers} buffer(s), got {len(payloads)} frames",
+                header,
             )
         _check_fields(mtype, schema, header)
-        return Message(mtype, msg_id, header, payloads, session, seq)
+        return Message(mtype, msg_id, header, payloads[: schema.payloads], session, seq, payloads[schema.payloads :])
 
     def _verified_header(self, frames: Sequence[bytes]) -> dict:
         """The header of a correctly signed message of our protocol version."""
@@ -249,7 +285,9 @@ class Codec:
         signature, header_bytes = bytes(frames[0]), frames[1]
         if len(header_bytes) > self.max_header:
             raise BadMessage("oversize header", f"{len(header_bytes)} bytes")
-        if len(signature) != SIGNATURE_BYTES or not hmac.compare_digest(signature, self.sign(frames[1:])):
+        if len(signature) not in (SIGNATURE_BYTES, SIGNATURE_BYTES + NONCE_BYTES):
+            raise BadMessage("bad signature")
+        if not hmac.compare_digest(signature, self.sign(frames[1:], signature[SIGNATURE_BYTES:])):
             raise BadMessage("bad signature")
         try:
             header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=True)
@@ -271,6 +309,14 @@ def _sender(header: dict) -> tuple[str, int]:
     if type(seq) is not int or not 0 < seq <= MAX_SEQUENCE:
         raise BadMessage("bad sequence number", repr(seq)[:40])
     return session, seq
+
+
+def _buffer_count(mtype: str, schema: Schema, header: dict) -> int:
+    """How many out-of-band buffer frames the header says follow the payloads."""
+    count = header.get("b", 0)
+    if type(count) is not int or not 0 <= count <= (MAX_BUFFERS if schema.buffers else 0):
+        raise BadMessage("bad buffer count", f"{mtype}: {count!r}"[:60], header)
+    return count
 
 
 def _check_fields(mtype: str, schema: Schema, header: dict) -> None:

@@ -5,6 +5,13 @@ Python checks: on this machine it cost 13 us for a 6-frame message where the
 underlying Cython ``Socket.send`` with plain int flags costs 2.6 us.  Small
 tasks are a handful of small messages, so this is most of the controller's
 per-message cost.  Errors are the usual ``zmq.ZMQError``s.
+
+Frames of :data:`ZERO_COPY` bytes or more are sent and received without a
+copy (``copy=False``): a large received frame is a writable ``memoryview`` of
+the ZeroMQ message's memory, and sending one (or any buffer) hands libzmq the
+memory itself.  Smaller frames are copied, which is cheaper than a
+``zmq.Frame`` each.  (Don't change a buffer you sent until libzmq is done
+with it: ``transport.buffers`` says what that means for task arguments.)
 """
 from __future__ import annotations
 
@@ -30,6 +37,10 @@ SNDMORE = int(zmq.SNDMORE)
 RCVMORE = int(zmq.RCVMORE)
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
+#: Frames this large or larger are neither copied on send nor on receipt.
+ZERO_COPY = 64 * 1024
+#: The first frames of a message (identity, signature, header) are small: always copied.
+_COPIED = 2
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[bytes], flags: int = NOBLOCK) -> None:
@@ -37,14 +48,20 @@ def send_frames(sock: zmq.Socket, frames: Sequence[bytes], flags: int = NOBLOCK)
     last = len(frames) - 1
     more = flags | SNDMORE
     for i, frame in enumerate(frames):
-        _send(sock, frame, more if i < last else flags)
+        _send(sock, frame, more if i < last else flags, len(frame) < ZERO_COPY)
+
+
+def _recv_later(sock: zmq.Socket, flags: int):
+    """A frame after the first ones: bytes if small, else a memoryview of the message (no copy)."""
+    frame = _recv(sock, flags, False)
+    return frame.bytes if len(frame) < ZERO_COPY else frame.buffer
 
 
 def recv_frames(sock: zmq.Socket, flags: int = NOBLOCK) -> list:
     """Receive one whole message; raises ``zmq.Again`` when none waits (with NOBLOCK)."""
     frames = [_recv(sock, flags)]
     while _get(sock, RCVMORE):
-        frames.append(_recv(sock, flags))
+        frames.append(_recv(sock, flags) if len(frames) < _COPIED else _recv_later(sock, flags))
     return frames
 
 
@@ -75,7 +92,7 @@ def recv_bounded(sock: zmq.Socket, max_frames: int, max_size: int, flags: int = 
             return frames
         if len(frames) >= max_frames:
             break
-        frame = _recv(sock, flags)
+        frame = _recv(sock, flags) if len(frames) < _COPIED else _recv_later(sock, flags)
         size += len(frame)
         frames.append(frame)
     return _discard(sock, frames, size, flags)
