@@ -105,17 +105,19 @@ def print_scale(res: dict) -> None:
         print()
         print("Scale: simulated hearts at the default period, plus real engines SIGSTOPped in turn")
         print(f"   {'engines':>7} {'helpers':>7} {'fds':>6} {'up in':>7} {'% core':>7} {'slice max':>9} "
-              f"{'slice p99':>9} {'>5ms':>5} {'io max':>8} {'rtt med':>8} {'rtt p99':>8} {'late':>4} "
-              f"{'false':>5} {'hung->dead':>22}  ok")
+              f"{'slice p99':>9} {'>5ms':>5} {'drain max':>9} {'io max':>8} {'rtt med':>8} {'rtt p99':>8} {'late':>4} "
+              f"{'dead':>4} {'busy':>5} {'hung->dead':>22}  ok")
         for r in res["scale"]:
             hold, rtt, hung = r["hold"] or {}, r["rtt_after_window"] or {}, r["hung"] or {}
             sl, io = hold.get("slice", {}), hold.get("io", {})
+            false = r["false_deaths_whole_run"]
             dead = ", ".join(f"{x:.2f}" for x in hung.get("samples", [])) + " s" if hung else "-"
             print(f"   {r['simulated']:>5}+{r['real']:<1} {r['helper_processes']:>7} {r['controller_open_files']:>6} "
                   f"{r['seconds_to_all_alive']:>6.1f}s {r['controller_percent_core']:>6.1f}% "
-                  f"{ms(sl.get('max')):>9} {ms(sl.get('p99')):>9} {sl.get('over_5ms', 0):>5} {ms(io.get('max')):>8} "
+                  f"{ms(sl.get('max')):>9} {ms(sl.get('p99')):>9} {sl.get('over_5ms', 0):>5} "
+                  f"{ms(hold.get('drain', {}).get('max')):>9} {ms(io.get('max')):>8} "
                   f"{ms(rtt.get('median')):>8} {ms(rtt.get('p99')):>8} {r['late_ticks_in_window']:>4} "
-                  f"{sum(r['false_deaths_whole_run'].values()):>5} {dead:>22}  {'yes' if r['ok'] else 'NO'}")
+                  f"{false.get('dead', 0) + false.get('purged', 0):>4} {false.get('busy', 0):>5} {dead:>22}  {'yes' if r['ok'] else 'NO'}")
         print("   (fds: the controller's open files once all are alive; slice: one heart-monitor slice's hold of")
         print("    the reactor in the window (drain, judge, ping), timed inside the controller; >5ms: slices over")
         print("    5 ms; io: the longest single socket event handled; false: dead/purged/busy of engines never")

@@ -101,7 +101,7 @@ def false_deaths(log: str, real: dict) -> dict:
 
 def scale_level(root: Path, n: int, procs: int, window: float, warmup: float, hung: int,
                 period: float, rng: random.Random, in_flight: int) -> dict:
-    ctl = Controller(root, f"scale-{n}", engines=0, timed=True).start()
+    ctl = Controller(root, f"scale-{n}", engines=0, timed=not os.environ.get("HB_UNTIMED")).start()
     helpers: list = []
     try:
         started = time.monotonic()
@@ -114,7 +114,7 @@ def scale_level(root: Path, n: int, procs: int, window: float, warmup: float, hu
         import psutil
 
         fds = psutil.Process(ctl.pid).num_fds()
-        res = steady_window(ctl, helpers, n + hung, window, warmup, hold=Hold(ctl))
+        res = steady_window(ctl, helpers, n + hung, window, warmup, hold=Hold(ctl) if ctl.timed else None)
         res["hung"] = hung_engines(ctl, real, period, rng) if real else None
         res.update(
             simulated=n, real=hung, seconds_to_all_alive=ready_s, controller_open_files=fds,

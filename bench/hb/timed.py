@@ -5,6 +5,8 @@
 Runs ``twistd`` in this process after wrapping, with ``perf_counter``:
 
 * ``HeartMonitor.tick`` -- one slice of a period (drain the pongs waiting, judge, ping): ``slice``;
+* ``RouterSocket.drain`` -- the bounded read of waiting pongs a slice starts with (part of
+  ``slice``; also the scheduler's drains): ``drain``;
 * ``HeartMonitor._ping_joining`` -- a round of first pings to registering engines: ``join``;
 * ``EPollReactor._doReadOrWrite`` -- one socket event handled (a bounded read of one
   ZeroMQ socket, all its handlers): ``io``.
@@ -24,8 +26,9 @@ import time
 from twisted.internet import epollreactor
 
 from ipcluster.controller import heartmonitor
+from ipcluster.transport import reactor as zmq_reactor
 
-WINDOW: dict = {"slice": [], "join": [], "io": []}
+WINDOW: dict = {"slice": [], "drain": [], "join": [], "io": []}
 SEQ = [0]
 
 
@@ -58,6 +61,7 @@ def dump(signum, frame) -> None:
 if __name__ == "__main__":
     PATH = sys.argv[1]
     timed(heartmonitor.HeartMonitor, "tick", "slice")
+    timed(zmq_reactor.RouterSocket, "drain", "drain")
     timed(heartmonitor.HeartMonitor, "_ping_joining", "join")
     timed(epollreactor.EPollReactor, "_doReadOrWrite", "io")
     signal.signal(signal.SIGUSR1, dump)
