@@ -116,6 +116,8 @@ def parse_args(argv=None):
     p.add_argument("--hung", type=int, default=3, help="scale mode: real engines SIGSTOPped in turn (default 3)")
     p.add_argument("--in-flight", type=int, default=None,
                    help="scale mode: registrations each helper keeps outstanding (default 100)")
+    p.add_argument("--busy-after", type=float, default=None, metavar="S",
+                   help="scale mode: the controller's --busy-after (default: its own, 3 periods, at least 1 s)")
     p.add_argument("--storm", type=int, default=None, metavar="N",
                    help="registration storm instead of the parts: N engines registering at the same moment")
     p.add_argument("--storm-real", type=int, default=40,
@@ -149,7 +151,7 @@ def scale_modes(args, res: dict, root: Path, rng: random.Random, period: float) 
                   file=sys.stderr, flush=True)
             res.setdefault("scale", []).append(
                 scale_level(root / f"run{run}", n, procs, args.cpu_window, args.cpu_warmup, args.hung, period, rng,
-                            args.in_flight or 100))
+                            args.in_flight or 100, args.busy_after))
         if args.storm:
             print(f"storm: {args.storm} engines ({args.storm_real} real) register at once (run {run + 1}) ...",
                   file=sys.stderr, flush=True)
