@@ -149,9 +149,14 @@ def scale_modes(args, res: dict, root: Path, rng: random.Random, period: float) 
             procs = max(args.procs, -(-n // 1000))
             print(f"scale: {n} simulated engines in {procs} helpers + {args.hung} real (run {run + 1}) ...",
                   file=sys.stderr, flush=True)
-            res.setdefault("scale", []).append(
-                scale_level(root / f"run{run}", n, procs, args.cpu_window, args.cpu_warmup, args.hung, period, rng,
-                            args.in_flight or 100, args.busy_after))
+            try:
+                res.setdefault("scale", []).append(
+                    scale_level(root / f"run{run}", n, procs, args.cpu_window, args.cpu_warmup, args.hung, period,
+                                rng, args.in_flight or 100, args.busy_after))
+            except (RuntimeError, TimeoutError) as e:  # one level failing is a figure, not the end of the run
+                print(f"scale: {n} engines failed: {e}", file=sys.stderr, flush=True)
+                res.setdefault("scale_failed", []).append({"engines": n, "busy_after": args.busy_after,
+                                                           "error": str(e)})
         if args.storm:
             print(f"storm: {args.storm} engines ({args.storm_real} real) register at once (run {run + 1}) ...",
                   file=sys.stderr, flush=True)

@@ -121,8 +121,12 @@ def print_scale(res: dict) -> None:
                   + (f"  (--busy-after {r['busy_after']:g})" if r.get("busy_after") else ""))
         print("   (fds: the controller's open files once all are alive; slice: one heart-monitor slice's hold of")
         print("    the reactor in the window (drain, judge, ping), timed inside the controller; >5ms: slices over")
-        print("    5 ms; io: the longest single socket event handled; false: dead/purged/busy of engines never")
-        print("    stopped, whole run; hung->dead: SIGSTOP of each real engine to the controller logging it dead)")
+        print("    5 ms; drain: the longest bounded read of waiting pongs (a slice's first step); io: the longest")
+        print("    single socket event handled; dead / busy: engines never stopped declared dead or purged / busy,")
+        print("    whole run (busy is not dead: heart answers, control late); hung->dead: SIGSTOP of each real")
+        print("    engine to the controller logging it dead, inf: not within 60 s; ok: no dead, busy, not-alive)")
+    for f in res.get("scale_failed", []):
+        print(f"   {f['engines']} engines (--busy-after {f['busy_after']}): FAILED: {f['error']}")
     if res.get("storm"):
         print()
         print("Registration storm: every engine released at the same moment")
