@@ -163,15 +163,40 @@ def scale_modes(args, res: dict, root: Path, rng: random.Random, period: float) 
             res.setdefault("storm", []).append(storm(root, args.storm, args.storm_real, args.procs, run))
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.hearts is not None:
-        if not args.connection_file:
-            sys.exit("--hearts needs --connection-file")
-        prefix = args.id_prefix or f"sim-{os.getpid()}-"
-        return run_hearts(args.hearts, args.connection_file, prefix, args.register_timeout, args.max_seconds,
-                          go=args.go, in_flight=args.in_flight or 0)
+def run_parts(args, parts: set, res: dict, root: Path, rng: random.Random, period: float) -> None:
+    """Parts 1-3 (``--only``)."""
+    if parts & {"rtt", "death"}:
+        print("starting controller with 2 local engines ...", file=sys.stderr, flush=True)
+        ctl = Controller(root, "main", engines=2).start()
+        try:
+            ctl.client.wait_for_engines(2, timeout=BOUND)
+            PROCS.note_children(ctl.proc)
+            if "rtt" in parts:
+                print(f"measuring RTT ({args.raw_pings} raw pings, {args.rtt_seconds:g} s of engines()) ...",
+                      file=sys.stderr, flush=True)
+                res["rtt"] = {
+                    "raw_heart": raw_heart_rtt(args.raw_pings),
+                    "controller": controller_rtt(ctl, args.rtt_seconds),
+                }
+            if "death" in parts:
+                print(f"death detection: {args.trials} SIGKILL + {args.trials} SIGSTOP external engines ...",
+                      file=sys.stderr, flush=True)
+                external = external_deaths(ctl, root, args.trials, period, rng)
+        finally:
+            ctl.stop()
+        if "death" in parts:
+            print(f"death detection: {args.trials} SIGKILL controller-started engines ...",
+                  file=sys.stderr, flush=True)
+            res["death"] = {"external": external, "local_sigkill": local_deaths(root, args.trials, period, rng)}
+    if "cpu" in parts:
+        res["cpu"] = []
+        for n in [int(x) for x in args.cpu_engines.split(",") if x.strip()]:
+            print(f"controller CPU with {n} simulated engines ({args.cpu_window:g} s window) ...",
+                  file=sys.stderr, flush=True)
+            res["cpu"].append(cpu_level(root, n, args.procs, args.cpu_window, args.cpu_warmup))
 
+
+def preflight() -> None:
     try:
         import psutil  # noqa: F401
     except ImportError:
@@ -179,9 +204,23 @@ def main(argv=None) -> int:
     for tool in (TWISTD, ENGINE):
         if not tool.exists():
             sys.exit(f"{tool} not found: run this with the project's venv python (.venv/bin/python)")
+
+
+def helper(args) -> int:
+    if not args.connection_file:
+        sys.exit("--hearts needs --connection-file")
+    prefix = args.id_prefix or f"sim-{os.getpid()}-"
+    return run_hearts(args.hearts, args.connection_file, prefix, args.register_timeout, args.max_seconds,
+                      go=args.go, in_flight=args.in_flight or 0)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.hearts is not None:
+        return helper(args)
+    preflight()
     from ipcluster.controller.heartmonitor import DEFAULT_MISSES, DEFAULT_PERIOD
 
-    parts = {x.strip() for x in args.only.split(",") if x.strip()}
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="ipcluster-bench-"))
     atexit.register(PROCS.cleanup)
@@ -200,39 +239,8 @@ def main(argv=None) -> int:
     try:
         if args.engines or args.storm:
             scale_modes(args, res, root, rng, DEFAULT_PERIOD)
-            parts = set()
-        if parts & {"rtt", "death"}:
-            print("starting controller with 2 local engines ...", file=sys.stderr, flush=True)
-            ctl = Controller(root, "main", engines=2).start()
-            try:
-                ctl.client.wait_for_engines(2, timeout=BOUND)
-                PROCS.note_children(ctl.proc)
-                if "rtt" in parts:
-                    print(f"measuring RTT ({args.raw_pings} raw pings, {args.rtt_seconds:g} s of engines()) ...",
-                          file=sys.stderr, flush=True)
-                    res["rtt"] = {
-                        "raw_heart": raw_heart_rtt(args.raw_pings),
-                        "controller": controller_rtt(ctl, args.rtt_seconds),
-                    }
-                if "death" in parts:
-                    print(f"death detection: {args.trials} SIGKILL + {args.trials} SIGSTOP external engines ...",
-                          file=sys.stderr, flush=True)
-                    external = external_deaths(ctl, root, args.trials, DEFAULT_PERIOD, rng)
-            finally:
-                ctl.stop()
-            if "death" in parts:
-                print(f"death detection: {args.trials} SIGKILL controller-started engines ...",
-                      file=sys.stderr, flush=True)
-                res["death"] = {
-                    "external": external,
-                    "local_sigkill": local_deaths(root, args.trials, DEFAULT_PERIOD, rng),
-                }
-        if "cpu" in parts:
-            res["cpu"] = []
-            for n in [int(x) for x in args.cpu_engines.split(",") if x.strip()]:
-                print(f"controller CPU with {n} simulated engines ({args.cpu_window:g} s window) ...",
-                      file=sys.stderr, flush=True)
-                res["cpu"].append(cpu_level(root, n, args.procs, args.cpu_window, args.cpu_warmup))
+        else:
+            run_parts(args, {x.strip() for x in args.only.split(",") if x.strip()}, res, root, rng, DEFAULT_PERIOD)
     except BaseException:
         failed = True
         print(f"benchmark failed; logs in {root}", file=sys.stderr)

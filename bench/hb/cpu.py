@@ -67,6 +67,18 @@ def count_alive(ctl: Controller, n: int):
     return (engines,) if len(alive) >= n else None
 
 
+def tally(values) -> dict:
+    counts: dict = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def changed_since(before: dict, after) -> bool:
+    """Not alive after the window, or registered again during it."""
+    return after is None or after["state"] != "alive" or after["registered_at"] != before["registered_at"]
+
+
 def steady_window(ctl: Controller, helpers: list, n: int, window: float, warmup: float, hold=None,
                   strict: bool = True) -> dict:
     """Controller CPU, events and heart rtt over ``window`` seconds in which nothing talks to it.
@@ -77,9 +89,7 @@ def steady_window(ctl: Controller, helpers: list, n: int, window: float, warmup:
     """
     time.sleep(warmup)  # a few beats of steady state before the window
     before = ctl.engines()
-    states: dict = {}
-    for e in before.values():
-        states[e["state"]] = states.get(e["state"], 0) + 1
+    states = tally(e["state"] for e in before.values())
     if strict and (len(before) < n or states.get("alive", 0) < len(before)):
         raise RuntimeError(f"not steady before the window: {states}")
     log_start = ctl.log_size()
@@ -93,13 +103,8 @@ def steady_window(ctl: Controller, helpers: list, n: int, window: float, warmup:
     held = hold("end") if hold is not None else None
     log = ctl.log_text(log_start)
     after = ctl.engines()
-    events: dict = {}
-    for m in EVENT_RE.finditer(log):
-        events[m.group(2)] = events.get(m.group(2), 0) + 1
-    changed = [
-        eid for eid, e in before.items()
-        if eid not in after or after[eid]["state"] != "alive" or after[eid]["registered_at"] != e["registered_at"]
-    ]
+    events = tally(m.group(2) for m in EVENT_RE.finditer(log))
+    changed = [eid for eid, e in before.items() if changed_since(e, after.get(eid))]
     rtts = [e["rtt"] for e in after.values() if e["rtt"] is not None]
     cpu = (c1 - c0) / (t1 - t0)
     return {
