@@ -79,6 +79,18 @@ def changed_since(before: dict, after) -> bool:
     return after is None or after["state"] != "alive" or after["registered_at"] != before["registered_at"]
 
 
+def measured(ctl: Controller, helpers: list, window: float, hold) -> tuple:
+    """(controller CPU s, wall s, helpers' CPU s) at the window's start and end, and ``hold``'s value."""
+    if hold is not None:
+        hold("start")
+    helper_cpu0 = sum(cpu_seconds(h.pid) for h in helpers)
+    c0, t0 = cpu_seconds(ctl.pid), time.monotonic()
+    time.sleep(window)  # the measurement window: nothing talks to the controller
+    c1, t1 = cpu_seconds(ctl.pid), time.monotonic()
+    helper_cpu1 = sum(cpu_seconds(h.pid) for h in helpers)
+    return (c0, c1), (t0, t1), (helper_cpu0, helper_cpu1), hold("end") if hold is not None else None
+
+
 def steady_window(ctl: Controller, helpers: list, n: int, window: float, warmup: float, hold=None,
                   strict: bool = True) -> dict:
     """Controller CPU, events and heart rtt over ``window`` seconds in which nothing talks to it.
@@ -93,14 +105,7 @@ def steady_window(ctl: Controller, helpers: list, n: int, window: float, warmup:
     if strict and (len(before) < n or states.get("alive", 0) < len(before)):
         raise RuntimeError(f"not steady before the window: {states}")
     log_start = ctl.log_size()
-    if hold is not None:
-        hold("start")
-    helper_cpu0 = sum(cpu_seconds(h.pid) for h in helpers)
-    c0, t0 = cpu_seconds(ctl.pid), time.monotonic()
-    time.sleep(window)  # the measurement window: nothing talks to the controller
-    c1, t1 = cpu_seconds(ctl.pid), time.monotonic()
-    helper_cpu1 = sum(cpu_seconds(h.pid) for h in helpers)
-    held = hold("end") if hold is not None else None
+    (c0, c1), (t0, t1), (helper_cpu0, helper_cpu1), held = measured(ctl, helpers, window, hold)
     log = ctl.log_text(log_start)
     after = ctl.engines()
     events = tally(m.group(2) for m in EVENT_RE.finditer(log))

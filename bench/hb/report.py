@@ -127,6 +127,10 @@ def print_scale(res: dict) -> None:
         print("    engine to the controller logging it dead, inf: not within 60 s; ok: no dead, busy, not-alive)")
     for f in res.get("scale_failed", []):
         print(f"   {f['engines']} engines (--busy-after {f['busy_after']}): FAILED: {f['error']}")
+    print_storm(res)
+
+
+def print_storm(res: dict) -> None:
     if res.get("storm"):
         print()
         print("Registration storm: every engine released at the same moment")
