@@ -64,7 +64,18 @@ What is measured
    window is scanned: no simulated engine may be declared dead, purged, busy,
    or re-registered, and late monitor ticks are counted.
 
-Helper mode (used by part 3, can be run by hand against a running controller)::
+Scale modes (instead of the parts; ``bench/hb/scale.py`` and ``bench/hb/storm.py`` say more)::
+
+    .venv/bin/python bench/heartbeat.py --engines 1000,5000,9900 --hung 3
+    .venv/bin/python bench/heartbeat.py --storm 1000 --storm-real 40
+
+``--engines N``: N simulated hearts plus ``--hung`` real engines, the controller's reactor
+turns timed inside it (``bench/hb/timed.py``), a steady window, then each real engine
+SIGSTOPped and timed until it is reported dead.  ``--storm N``: N engines (``--storm-real`` of
+them real processes) released at the same moment; time until all are alive, controller CPU,
+refusals, second registrations, purges and deaths.
+
+Helper mode (used by part 3 and the scale modes, can be run by hand against a running controller)::
 
     .venv/bin/python bench/heartbeat.py --hearts 250 --connection-file ~/.ipcluster/connection.json
 
