@@ -1,0 +1,211 @@
+"""Helper mode: many simulated engines in one process (``bench/heartbeat.py --hearts N``).
+
+Each simulated engine registers exactly as ``ipcluster/engine/control.py`` does (a DEALER on
+the registration socket sends a signed ``register`` and waits for ``registered``), then gets
+one real :class:`ipcluster.engine.heart.Heart` (the native echo thread, its routing token
+derived from the reply's nonce) and one DEALER on the control socket.  A single
+``zmq.Poller`` loop serves registration replies and every control socket: ``ping`` ->
+``pong {beat, instance, queued}``, the ``beat`` verb answered, others refused.  No task
+socket: a simulated engine takes no tasks.
+
+``--go`` makes the helper build nothing until a line arrives on stdin (the registration storm
+releases every helper at once); ``--in-flight K`` keeps at most K registrations outstanding.
+It prints ``READY <n>`` once every engine is registered and its heart runs, answers pings until
+SIGTERM/SIGINT (or its parent exits), then prints one JSON line of counters, among them
+``first_reply`` / ``last_reply`` (``time.monotonic()`` of the first and last ``registered``,
+comparable across processes on Linux) and ``go`` (when registering began).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+
+#: Seconds the loop sleeps after serving what was ready: batches the control pings of many
+#: engines into one wake-up (a control pong may be this late; judging allows 1.5 s).
+SERVE_BATCH = 0.005
+
+
+class Hearts:
+    """The simulated engines of one helper process."""
+
+    def __init__(self, n: int, connection_file: str, prefix: str) -> None:
+        import zmq
+
+        from ipcluster import connection
+        from ipcluster.transport.wire import Codec
+
+        self.zmq = zmq
+        self.n, self.prefix = n, prefix
+        self.info = connection.read(connection_file)
+        self.codec = Codec(self.info.key)
+        self.ctx = zmq.Context()
+        # Per engine: registration DEALER (temporary), heart DEALER + 2 inproc PAIRs, control DEALER.
+        self.ctx.set(zmq.MAX_SOCKETS, 6 * n + 64)
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.poller = zmq.Poller()
+        self.pending: dict = {}  # registration socket -> (engine id, instance, request id)
+        self.engines: list = []  # (heart, control socket)
+        self.controls: dict = {}  # control socket -> (instance, session)
+        self.next_engine = 0
+        self.counters = {"engines": n, "pings": 0, "pongs": 0, "commands": 0, "unknown": 0, "bad": 0,
+                         "rejected": 0, "go": None, "first_reply": None, "last_reply": None}
+
+    def register_more(self, in_flight: int) -> None:
+        """Send ``register`` for the next engines, keeping at most ``in_flight`` outstanding."""
+        from ipcluster.transport.security import configure_client
+
+        zmq = self.zmq
+        while self.next_engine < self.n and len(self.pending) < in_flight:
+            engine_id = f"{self.prefix}{self.next_engine}"
+            self.next_engine += 1
+            instance = uuid.uuid4().hex
+            reg = self.ctx.socket(zmq.DEALER)
+            reg.setsockopt(zmq.LINGER, 0)
+            configure_client(reg, self.info)
+            reg.connect(self.info.address("registration"))
+            request = self.codec.new_id()
+            about = {"engine": engine_id, "instance": instance, "host": self.host, "pid": self.pid}
+            reg.send_multipart(self.codec.encode("register", about, msg_id=request))
+            self.pending[reg] = (engine_id, instance, request)
+            self.poller.register(reg, zmq.POLLIN)
+
+    def on_registration(self, reg) -> None:
+        """The reply to one ``register``; then the engine's heart and control DEALER."""
+        from ipcluster.engine.heart import Heart
+        from ipcluster.transport.security import configure_client, engine_token
+        from ipcluster.transport.wire import BadMessage
+
+        zmq = self.zmq
+        engine_id, instance, request = self.pending[reg]
+        try:
+            msg = self.codec.decode(reg.recv_multipart(zmq.NOBLOCK))
+        except (BadMessage, zmq.Again):
+            return
+        if msg.get("ref") != request:
+            return
+        if msg.type == "rejected":
+            self.counters["rejected"] += 1
+            raise RuntimeError(f"engine {engine_id} rejected: {msg['reason']}")
+        if msg.type != "registered":
+            return
+        now = time.monotonic()
+        self.counters["first_reply"] = self.counters["first_reply"] or now
+        self.counters["last_reply"] = now
+        token = engine_token(self.info.key, msg["nonce"], instance)
+        heart = Heart(self.ctx, self.info.address("heartbeat"), token, lambda sock: configure_client(sock, self.info))
+        heart.start()
+        ctl = self.ctx.socket(zmq.DEALER)
+        ctl.setsockopt(zmq.IDENTITY, token)
+        ctl.setsockopt(zmq.LINGER, 0)
+        configure_client(ctl, self.info)
+        ctl.connect(self.info.address("control"))
+        self.engines.append((heart, ctl))
+        self.controls[ctl] = (instance, token.decode())
+        self.poller.register(ctl, zmq.POLLIN)
+        self.poller.unregister(reg)
+        reg.close(0)
+        del self.pending[reg]
+
+    def on_control(self, ctl) -> None:
+        """Engine._on_control for one simulated engine: answer what is waiting."""
+        from ipcluster.transport.wire import BadMessage
+
+        zmq, codec, counters = self.zmq, self.codec, self.counters
+        instance, session = self.controls[ctl]
+        while True:
+            try:
+                frames = ctl.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = codec.decode(frames)
+            except BadMessage:
+                counters["bad"] += 1
+                continue
+            if msg.type == "ping":
+                counters["pings"] += 1
+                ctl.send_multipart(codec.encode("pong", {"beat": msg["beat"], "instance": instance, "queued": 0},
+                                                session=session))
+                counters["pongs"] += 1
+            elif msg.type == "command":
+                counters["commands"] += 1
+                if msg["verb"] == "beat":
+                    reply = {"ref": msg.id, "ok": True, "value": None}
+                else:
+                    reply = {"ref": msg.id, "ok": False,
+                             "error": {"type": "BadRequest", "message": "simulated engine"}}
+                ctl.send_multipart(codec.encode("reply", reply, session=session))
+            elif msg.type == "unknown":
+                counters["unknown"] += 1
+
+    def close(self) -> None:
+        for reg in self.pending:
+            reg.close(0)
+        all_stopped = True
+        for heart, ctl in self.engines:
+            all_stopped = heart.stop() and all_stopped
+            ctl.close(0)
+        if all_stopped:  # a heart thread still running would make term() wait for its sockets
+            self.ctx.term()
+
+
+def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: float, max_seconds: float,
+               go: bool = False, in_flight: int = 0) -> int:
+    """Register ``n`` engines like engine.py does, give each a Heart, answer control pings."""
+    stop = [False]
+
+    def on_signal(signum, frame):
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    parent = os.getppid()
+    hearts = Hearts(n, connection_file, prefix)
+    in_flight = in_flight or n
+    try:
+        if go:
+            print("WAITING", flush=True)
+            if not sys.stdin.readline():
+                return 1
+        hearts.counters["go"] = time.monotonic()
+        hearts.register_more(in_flight)
+        return serve(hearts, stop, parent, register_timeout, max_seconds, in_flight)
+    finally:
+        hearts.close()
+        print(json.dumps(hearts.counters), flush=True)
+
+
+def serve(hearts: Hearts, stop: list, parent: int, register_timeout: float, max_seconds: float,
+          in_flight: int) -> int:
+    register_by = time.monotonic() + register_timeout
+    ends = time.monotonic() + max_seconds
+    ready = False
+    while not stop[0]:
+        if os.getppid() != parent or time.monotonic() > ends:
+            break  # orphaned, or running far too long: do not linger
+        if hearts.pending and time.monotonic() > register_by:
+            print(f"FAILED {len(hearts.pending)} of {hearts.n} registrations unanswered after "
+                  f"{register_timeout:g} s", flush=True)
+            return 1
+        for sock, _ in hearts.poller.poll(200):
+            if sock in hearts.pending:
+                try:
+                    hearts.on_registration(sock)
+                except RuntimeError as e:
+                    print(f"FAILED {e}", flush=True)
+                    return 1
+            elif sock in hearts.controls:
+                hearts.on_control(sock)
+        if hearts.next_engine < hearts.n:
+            hearts.register_more(in_flight)
+        elif not hearts.pending and not ready:
+            ready = True
+            print(f"READY {hearts.n}", flush=True)
+        if ready:
+            time.sleep(SERVE_BATCH)
+    return 0
