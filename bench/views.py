@@ -59,34 +59,27 @@ def start(tmp: Path) -> subprocess.Popen:
     return proc
 
 
-def measure_views(client: Client, rounds: int) -> None:
-    dview = client[:]
-    dview.execute("x = 0")  # warm
-    samples = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        dview.execute("x = x + 1")
-        samples.append(time.perf_counter() - t)
-    print(f"view.execute on {len(dview)} engines: {quantiles(samples)}")
+def timed(call, rounds: int) -> list:
+    """Seconds of each of ``rounds`` calls of ``call(i)``."""
     samples = []
     for i in range(rounds):
         t = time.perf_counter()
-        dview.push({"y": i})
-        dview.pull("y")
+        call(i)
         samples.append(time.perf_counter() - t)
+    return samples
+
+
+def measure_views(client: Client, rounds: int) -> None:
+    dview = client[:]
+    dview.execute("x = 0")  # warm
+    samples = timed(lambda i: dview.execute("x = x + 1"), rounds)
+    print(f"view.execute on {len(dview)} engines: {quantiles(samples)}")
+    samples = timed(lambda i: (dview.push({"y": i}), dview.pull("y")), rounds)
     print(f"view.push + view.pull on {len(dview)} engines: {quantiles(samples)}")
     one = client["e0"]
-    samples = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        one.execute("x = x + 1")
-        samples.append(time.perf_counter() - t)
+    samples = timed(lambda i: one.execute("x = x + 1"), rounds)
     print(f"view.execute on 1 engine: {quantiles(samples)}")
-    samples = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        client.submit(inc, 1, engine="e0").result(30)
-        samples.append(time.perf_counter() - t)
+    samples = timed(lambda i: client.submit(inc, 1, engine="e0").result(30), rounds)
     print(f"(for scale) submit(...).result() pinned to 1 engine: {quantiles(samples)}")
 
 

@@ -38,6 +38,16 @@ class SendLoop(Exception):
     """The scheduler kept re-sending to an unreachable engine (it would spin forever)."""
 
 
+def fake_control_for(registry, controls: dict, engine_id: str):
+    """The scheduler's ``control_for`` over fakes: the engine's FakeControl while it is active."""
+    record = registry.get(engine_id)
+    if record is None:
+        raise errors.UnknownEngine(engine_id)
+    if record.state not in ("registering", "alive", "busy"):
+        raise errors.EngineDead(engine_id)
+    return controls.setdefault(engine_id, FakeControl(engine_id))
+
+
 @implementer(IEngineControl)
 class FakeControl:
     """An engine's control channel: records the commands; the test fires their Deferreds."""
@@ -116,12 +126,7 @@ class Fixture(SynchronousTestCase):
         return True
 
     def control_for(self, engine_id):
-        record = self.registry.get(engine_id)
-        if record is None:
-            raise errors.UnknownEngine(engine_id)
-        if record.state not in ("registering", "alive", "busy"):
-            raise errors.EngineDead(engine_id)
-        return self.controls.setdefault(engine_id, FakeControl(engine_id))
+        return fake_control_for(self.registry, self.controls, engine_id)
 
     def engine(self, engine_id, alive=True):
         # The engine id as its routing token and session, so that the tests can name engines by id.

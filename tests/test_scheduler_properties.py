@@ -28,7 +28,7 @@ from ipcluster.controller.registry import ALIVE, BUSY, LIVE_STATES, Registry
 from ipcluster.scheduler.scheduler import Scheduler
 from ipcluster.store.memory import MemoryTaskStore
 from ipcluster.transport.wire import Codec
-from tests.test_scheduler import KEY, FakeControl
+from tests.test_scheduler import KEY, FakeControl, fake_control_for
 
 ENGINE_IDS = ("e0", "e1", "e2")
 
@@ -82,12 +82,7 @@ class Harness:
         return True
 
     def control_for(self, engine_id):
-        record = self.registry.get(engine_id)
-        if record is None:
-            raise errors.UnknownEngine(engine_id)
-        if record.state not in ("registering", "alive", "busy"):
-            raise errors.EngineDead(engine_id)
-        return self.controls.setdefault(engine_id, FakeControl(engine_id))
+        return fake_control_for(self.registry, self.controls, engine_id)
 
     def from_engine(self, engine_id, mtype, fields, payloads=()):
         self.speaking = engine_id
