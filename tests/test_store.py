@@ -6,6 +6,7 @@ in cleanup.
 """
 import os
 import sqlite3
+import threading
 import time
 
 from twisted.internet import defer
@@ -343,3 +344,77 @@ class SQLiteTaskStoreTests(StoreTests, TestCase):
             if (yield store.get(f"t{i}")) is not None:
                 kept.append(f"t{i}")
         self.assertEqual(kept, ["t4", "t5"])
+
+
+class SQLiteWhereBatchesRunTests(TestCase):
+    """Small batches commit on the reactor thread; large ones, and all that follow while the
+    store's thread works, go to that thread in order; checkpoints always go there."""
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.ran = []  # (thread name, ops) of every batch run
+        self.gate = None  # a threading.Event the store's thread waits on, when set
+        real = store_module.run_batch
+
+        def recording(db, batch, retention):
+            name = threading.current_thread().name
+            if self.gate is not None and name == "ipcluster-store":
+                self.gate.wait(30)
+            self.ran.append((name, [op for op, _ in batch]))
+            return real(db, batch, retention)
+
+        self.patch(store_module, "run_batch", recording)
+
+    def make_store(self, **kw):
+        store = SQLiteTaskStore(self.path, batch_seconds=3600, **kw)
+        self.addCleanup(store.close)
+        return store
+
+    @defer.inlineCallbacks
+    def test_a_small_batch_commits_on_the_reactor_thread(self):
+        store = self.make_store()
+        store.finished("t1", True, 2.0, "e1", None, b"v", "", "")
+        yield store.committed()
+        self.assertEqual(self.ran, [("MainThread", ["finished", "commit"])])
+
+    @defer.inlineCallbacks
+    def test_writes_behind_a_large_one_keep_their_order(self):
+        store = self.make_store()
+        self.gate = threading.Event()
+        big = b"A" * (store_module.INLINE_BYTES + 1)
+        store.finished("t1", True, 2.0, "e1", None, big, "", "")
+        first = store.committed()
+        store._flush()  # the turn ends: too large for the reactor, handed to the (held) thread
+        store.finished("t1", True, 3.0, "e1", None, b"B", "", "")
+        second = store.committed()
+        store._flush()  # small, but the thread still works: it must wait behind
+        self.assertEqual(store._handed, 2)
+        self.assertEqual(self.ran, [], "nothing may run on the reactor while the thread holds a batch")
+        self.gate.set()
+        yield defer.gatherResults([first, second])
+        self.assertEqual({name for name, _ in self.ran}, {"ipcluster-store"})
+        self.assertEqual((yield store.get("t1"))["result"], b"B", "the later write wins")
+
+    @defer.inlineCallbacks
+    def test_checkpoints_run_on_the_stores_thread(self):
+        self.patch(store_module, "CHECKPOINT_EVERY", 3)
+        store = self.make_store()
+        for i in range(3):
+            store.finished(f"t{i}", True, 2.0, "e1", None, b"v", "", "")
+            yield store.committed()
+        self.assertEqual([name for name, _ in self.ran], ["MainThread", "MainThread", "ipcluster-store"])
+        self.assertIn("checkpoint", self.ran[-1][1])
+        (busy, wal_frames, checkpointed) = sqlite3.connect(self.path).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.assertEqual(busy, 0)
+
+    @defer.inlineCallbacks
+    def test_a_failed_small_batch_fails_its_waiters_and_the_store_goes_on(self):
+        store = self.make_store()
+        store.finished("t1", True, 2.0, 2**80, None, b"v", "", "")  # a value SQLite cannot bind
+        failed = store.committed()
+        store._flush()
+        self.failureResultOf(failed, OverflowError)
+        store.finished("t2", True, 2.0, "e1", None, b"v", "", "")
+        yield store.committed()
+        self.assertIsNone((yield store.get("t1")), "the failed batch was rolled back")
+        self.assertEqual((yield store.get("t2"))["result"], b"v")

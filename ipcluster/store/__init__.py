@@ -1,7 +1,8 @@
 """Durable task records: every task's times, engine, status, result or error, output.
 
 ``SQLiteTaskStore`` (the default, ``<data dir>/tasks.sqlite``, in
-:mod:`ipcluster.store.sqlite`) writes from one thread of its own, in batches,
+:mod:`ipcluster.store.sqlite`) writes in batches: small ones commit on the
+reactor (no fsync), large ones, checkpoints and reads on a thread of its own,
 so the reactor never waits on the disk; reads come back as Deferreds.
 Retention is bounded by age and by count, and ``purge`` deletes on demand.
 ``MemoryTaskStore`` (:mod:`ipcluster.store.memory`) is the in-memory provider

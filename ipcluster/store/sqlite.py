@@ -1,62 +1,51 @@
 """The SQLite task store (the default): ``<data dir>/tasks.sqlite``, WAL mode.
 
-Writes are gathered on the reactor and applied by a thread of its own in one
-transaction per batch, so the reactor never waits on the disk; reads come
-back as Deferreds.  Writes nobody waits for go every ``batch_seconds`` (50 ms);
-``committed()`` sends what is gathered at the end of the reactor's turn, and
-fires once that transaction is committed: every caller of one turn, and every
-batch queued while the thread was busy, share one commit (group commit).
-With ``synchronous=NORMAL`` in WAL mode a commit survives the controller's
-process being killed; a power loss may take the last commits.
+Writes are gathered on the reactor.  Writes nobody waits for go every
+``batch_seconds`` (50 ms); ``committed()`` sends what is gathered at the end of
+the reactor's turn and fires once that transaction is committed: every caller
+of one turn shares one commit (group commit).  A small batch (at most
+:data:`INLINE_BYTES` of payloads and results, :data:`INLINE_ROWS` rows) is
+committed right there on the reactor thread -- with ``synchronous=NORMAL`` in
+WAL mode a commit is a write into the OS's cache, no fsync, some tens of
+microseconds -- which spares every task two thread wake-ups and the GIL
+hand-offs they cause.  Everything that may take long runs on the store's own
+thread: large batches, reads, retention, WAL checkpoints (the only fsyncs,
+every :data:`CHECKPOINT_EVERY` commits), and every batch that comes while that
+thread still works (so that the order of writes is kept and the connection is
+never used by two threads at once).  A commit survives the controller's process
+being killed; a power loss may take the last commits.
 """
 from __future__ import annotations
 
-import itertools
-import json
-import os
 import queue
-import sqlite3
+import json
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipcluster.interfaces import ITaskStore
-from ipcluster.store import FAILED, OK, record as _record
+from ipcluster.store import FAILED, OK
+from ipcluster.store.sqlitedb import BatchFailed, Retention, blob_bytes, fire, open_db, run_batch
 
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task TEXT PRIMARY KEY,
-    name TEXT,
-    status TEXT NOT NULL,
-    submitted_at REAL,
-    started_at REAL,
-    finished_at REAL,
-    engine TEXT,
-    error TEXT,
-    result BLOB,
-    stdout TEXT,
-    stderr TEXT,
-    payload BLOB,
-    options TEXT,
-    not_kept INTEGER
-);
-CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
-"""
-
-#: Columns added since the first schema (a store file made by an older controller gets them).
-_ADDED_COLUMNS = (("payload", "BLOB"), ("options", "TEXT"), ("not_kept", "INTEGER"))
-
-_COLUMNS = "task, name, status, submitted_at, started_at, finished_at, engine, error, result, stdout, stderr, not_kept"
+#: Largest batch committed on the reactor thread: bytes of payloads, results and output ...
+INLINE_BYTES = 256 * 1024
+#: ... and rows.
+INLINE_ROWS = 256
+#: Commits between two WAL checkpoints (run on the store's thread).
+CHECKPOINT_EVERY = 256
+#: Seconds between two retention trims (run on the store's thread).
+TRIM_EVERY = 60.0
+#: Most batches the store's thread merges into one transaction.
+MERGE_MOST = 20_000
 
 
 @implementer(ITaskStore)
 class SQLiteTaskStore:
-    """SQLite in WAL mode, written by a thread of its own in batched transactions."""
+    """SQLite in WAL mode: small batches committed on the reactor, the rest by a thread of its own."""
 
     log = Logger()
 
@@ -75,24 +64,29 @@ class SQLiteTaskStore:
         self.max_age = max_age
         self.max_tasks = max_tasks
         self.batch_seconds = batch_seconds
+        try:
+            self._db = open_db(self.path)
+        except Exception as e:
+            raise RuntimeError(f"cannot open the task store {self.path}: {e}") from e
+        self._retention = Retention(max_age, max_tasks)
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._handed = 0  # batches handed to the thread and not reported done yet
         self._pending: list = []
+        self._pending_bytes = 0
         self._waiters: list = []  # committed() Deferreds of the writes gathered now
         self._flush_call = None
         self._soon = None  # the end-of-turn flush that committed() asked for
+        self._commits = 0  # since the last checkpoint
+        self._last_trim = time.monotonic()
         self._closed = False
-        self._ready = threading.Event()
-        self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="ipcluster-store", daemon=True)
         self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise self._error
 
-    # -- writes (fire and forget): gathered on the reactor, handed over once a batch ---------
+    # -- writes (fire and forget): gathered on the reactor, committed once a batch ----------
 
     def _write(self, op: str, args: tuple) -> None:
         self._pending.append((op, args))
+        self._pending_bytes += blob_bytes(op, args)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(self.batch_seconds, self._flush)
 
@@ -101,12 +95,49 @@ class SQLiteTaskStore:
             if call is not None and call.active():
                 call.cancel()
         self._flush_call = self._soon = None
-        if self._pending or self._waiters:
-            batch, self._pending = self._pending, []
-            if self._waiters:
-                batch.append(("commit", (self._waiters,)))
-                self._waiters = []
-            self._queue.put(batch)
+        if not (self._pending or self._waiters):
+            return
+        if self._closed:  # (committed() already refuses; writes made after close() are not kept)
+            if self._pending:
+                self.log.info("task store closed: {n} late writes not kept", n=len(self._pending))
+            self._pending, self._pending_bytes, self._waiters = [], 0, []
+            return
+        batch, nbytes = self._pending, self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
+        if self._waiters:
+            batch.append(("commit", (self._waiters,)))
+            self._waiters = []
+        self._commits += 1
+        if self._housekeeping(batch) or self._handed or nbytes > INLINE_BYTES or len(batch) > INLINE_ROWS:
+            self._hand(batch)
+            return
+        try:
+            done = run_batch(self._db, batch, self._retention)
+        except BatchFailed as failed:
+            self.log.error("task store write failed: {e!r}", e=failed.error)
+            done = failed.done
+        fire(done.answers)
+
+    def _checkpoint_failed(self, done) -> None:
+        if done.checkpoint_error is not None:  # the WAL stays; the next checkpoint tries again
+            self.log.warn("task store checkpoint failed: {e!r}", e=done.checkpoint_error)
+
+    def _housekeeping(self, batch: list) -> bool:
+        """Add to ``batch`` the checkpoint and the trim that are due; True if any was (the batch
+        then goes to the thread)."""
+        due = False
+        if self._commits >= CHECKPOINT_EVERY:
+            batch.append(("checkpoint", ()))
+            self._commits, due = 0, True
+        if time.monotonic() - self._last_trim > TRIM_EVERY:
+            batch.append(("trim", ()))
+            self._last_trim, due = time.monotonic(), True
+        return due
+
+    def _hand(self, batch: list) -> None:
+        """Queue ``batch`` for the store's thread (it reports back through :meth:`_worked`)."""
+        self._handed += 1
+        self._queue.put(batch)
 
     def committed(self) -> defer.Deferred:
         if self._closed:
@@ -137,7 +168,9 @@ class SQLiteTaskStore:
             return defer.fail(RuntimeError("the task store is closed"))
         d = defer.Deferred()
         self._flush()  # a read sees every write made before it
-        self._queue.put([(op, (d, *args))])
+        batch = [(op, (d, *args))]
+        self._housekeeping(batch)
+        self._hand(batch)
         return d
 
     def get(self, task_id) -> defer.Deferred:
@@ -156,180 +189,35 @@ class SQLiteTaskStore:
         self._closed = True
         return d
 
-    # -- the writer thread ------------------------------------------------------------
+    # -- the store's thread ------------------------------------------------------------
 
-    def _reply(self, d: defer.Deferred, ok: bool, value: Any) -> None:
-        self.reactor.callFromThread(d.callback if ok else d.errback, value)
+    def _worked(self, batches: int, answers: list) -> None:
+        """(On the reactor.) The thread ran ``batches`` batches: answer their Deferreds."""
+        self._handed -= batches
+        fire(answers)
 
     def _run(self) -> None:
-        try:
-            # Results and captured output are private: create the file 0600 (SQLite gives
-            # its -wal and -shm files the same mode).
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            for suffix in ("", "-wal", "-shm"):  # also files made before they were private
-                if os.path.exists(self.path + suffix):
-                    os.chmod(self.path + suffix, 0o600)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            _migrate(db)
-        except BaseException as e:
-            self._error = RuntimeError(f"cannot open the task store {self.path}: {e}")
-            self._ready.set()
-            return
-        self._ready.set()
-        last_trim = time.monotonic()
         closing = None
         try:
             while closing is None:
                 batch = self._queue.get()
-                while len(batch) < 20_000:  # take what else is waiting, in order
+                batches = 1
+                while len(batch) < MERGE_MOST:  # take what else is waiting, in order
                     try:
                         batch.extend(self._queue.get_nowait())
                     except queue.Empty:
                         break
+                    batches += 1
                 try:
-                    closing = self._apply(db, batch)
-                    if closing is None and time.monotonic() - last_trim > 60:
-                        last_trim = time.monotonic()
-                        self._trim(db)
-                except Exception as e:  # e.g. "database is locked", a full disk: keep serving
-                    self.log.error("task store: {e!r}", e=e)
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
+                    done = run_batch(self._db, batch, self._retention)
+                except BatchFailed as failed:
+                    self.log.error("task store write failed: {e!r}", e=failed.error)
+                    done = failed.done
+                self._checkpoint_failed(done)
+                closing = done.closing
+                self.reactor.callFromThread(self._worked, batches, done.answers)
         finally:
-            db.close()  # checkpoints the WAL and removes it
+            self._db.close()  # checkpoints the WAL and removes it
             if closing is not None:
                 # Only now: once close() fires, the process may exit at once.
-                self._reply(closing, True, None)
-
-    _WRITES = {
-        "submitted": (
-            "INSERT OR REPLACE INTO tasks (task, name, status, submitted_at, payload, options) "
-            "VALUES (?, ?, 'submitted', ?, ?, ?)"
-        ),
-        "started": "UPDATE tasks SET engine=?, started_at=?, status='running' WHERE task=?",
-        "finished": (
-            "INSERT INTO tasks (task, status, finished_at, engine, error, result, stdout, stderr, not_kept) "
-            "VALUES (?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(task) DO UPDATE SET status=excluded.status, finished_at=excluded.finished_at, "
-            "engine=excluded.engine, error=excluded.error, result=excluded.result, stdout=excluded.stdout, "
-            "stderr=excluded.stderr, not_kept=excluded.not_kept, payload=NULL"
-        ),
-    }
-
-    def _apply(self, db: sqlite3.Connection, batch: list) -> Optional[defer.Deferred]:
-        """Run one batch of operations in one transaction; the close request's Deferred, if any.
-
-        ``committed()`` waiters are answered after the COMMIT, reads inside the transaction.
-        """
-        answered: set = set()
-        waiting: list = []
-        try:
-            db.execute("BEGIN")
-            closing = self._run_batch(db, batch, answered, waiting)
-            db.execute("COMMIT")
-        except Exception as e:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self.log.error("task store write failed: {e!r}", e=e)
-            for op, args in batch:
-                if op in self._READS and id(args[0]) not in answered:
-                    self._reply(args[0], False, e)
-                elif op == "commit":
-                    self._reply_all(args[0], False, e)
-            return next((args[0] for op, args in batch if op == "close"), None)
-        self._reply_all(waiting, True, None)
-        return closing
-
-    def _run_batch(self, db: sqlite3.Connection, batch: list, answered: set, waiting: list) -> Optional[defer.Deferred]:
-        closing = None
-        for op, rows in itertools.groupby(batch, key=lambda item: item[0]):
-            sql = self._WRITES.get(op)
-            if sql is not None:
-                db.executemany(sql, [args for _, args in rows])
-            elif op == "close":
-                closing = next(rows)[1][0]
-            elif op == "commit":
-                waiting.extend(d for _, (ds,) in rows for d in ds)
-            else:
-                for _, (d, *args) in rows:
-                    self._reply(d, True, self._READS[op](self, db, *args))
-                    answered.add(id(d))
-        return closing
-
-    def _reply_all(self, waiting: list, ok: bool, value: Any) -> None:
-        if waiting:
-            self.reactor.callFromThread(_fire_all, waiting, ok, value)
-
-    def _read_get(self, db: sqlite3.Connection, task_id: str) -> Optional[dict]:
-        row = db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE task=?", (task_id,)).fetchone()
-        return self._row(row)
-
-    def _read_unfinished(self, db: sqlite3.Connection) -> list:
-        rows = db.execute(
-            f"SELECT {_COLUMNS}, payload, options FROM tasks WHERE status IN ('submitted', 'running') "
-            "ORDER BY submitted_at, rowid"
-        ).fetchall()
-        found = []
-        for row in rows:
-            r = self._row(row[:-2])
-            r["payload"] = row[-2]
-            try:
-                r["options"] = json.loads(row[-1]) if row[-1] else {}
-            except ValueError:
-                r["options"] = {}
-            found.append(r)
-        return found
-
-    def _read_purge(self, db: sqlite3.Connection, older_than: Optional[float]) -> int:
-        if older_than is None:
-            return db.execute("DELETE FROM tasks WHERE status IN ('ok', 'failed')").rowcount
-        return db.execute(
-            "DELETE FROM tasks WHERE status IN ('ok', 'failed') AND finished_at <= ?", (time.time() - older_than,)
-        ).rowcount
-
-    #: Operations that answer their Deferred with what they read (purge answers with its count).
-    _READS = {"get": _read_get, "purge": _read_purge, "unfinished": _read_unfinished}
-
-    @staticmethod
-    def _row(row) -> Optional[dict]:
-        if row is None:
-            return None
-        r = _record(*row)
-        if r["error"] is not None:
-            r["error"] = json.loads(r["error"])
-        return r
-
-    def _trim(self, db: sqlite3.Connection) -> None:
-        if self.max_age is not None:
-            db.execute("DELETE FROM tasks WHERE status IN ('ok', 'failed') AND finished_at < ?", (time.time() - self.max_age,))
-        if self.max_tasks is not None:
-            (n,) = db.execute("SELECT COUNT(*) FROM tasks WHERE status IN ('ok', 'failed')").fetchone()
-            if n > self.max_tasks:
-                db.execute(
-                    "DELETE FROM tasks WHERE task IN (SELECT task FROM tasks WHERE status IN ('ok', 'failed') "
-                    "ORDER BY finished_at LIMIT ?)",
-                    (n - self.max_tasks,),
-                )
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """Create the table, or add the columns a store file of an older controller lacks."""
-    db.executescript(_SCHEMA)
-    have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-    for column, kind in _ADDED_COLUMNS:
-        if column not in have:
-            db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
-
-
-def _fire_all(waiting: list, ok: bool, value: Any) -> None:
-    for d in waiting:
-        if ok:
-            d.callback(value)
-        else:
-            d.errback(value)
+                self.reactor.callFromThread(closing.callback, None)
