@@ -163,9 +163,34 @@ class RouterSocketTests(SynchronousTestCase):
         self.push(1)
         self.read_until(1)
         self.assertTrue(self.router.send_frames([b"dealer-1", b"hello"]))
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "a read is scheduled after a send")
+        self.assertEqual(self.clock.getDelayedCalls(), [], "nothing waits: no read after the send")
         self.assertTrue(self.dealer.poll(DEADLINE * 1000))
         self.assertEqual(self.dealer.recv_multipart(), [b"hello"])
+
+    def test_a_send_while_messages_wait_schedules_a_read(self):
+        """A send that went out also takes the readable edge of waiting messages."""
+        self.push(1)
+        self.read_until(1)
+        self.push(3)
+        self.wait_readable()
+        self.assertTrue(self.router.send_frames([b"dealer-1", b"hello"]))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "a read is scheduled after the send")
+        self.clock.advance(0)
+        self.assertGreater(len(self.handled), 1, "the scheduled read found what waited")
+        self.read_until(4)
+        self.assertEqual([frames[1] for frames in self.handled], [b"0", b"0", b"1", b"2"])
+
+    def test_a_handler_that_sends_needs_no_scheduled_read(self):
+        """Sends from a handler inside the read loop schedule nothing: the loop looks again itself."""
+        def on_message(frames):
+            self.handled.append(frames)
+            self.router.send_frames([frames[0], b"ack"])
+
+        self.router.on_message = on_message
+        self.push(5)
+        self.read_until(5)
+        self.assertEqual([frames[1] for frames in self.handled], [b"%d" % i for i in range(5)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_drain_reads_past_max_batch(self):
         self.push(COUNT)

@@ -75,6 +75,7 @@ class RouterSocket(ZmqConnection):
         self.max_frames = max_frames
         self.max_size = max_size
         self.on_oversize = on_oversize
+        self._reading = False  # inside doRead's loop (which looks at the socket again itself)
         super().__init__(factory)
         if configure is not None:
             configure(self.socket)
@@ -101,6 +102,13 @@ class RouterSocket(ZmqConnection):
                 self.read_scheduled.cancel()
             self.read_scheduled = None
         limit = self.max_batch if limit is None else limit
+        self._reading = True
+        try:
+            self._read(limit)
+        finally:
+            self._reading = False
+
+    def _read(self, limit: int) -> None:
         n = 0
         while self.factory is not None:
             if not readable(self.socket):
@@ -151,17 +159,22 @@ class RouterSocket(ZmqConnection):
         return True
 
     def _read_soon(self) -> None:
-        """Schedule a read: after any send, whether it went out or failed.
+        """After any send, whether it went out or failed: schedule a read if messages wait.
 
         ZeroMQ's descriptor is edge-triggered, and every send -- a failed one
         too (EHOSTUNREACH to a peer that left, EAGAIN) -- processes the
         socket's pending commands, which clears the descriptor's readable edge
         for messages that had already arrived.  Without this read the reactor
         would never hear of them: the socket would go deaf until some other
-        peer's traffic made a new edge.
+        peer's traffic made a new edge.  When ``ZMQ_EVENTS`` says nothing
+        waits, the next message makes a new edge, and no read is needed (most
+        sends: a DelayedCall and an empty read saved); a send made by a
+        handler inside the read loop needs none either, as the loop looks
+        again before it returns.
         """
-        if self.read_scheduled is None and self.factory is not None:
-            self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+        if self.read_scheduled is None and self.factory is not None and not self._reading:
+            if readable(self.socket):
+                self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
     def send(self, message) -> None:  # txZMQ's API, routed through send_frames
         self.send_frames(message if isinstance(message, (list, tuple)) else [message])
