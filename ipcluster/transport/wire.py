@@ -178,7 +178,6 @@ class MessageIds:
 
 
 _LEN = struct.Struct(">Q")
-_PACK = _LEN.pack
 
 
 class Codec:
@@ -199,9 +198,6 @@ class Codec:
         if not key:
             raise ValueError("an empty signing key is not allowed")
         self._key = key
-        # A keyed HMAC to copy for each message: copying skips hashing the key again (which
-        # one-shot hmac.digest does every call), and the C copy is cheaper than the Python loop.
-        self._hmac = hmac.new(key, digestmod="sha256")
         self.max_header = max_header
         self.session = session
         self._sequence = sequence if sequence is not None else itertools.count(1)
@@ -212,13 +208,12 @@ class Codec:
         """The signature of ``frames`` (header, payloads, buffers): the HMAC alone (32 bytes),
         or, when a frame has :data:`LARGE_FRAME` bytes or more, the HMAC and ``nonce`` (48)."""
         parts = [nonce]
-        add = parts.extend
         for i, frame in enumerate(frames):
             size = len(frame)
-            add((_PACK(size), frame if size < LARGE_FRAME else self._frame_tag(nonce, i, frame)))
-        mac = self._hmac.copy()
-        mac.update(b"".join(parts))
-        digest = mac.digest()
+            parts.append(_LEN.pack(size))
+            parts.append(frame if size < LARGE_FRAME else self._frame_tag(nonce, i, frame))
+        # hmac.digest is the one-shot C path: several times faster than hmac.new + update.
+        digest = hmac.digest(self._key, b"".join(parts), "sha256")
         return digest + nonce if nonce else digest
 
     def _frame_tag(self, nonce: bytes, index: int, frame) -> bytes:
