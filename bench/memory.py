@@ -9,8 +9,9 @@ Run it from the project root with the project's virtualenv (needs psutil)::
 
 ``twistd -n --pidfile= ipcluster --engines 2 --data-dir TMP`` runs as a
 subprocess; a blocking ``Client`` maps a no-op over ``--chunk`` items at a time
-(``client.map`` with its default chunk size of one call per task, so every item
-is one task through the controller) and takes every result.  After each
+(``client.map`` with ``chunksize=1``, so every item is one task through the
+controller: the default adaptive chunks would make it a few thousand tasks)
+and takes every result.  After each
 ``--every`` tasks the controller's RSS (psutil, its own process only, not its
 engines) is printed.  The verdict compares the last reading with the first
 one after warm-up: RSS "stays flat" when it grew by less than ``--flat-mib``.
@@ -92,7 +93,7 @@ def run(args) -> dict:
         print(f"{0:>10,} tasks  {readings[-1]['rss_mib']:7.1f} MiB", flush=True)
         while done < args.tasks:
             n = min(args.chunk, args.tasks - done)
-            for _ in client.map(noop, range(n), timeout=args.chunk_timeout):
+            for _ in client.map(noop, range(n), chunksize=1, timeout=args.chunk_timeout):
                 pass
             done += n
             if done % args.every == 0 or done == args.tasks:
