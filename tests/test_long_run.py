@@ -11,6 +11,7 @@ from collections import deque
 
 from twisted.internet import defer
 
+from ipcluster.scheduler.inputs import RECENT_ENTRIES
 from ipcluster.scheduler.task import Task
 from ipcluster.store.memory import MemoryTaskStore
 
@@ -78,6 +79,9 @@ class LongRunTests(FrontEndFixture):
         self.assertEqual(s.completed, TASKS)
         self.assertEqual(s.tasks, {})
         self.assertEqual(len(s.recent), KEEP)
+        # Results kept for futures-as-inputs: bounded in number too, not only in bytes (tiny
+        # values stayed far below the byte bound, and every one of them was kept).
+        self.assertEqual(len(s.inputs.recent), RECENT_ENTRIES)
         self.assertEqual(s.dependents, {})
         self.assertEqual(s.dispatcher._releases, {})
         self.assertEqual({e: len(h) for e, h in s.assigned.items()}, {"e1": 0})

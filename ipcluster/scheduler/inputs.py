@@ -42,6 +42,9 @@ MAX_INPUTS = 1000
 #: in one go would outrun); a value larger than RECENT_ITEM_BYTES is not kept.
 RECENT_BYTES = 32 * 1024 * 1024
 RECENT_ITEM_BYTES = 4 * 1024 * 1024
+#: ... and in number: without it, a million tiny results (a few bytes each, far below the byte
+#: bound) kept a million ids and values alive, ~150 bytes of Python objects each.
+RECENT_ENTRIES = 10_000
 
 
 def check_inputs(inputs: object) -> list:
@@ -109,9 +112,10 @@ class InputValues:
     def _remember(self, task_id: str, value: bytes) -> None:
         if len(value) > RECENT_ITEM_BYTES:
             return
+        old = self.recent.pop(task_id, None)  # (an id submitted again)
+        self._recent_bytes += len(value) - (len(old) if old is not None else 0)
         self.recent[task_id] = value
-        self._recent_bytes += len(value)
-        while self._recent_bytes > RECENT_BYTES:
+        while self._recent_bytes > RECENT_BYTES or len(self.recent) > RECENT_ENTRIES:
             self._recent_bytes -= len(self.recent.popitem(last=False)[1])
 
     def pack(self, task: Task) -> Optional[errors.ClusterError]:
