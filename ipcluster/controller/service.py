@@ -213,7 +213,8 @@ class Controller(service.MultiService):
             else:
                 config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self.store = SQLiteTaskStore(
-                    str(config.store_path), self.reactor, max_age=config.store_max_age, max_tasks=config.store_max_tasks
+                    str(config.store_path), self.reactor, max_age=config.store_max_age, max_tasks=config.store_max_tasks,
+                    call_soon=self.sockets.soon,
                 )
         return self.store
 

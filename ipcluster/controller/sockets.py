@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from ipcluster.connection import CHANNELS
 from ipcluster.controller.droplog import DropLog
 from ipcluster.transport import batch, security, wire
+from ipcluster.transport.soon import Soon
 
 Send = Callable[[Sequence[bytes]], bool]
 
@@ -77,12 +78,10 @@ class ControllerSockets:
         self._factory = None
         #: The batch-taking handlers of the task and client sockets (their counts), by channel.
         self.unbatchers: dict = {}
+        #: End-of-turn work in one pass (the store's commit, then the outbox flush it feeds).
+        self.soon = Soon(reactor)
         #: What goes to clients, sent together once per reactor turn.
-        self.outbox = batch.Outbox(
-            lambda frames: self._send_now("client", frames),
-            lambda flush: reactor.callLater(0, flush),
-            config.max_message_size,
-        )
+        self.outbox = batch.Outbox(lambda frames: self._send_now("client", frames), self.soon, config.max_message_size)
 
     def sender(self, channel: str) -> Send:
         def send(frames: Sequence[bytes]) -> bool:

@@ -21,7 +21,7 @@ import queue
 import json
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -56,7 +56,10 @@ class SQLiteTaskStore:
         max_age: Optional[float] = 7 * 24 * 3600.0,
         max_tasks: Optional[int] = 1_000_000,
         batch_seconds: float = 0.05,
+        call_soon: Optional[Callable[[Callable[[], None]], object]] = None,
     ) -> None:
+        """``call_soon(f)`` runs ``f`` at the end of the reactor's turn (default
+        ``reactor.callLater(0, f)``; the controller gives its :class:`~ipcluster.transport.soon.Soon`)."""
         if reactor is None:
             from twisted.internet import reactor
         self.path = str(path)
@@ -64,6 +67,7 @@ class SQLiteTaskStore:
         self.max_age = max_age
         self.max_tasks = max_tasks
         self.batch_seconds = batch_seconds
+        self._call_soon = call_soon if call_soon is not None else (lambda f: reactor.callLater(0, f))
         try:
             self._db = open_db(self.path)
         except Exception as e:
@@ -75,7 +79,7 @@ class SQLiteTaskStore:
         self._pending_bytes = 0
         self._waiters: list = []  # committed() Deferreds of the writes gathered now
         self._flush_call = None
-        self._soon = None  # the end-of-turn flush that committed() asked for
+        self._soon = False  # an end-of-turn flush is asked for (by committed())
         self._commits = 0  # since the last checkpoint
         self._last_trim = time.monotonic()
         self._closed = False
@@ -91,10 +95,9 @@ class SQLiteTaskStore:
             self._flush_call = self.reactor.callLater(self.batch_seconds, self._flush)
 
     def _flush(self) -> None:
-        for call in (self._flush_call, self._soon):
-            if call is not None and call.active():
-                call.cancel()
-        self._flush_call = self._soon = None
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call, self._soon = None, False
         if not (self._pending or self._waiters):
             return
         if self._closed:  # (committed() already refuses; writes made after close() are not kept)
@@ -144,8 +147,9 @@ class SQLiteTaskStore:
             return defer.fail(RuntimeError("the task store is closed"))
         d = defer.Deferred()
         self._waiters.append(d)
-        if self._soon is None:
-            self._soon = self.reactor.callLater(0, self._flush)
+        if not self._soon:
+            self._soon = True
+            self._call_soon(self._flush)
         return d
 
     def submitted(self, task_id, name, submitted_at, payload=None, options=None) -> None:
