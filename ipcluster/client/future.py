@@ -202,16 +202,20 @@ class TaskFuture(Future):
 
     def _completed(self, _: Future) -> None:
         # Runs in the thread that completed the future (the I/O thread, mostly): hand the
-        # callbacks to the callback thread and tell the client this future is settled.
-        with self._lock:
-            self._dispatch = _POSTED
-            self._output_changed.notify_all()  # iter_output ends
+        # callbacks to the callback thread and tell the client this future is settled.  A
+        # future without callbacks (most) does not wake the callback thread: one added from
+        # now on is called at once, as if the thread had run the (none) before it.
         client = self._client
+        with self._lock:
+            posted = client is None or bool(self._callbacks)
+            self._dispatch = _POSTED if posted else _RAN
+            self._output_changed.notify_all()  # iter_output ends
         if client is None:
             self._run_callbacks()
             return
         client._settled(self)
-        client._callbacks.post(self._run_callbacks)
+        if posted:
+            client._callbacks.post(self._run_callbacks)
 
     def _run_callbacks(self) -> None:
         while True:
