@@ -8,9 +8,10 @@ runs it on the reactor with txZMQ.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import pickle
 import threading
-import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
@@ -19,6 +20,7 @@ from ipcluster import errors, futureinputs
 from ipcluster.client.checks import (  # noqa: F401 (the names clients import from here)
     OPTION_NAMES, ChunkCall, _name, submit_options, take_options,
 )
+from ipcluster.client.fnpickle import FunctionPickles
 from ipcluster.client.inputs import input_options
 from ipcluster.client.output import OutputWatch
 from ipcluster.sourcelines import task_extras
@@ -105,6 +107,11 @@ class ClientCore:
         #: The largest message the controller takes (``--max-message-size``, from the connection file).
         self.max_message_size = max_message_size
         self._lock = threading.Lock()
+        # Task ids: 32 hex digits, a random half for this client and a counter (unique like a
+        # uuid4, without a system call at each submit: it would hand the GIL to the I/O thread).
+        self._task_prefix = os.urandom(8).hex()
+        self._task_numbers = itertools.count()
+        self._functions = FunctionPickles()  # the pickles of functions submitted again and again
         self._replies: dict[str, Callback] = {}
         self._results: dict[str, list] = {}  # task id -> callbacks waiting for its result
         self._running: dict[str, list] = {}  # task id -> callbacks waiting to hear it started
@@ -156,8 +163,9 @@ class ClientCore:
         """
         extras = task_extras(fn)  # source lines for the remote traceback, if fn's are not in a file
         with futureinputs.collecting() as inputs:  # futures in the arguments: the engine gets their results
-            payload, bufs = buffers.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs))
-        task_id = uuid.uuid4().hex
+            payload, bufs = buffers.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs),
+                                          self._functions.known(fn))
+        task_id = f"{self._task_prefix}{next(self._task_numbers):016x}"
         fields = dict(options, task=task_id, name=_name(fn), **input_options(options, inputs))
         payloads = [payload, *bufs]
         frames = self.codec.encode("submit", fields, payloads)

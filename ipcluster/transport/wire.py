@@ -180,6 +180,26 @@ class MessageIds:
 _LEN = struct.Struct(">Q")
 
 
+class _Hmac:
+    """HMAC-SHA256 under one key from precomputed pads: ``hmac.digest``'s value, cheaper, and
+    it keeps the GIL for a message under 2 KiB (``hmac.digest`` releases it at each call: a
+    thread hand-off per message in a client or an engine, which run two threads)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(key.translate(hmac.trans_36))
+        self._outer = hashlib.sha256(key.translate(hmac.trans_5C))
+
+    def __call__(self, data: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class Codec:
     """Signs, encodes, verifies and decodes envelopes with one key.
 
@@ -198,6 +218,7 @@ class Codec:
         if not key:
             raise ValueError("an empty signing key is not allowed")
         self._key = key
+        self._hmac = _Hmac(key)
         self.max_header = max_header
         self.session = session
         self._sequence = sequence if sequence is not None else itertools.count(1)
@@ -212,8 +233,7 @@ class Codec:
             size = len(frame)
             parts.append(_LEN.pack(size))
             parts.append(frame if size < LARGE_FRAME else self._frame_tag(nonce, i, frame))
-        # hmac.digest is the one-shot C path: several times faster than hmac.new + update.
-        digest = hmac.digest(self._key, b"".join(parts), "sha256")
+        digest = self._hmac(b"".join(parts))
         return digest + nonce if nonce else digest
 
     def _frame_tag(self, nonce: bytes, index: int, frame) -> bytes:
