@@ -145,7 +145,7 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
         try:
             self._call("fetch", {"task": task_id}, self.timeout)
         except errors.ClusterError:
-            self._core.forget(task_id=task_id, on_result=future._callback)
+            self._core.forget(task_id=task_id, on_result=future._deliver)
             self._settled(future)
             raise
         return future
