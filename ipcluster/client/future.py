@@ -196,8 +196,7 @@ class TaskFuture(Future):
                 return
             self.engine = result.engine or self.engine
             self.stdout, self.stderr = result.stdout, result.stderr
-            if not self.running():
-                self.set_running_or_notify_cancel()
+            # (A pending future may be finished at once: no need to pass through running.)
             if result.ok:
                 self.set_result(result.value)
             else:
