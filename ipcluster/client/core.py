@@ -111,6 +111,7 @@ class ClientCore:
         self._task_numbers = itertools.count()
         self._functions = FunctionPickles()  # the pickles of functions submitted again and again
         self._replies: dict[str, Callback] = {}
+        # (Tuples, not lists: the garbage collector visits each object of a pending task.)
         self._results: dict[str, tuple] = {}  # task id -> callbacks waiting for its result
         self._running: dict[str, tuple] = {}  # task id -> callbacks waiting to hear it started
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
@@ -119,10 +120,8 @@ class ClientCore:
         self.keep_bytes = keep_bytes
         self._kept: OrderedDict[str, tuple] = OrderedDict()
         self._kept_size = 0
-        #: Times this client re-announced its pending tasks to a restarted controller, and
-        #: tasks it submitted again.
-        self.resumed = 0
-        self.resubmitted = 0
+        #: Times this client re-announced its pending tasks to a restarted controller; tasks resubmitted.
+        self.resumed = self.resubmitted = 0
         #: How the driver sends frames from within :meth:`received` (its I/O thread, or the reactor).
         self.send_back: Callable[[list], object] = lambda frames: None
         self.dropped = 0
@@ -144,8 +143,7 @@ class ClientCore:
         return msg_id, self.codec.encode(mtype, fields, payloads, msg_id=msg_id)
 
     def new_task_id(self) -> str:
-        """A new task id: 32 hex digits, a random half for this client and a counter (unique
-        like a uuid4, without a system call at each submit: it would hand the GIL over)."""
+        """32 hex digits: this client's random half and a counter (no system call: no GIL hand-off)."""
         return f"{self._task_prefix}{next(self._task_numbers):016x}"
 
     def submit(
@@ -212,7 +210,6 @@ class ClientCore:
         """Route the result of ``task_id`` to ``on_result`` too (submit and any fetches), and
         the news that it started to ``on_running``."""
         with self._lock:
-            # (Tuples, not lists: one object less per pending task for the garbage collector.)
             self._results[task_id] = self._results.get(task_id, ()) + (on_result,)
             if on_running is not None:
                 self._running[task_id] = self._running.get(task_id, ()) + (on_running,)
@@ -394,10 +391,9 @@ class ClientCore:
 class _Failed:
     """A TaskResult made on this side (controller gone, undecodable result)."""
 
+    engine = started = finished = None
+    ok = False
+    stdout = stderr = ""
+
     def __init__(self, task_id: str, error: BaseException) -> None:
-        self.task_id = task_id
-        self.engine = None
-        self.ok = False
-        self.value = error
-        self.stdout = self.stderr = ""
-        self.started = self.finished = None
+        self.task_id, self.value = task_id, error

@@ -39,6 +39,8 @@ import attr
 import msgpack
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from ipcluster.transport.hmacpads import Hmac
+
 PROTOCOL_VERSION = 3
 MAX_HEADER_BYTES = 64 * 1024  # what the controller accepts from its peers
 MAX_REPLY_HEADER_BYTES = 64 * 1024 * 1024  # what clients and engines accept from the controller
@@ -180,25 +182,6 @@ class MessageIds:
 _LEN = struct.Struct(">Q")
 
 
-class _Hmac:
-    """HMAC-SHA256 under one key from precomputed pads: ``hmac.digest``'s value, cheaper, and
-    it keeps the GIL for a message under 2 KiB (``hmac.digest`` releases it at each call: a
-    thread hand-off per message in a client or an engine, which run two threads)."""
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(key.translate(hmac.trans_36))
-        self._outer = hashlib.sha256(key.translate(hmac.trans_5C))
-
-    def __call__(self, data: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(data)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
 
 class Codec:
     """Signs, encodes, verifies and decodes envelopes with one key.
@@ -218,7 +201,7 @@ class Codec:
         if not key:
             raise ValueError("an empty signing key is not allowed")
         self._key = key
-        self._hmac = _Hmac(key)
+        self._hmac = Hmac(key)
         self.max_header = max_header
         self.session = session
         self._sequence = sequence if sequence is not None else itertools.count(1)
