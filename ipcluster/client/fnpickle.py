@@ -68,6 +68,8 @@ def _state(fn: types.FunctionType) -> Optional[tuple]:
     """Every object pickling ``fn`` by value takes (all atoms, or None: not cacheable)."""
     if fn.__closure__ is not None or fn.__kwdefaults__ or fn.__dict__ or fn.__annotations__:
         return None
+    if getattr(fn, "__type_params__", ()):  # (Python 3.12's generic functions)
+        return None
     g = fn.__globals__
     values = (
         fn.__defaults__, fn.__doc__, *(g.get(name, _MISSING) for name in global_names(fn.__code__)),
