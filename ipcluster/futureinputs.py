@@ -19,18 +19,23 @@ from typing import Any, Iterator, Mapping, Optional
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def collecting() -> Iterator[list]:
-    """While a task is pickled on this thread: the futures met, in order (no repeats).
+class collecting:
+    """``with collecting() as found:`` while a task is pickled on this thread: the futures met,
+    in order (no repeats).
 
     Nested, the inner one collects into the outer one's list (the client's
-    executor and its core both want them)."""
-    previous = getattr(_local, "collected", None)
-    _local.collected = found = previous if previous is not None else []
-    try:
-        yield found
-    finally:
-        _local.collected = previous
+    executor and its core both want them).  (A class, not a generator: this
+    runs twice at each submit.)"""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> list:
+        self._previous = previous = getattr(_local, "collected", None)
+        _local.collected = found = previous if previous is not None else []
+        return found
+
+    def __exit__(self, *exc_info: object) -> None:
+        _local.collected = self._previous
 
 
 def reduce_future(future: Any) -> tuple:

@@ -41,13 +41,21 @@ def functions_of(fn: Any, depth: int = 0) -> Iterator[types.FunctionType]:
             yield from functions_of(wrapped, depth + 1)
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_file(filename: str) -> bool:
+    """Whether a code file is a file on disk, asked once per name: a ``stat`` at each submit
+    would hand the GIL to the client's I/O thread.  (A file deleted since only loses its
+    lines in a remote traceback.)"""
+    return os.path.isfile(filename)
+
+
 def task_extras(fn: Any) -> dict:
     """``{"files": [name per function], "sources": {name: lines}}`` for a task, or ``{}``."""
     files = [f.__code__.co_filename for f in functions_of(fn)]
     sources: dict[str, list[str]] = {}
     size = 0
     for filename in sorted(set(files)):
-        if os.path.isfile(filename):
+        if _is_file(filename):
             continue  # the engine reads it itself (the same file, normally)
         lines = linecache.getlines(filename)
         chars = sum(map(len, lines))

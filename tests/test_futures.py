@@ -142,6 +142,15 @@ class TaskFutureTests(SynchronousTestCase):
         f.add_done_callback(lambda fut: seen.append(("late", threading.current_thread().name)))
         self.assertEqual(seen[-1], ("late", threading.current_thread().name))
 
+    def test_a_future_without_callbacks_does_not_wake_the_callback_thread(self):
+        f = self.future()
+        f._deliver(Result(True, 1))
+        self.assertEqual(self.client.settled, ["t"])
+        self.assertIsNone(self.client._callbacks._thread, "never started: nothing was posted")
+        seen = []
+        f.add_done_callback(lambda fut: seen.append(threading.current_thread().name))
+        self.assertEqual(seen, [threading.current_thread().name], "added once done: called at once, here")
+
     def test_a_raising_callback_is_logged_and_the_next_runs(self):
         records = Records()
         logger = logging.getLogger("ipcluster.client")

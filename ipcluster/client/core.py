@@ -8,9 +8,10 @@ runs it on the reactor with txZMQ.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import pickle
 import threading
-import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
@@ -19,6 +20,7 @@ from ipcluster import errors, futureinputs
 from ipcluster.client.checks import (  # noqa: F401 (the names clients import from here)
     OPTION_NAMES, ChunkCall, _name, submit_options, take_options,
 )
+from ipcluster.client.fnpickle import FunctionPickles
 from ipcluster.client.inputs import input_options
 from ipcluster.client.output import OutputWatch
 from ipcluster.sourcelines import task_extras
@@ -105,19 +107,21 @@ class ClientCore:
         #: The largest message the controller takes (``--max-message-size``, from the connection file).
         self.max_message_size = max_message_size
         self._lock = threading.Lock()
+        self._task_prefix = os.urandom(8).hex()
+        self._task_numbers = itertools.count()
+        self._functions = FunctionPickles()  # the pickles of functions submitted again and again
         self._replies: dict[str, Callback] = {}
-        self._results: dict[str, list] = {}  # task id -> callbacks waiting for its result
-        self._running: dict[str, list] = {}  # task id -> callbacks waiting to hear it started
+        # (Tuples, not lists: the garbage collector visits each object of a pending task.)
+        self._results: dict[str, tuple] = {}  # task id -> callbacks waiting for its result
+        self._running: dict[str, tuple] = {}  # task id -> callbacks waiting to hear it started
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
         self._reconnecting = False
         #: Pending tasks' submit fields and payloads, to submit again (``keep_bytes`` at most).
         self.keep_bytes = keep_bytes
         self._kept: OrderedDict[str, tuple] = OrderedDict()
         self._kept_size = 0
-        #: Times this client re-announced its pending tasks to a restarted controller, and
-        #: tasks it submitted again.
-        self.resumed = 0
-        self.resubmitted = 0
+        #: Times this client re-announced its pending tasks to a restarted controller; tasks resubmitted.
+        self.resumed = self.resubmitted = 0
         #: How the driver sends frames from within :meth:`received` (its I/O thread, or the reactor).
         self.send_back: Callable[[list], object] = lambda frames: None
         self.dropped = 0
@@ -138,6 +142,10 @@ class ClientCore:
             self._replies[msg_id] = on_reply
         return msg_id, self.codec.encode(mtype, fields, payloads, msg_id=msg_id)
 
+    def new_task_id(self) -> str:
+        """32 hex digits: this client's random half and a counter (no system call: no GIL hand-off)."""
+        return f"{self._task_prefix}{next(self._task_numbers):016x}"
+
     def submit(
         self,
         fn: Callable,
@@ -146,6 +154,7 @@ class ClientCore:
         options: dict,
         on_result: Callable[[TaskResult], None],
         on_running: Optional[Callable[[str], None]] = None,
+        task_id: Optional[str] = None,
     ) -> tuple[str, list]:
         """``(task_id, frames)`` for a task; the payload is cloudpickled here, its large buffers
         (numpy arrays, bytes, ...) kept out of band and sent uncopied (``transport.buffers``).
@@ -153,13 +162,15 @@ class ClientCore:
         ``options`` are the scheduling fields checked by :func:`submit_options`.
         There is no reply: a refused task fails through ``on_result``.
         ``on_running(engine)`` is called if the controller says it started.
+        ``task_id`` is the task's id if the caller took one already (:meth:`new_task_id`).
         """
         extras = task_extras(fn)  # source lines for the remote traceback, if fn's are not in a file
         with futureinputs.collecting() as inputs:  # futures in the arguments: the engine gets their results
-            payload, bufs = buffers.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs))
-        task_id = uuid.uuid4().hex
+            payload, bufs = buffers.dumps((fn, args, kwargs, extras) if extras else (fn, args, kwargs),
+                                          self._functions.known(fn))
+        task_id = task_id or self.new_task_id()
         fields = dict(options, task=task_id, name=_name(fn), **input_options(options, inputs))
-        payloads = [payload, *bufs]
+        payloads = (payload, *bufs)  # (kept: a tuple of bytes is no work for the garbage collector)
         frames = self.codec.encode("submit", fields, payloads)
         size = sum(len(frame) for frame in frames)
         if size > self.max_message_size:
@@ -172,7 +183,7 @@ class ClientCore:
         self._keep(task_id, fields, payloads)
         return task_id, frames
 
-    def _keep(self, task_id: str, fields: dict, payloads: list) -> None:
+    def _keep(self, task_id: str, fields: dict, payloads: tuple) -> None:
         size = sum(len(p) for p in payloads)
         with self._lock:
             if size > self.keep_bytes:
@@ -199,9 +210,9 @@ class ClientCore:
         """Route the result of ``task_id`` to ``on_result`` too (submit and any fetches), and
         the news that it started to ``on_running``."""
         with self._lock:
-            self._results.setdefault(task_id, []).append(on_result)
+            self._results[task_id] = self._results.get(task_id, ()) + (on_result,)
             if on_running is not None:
-                self._running.setdefault(task_id, []).append(on_running)
+                self._running[task_id] = self._running.get(task_id, ()) + (on_running,)
 
     def forget(self, msg_id: Optional[str] = None, task_id: Optional[str] = None, on_result=None) -> None:
         """Stop waiting for a reply, or for a task's result (only ``on_result``'s wait, if given)."""
@@ -209,9 +220,10 @@ class ClientCore:
             if msg_id is not None:
                 self._replies.pop(msg_id, None)
             if task_id is not None:
-                waiting = self._results.get(task_id, [])
+                waiting = self._results.get(task_id, ())
                 if on_result is not None and on_result in waiting:
-                    waiting.remove(on_result)
+                    at = waiting.index(on_result)
+                    waiting = self._results[task_id] = waiting[:at] + waiting[at + 1:]
                 if on_result is None or not waiting:
                     self._results.pop(task_id, None)
                     self._running.pop(task_id, None)
@@ -329,7 +341,7 @@ class ClientCore:
 
     def _fail_task(self, task_id: str, error: BaseException) -> None:
         with self._lock:
-            waiting = self._results.pop(task_id, [])
+            waiting = self._results.pop(task_id, ())
             self._running.pop(task_id, None)
             self._let_go(task_id)
         for on_result in waiting:
@@ -379,10 +391,9 @@ class ClientCore:
 class _Failed:
     """A TaskResult made on this side (controller gone, undecodable result)."""
 
+    engine = started = finished = None
+    ok = False
+    stdout = stderr = ""
+
     def __init__(self, task_id: str, error: BaseException) -> None:
-        self.task_id = task_id
-        self.engine = None
-        self.ok = False
-        self.value = error
-        self.stdout = self.stderr = ""
-        self.started = self.finished = None
+        self.task_id, self.value = task_id, error

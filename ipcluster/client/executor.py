@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 from ipcluster import errors, futureinputs
 from ipcluster.client.adaptive import adaptive_results
 from ipcluster.client.callbacks import CallbackThread
-from ipcluster.client.core import OPTION_NAMES, ClientCore, TaskResult, submit_options, take_options
+from ipcluster.client.core import OPTION_NAMES, ClientCore, submit_options, take_options
 from ipcluster.client.future import TaskFuture
 from ipcluster.client.mapping import map_results
 from ipcluster.client.options import TaskOptions
@@ -43,6 +43,12 @@ class TaskExecutor(Executor):
         self._pending_lock = threading.Lock()
         self._callbacks = CallbackThread("ipcluster-callbacks")
         self._maps: "weakref.WeakSet" = weakref.WeakSet()  # adaptive maps still submitting (shutdown waits)
+        self._core.output.find = self._output_of
+
+    def _output_of(self, task_id: str):
+        """Where a pending task's live output goes (its future's), or None."""
+        future = self._pending.get(task_id)
+        return None if future is None else future._output
 
     def _send(self, frames: list) -> None:  # pragma: no cover - provided by the client
         raise NotImplementedError
@@ -84,36 +90,28 @@ class TaskExecutor(Executor):
         return TaskOptions(self, options)
 
     def _submit(self, fn: Callable, args: tuple, kwargs: dict, options: dict, mapping: bool = False) -> TaskFuture:
-        future: TaskFuture
-
-        def deliver(result: TaskResult) -> None:
-            future._deliver(result)
-
-        def started(engine: str) -> None:
-            future._started(engine)
-
         if self._shutdown and not mapping:  # (checked again below: shutdown may come while fn is pickled)
             raise RuntimeError("cannot submit tasks after the client was shut down")
+        future = TaskFuture(self._core.new_task_id(), self)
+        task_id = future.task_id
         with futureinputs.collecting() as inputs:  # the futures among the arguments (core.submit sends them)
-            task_id, frames = self._core.submit(fn, args, kwargs, options, deliver, started)
-        future = TaskFuture(task_id, self)
-        future._inputs = list(inputs)
-        future.name = getattr(fn, "__name__", "") if isinstance(getattr(fn, "__name__", ""), str) else ""
-        future._callback = deliver
+            _, frames = self._core.submit(fn, args, kwargs, options, future._deliver, future._started, task_id)
+        if inputs:
+            future._inputs = list(inputs)
+        name = getattr(fn, "__name__", "")
+        future.name = name if isinstance(name, str) else ""
         with self._pending_lock:
             # A map made before shutdown goes on submitting its chunks (shutdown waits for them).
             accepted = mapping or not self._shutdown
             if accepted:
                 self._pending[task_id] = future
         if accepted:
-            self._core.output.watch(task_id, future._output)
             try:
                 self._send(frames)
                 return future
             except errors.NoController:  # closed meanwhile
                 pass
         self._core.forget(task_id=task_id)
-        self._core.output.forget(task_id)
         self._settled(future)
         raise RuntimeError("cannot submit tasks after the client was shut down")
 
@@ -243,7 +241,7 @@ class TaskExecutor(Executor):
                 removed = False
             if removed:
                 future._cancelled_by_controller()  # (its TaskCancelled result came first, normally)
-                self._core.forget(task_id=future.task_id, on_result=future._callback)
+                self._core.forget(task_id=future.task_id, on_result=future._deliver)
             answers.append(removed)
         return answers
 
@@ -268,7 +266,6 @@ class TaskExecutor(Executor):
 
     def _settled(self, future: TaskFuture) -> None:
         """``future`` is done: it is no longer pending (and has no more output to hear of)."""
-        self._core.output.forget(future.task_id)
         with self._pending_lock:
             if self._pending.get(future.task_id) is future:
                 del self._pending[future.task_id]

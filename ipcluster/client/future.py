@@ -16,7 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ipcluster import errors
 from ipcluster.client.callbacks import call_logged
@@ -45,16 +45,25 @@ class TaskFuture(Future):
         self.name = ""
         self._client = client
         self._lock = threading.RLock()  # our transitions: started, delivered, cancelled
-        #: The live output heard so far, ``(stream, text)`` chunks (the engine bounds it).
-        self.output: list = []
-        self._output_changed = threading.Condition(self._lock)
-        self._output_callbacks: list = []
-        #: The futures among this task's arguments (their results are its inputs).
-        self._inputs: list = []
-        self._callbacks: list = []
         self._dispatch = _WAITING
-        self._callback = self._deliver  # what the client core calls with the result
         super().add_done_callback(self._completed)
+
+    # What most futures never need is made on first use (the class's defaults till then): a
+    # client keeps thousands of pending futures, and the garbage collector visits each object.
+    _heard: Optional[list] = None  # the live output heard so far
+    _output_changed: Optional[threading.Condition] = None  # made by the first iter_output
+    _output_callbacks: tuple = ()
+    #: The futures among this task's arguments (their results are its inputs).
+    _inputs: Sequence = ()
+    _callbacks: Optional[list] = None  # the done-callbacks not run yet
+
+    @property
+    def output(self) -> list:
+        """The live output heard so far, ``(stream, text)`` chunks (the engine bounds it)."""
+        with self._lock:
+            if self._heard is None:
+                self._heard = []
+            return self._heard
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} on {self.engine} {self._state.lower()}>"
@@ -109,6 +118,8 @@ class TaskFuture(Future):
         """
         with self._lock:
             if self._dispatch != _RAN:
+                if self._callbacks is None:
+                    self._callbacks = []
                 self._callbacks.append(fn)
                 return
         call_logged(fn, self)
@@ -120,7 +131,7 @@ class TaskFuture(Future):
         ``"stdout"`` or ``"stderr"``), on the client's callback thread, in order; the chunks
         heard before are replayed first.  ``stdout``/``stderr`` hold the whole output once done."""
         with self._lock:
-            self._output_callbacks.append(fn)
+            self._output_callbacks += (fn,)
             heard = list(self.output)
         for chunk in heard:
             self._post(fn, *chunk)
@@ -132,10 +143,14 @@ class TaskFuture(Future):
         that ends within 0.1 s streams nothing: its output is in ``stdout``/``stderr``.
         """
         seen = 0
+        with self._lock:
+            if self._output_changed is None:
+                self._output_changed = threading.Condition(self._lock)
+            changed = self._output_changed
         while True:
-            with self._output_changed:
+            with changed:
                 if seen >= len(self.output) and not self.done():
-                    if not self._output_changed.wait_for(lambda: seen < len(self.output) or self.done(), timeout):
+                    if not changed.wait_for(lambda: seen < len(self.output) or self.done(), timeout):
                         raise concurrent.futures.TimeoutError(self._waited(timeout).replace("finish", "print"))
                 if seen >= len(self.output):
                     return
@@ -145,12 +160,13 @@ class TaskFuture(Future):
 
     def _output(self, stream: str, text: str, engine: str) -> None:
         """A chunk of live output arrived (the I/O thread)."""
-        with self._output_changed:
+        with self._lock:
             if engine and self.engine is None:
                 self.engine = engine
             self.output.append((stream, text))
-            self._output_changed.notify_all()
-            callbacks = list(self._output_callbacks)
+            if self._output_changed is not None:
+                self._output_changed.notify_all()
+            callbacks = self._output_callbacks
         for fn in callbacks:
             self._post(fn, stream, text)
 
@@ -180,8 +196,7 @@ class TaskFuture(Future):
                 return
             self.engine = result.engine or self.engine
             self.stdout, self.stderr = result.stdout, result.stderr
-            if not self.running():
-                self.set_running_or_notify_cancel()
+            # (A pending future may be finished at once: no need to pass through running.)
             if result.ok:
                 self.set_result(result.value)
             else:
@@ -202,16 +217,21 @@ class TaskFuture(Future):
 
     def _completed(self, _: Future) -> None:
         # Runs in the thread that completed the future (the I/O thread, mostly): hand the
-        # callbacks to the callback thread and tell the client this future is settled.
-        with self._lock:
-            self._dispatch = _POSTED
-            self._output_changed.notify_all()  # iter_output ends
+        # callbacks to the callback thread and tell the client this future is settled.  A
+        # future without callbacks (most) does not wake the callback thread: one added from
+        # now on is called at once, as if the thread had run the (none) before it.
         client = self._client
+        with self._lock:
+            posted = client is None or bool(self._callbacks)
+            self._dispatch = _POSTED if posted else _RAN
+            if self._output_changed is not None:
+                self._output_changed.notify_all()  # iter_output ends
         if client is None:
             self._run_callbacks()
             return
         client._settled(self)
-        client._callbacks.post(self._run_callbacks)
+        if posted:
+            client._callbacks.post(self._run_callbacks)
 
     def _run_callbacks(self) -> None:
         while True:

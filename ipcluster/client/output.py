@@ -7,7 +7,7 @@ its output callbacks on the client's callback thread.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, Optional
 
 from ipcluster.transport.wire import Message
 
@@ -21,6 +21,9 @@ class OutputWatch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watchers: dict[str, Watcher] = {}
+        #: ``find(task_id)``: the watcher of a task not :meth:`watch`-ed, or None (the blocking
+        #: client finds its pending future: nothing to register at each submit).
+        self.find: Callable[[str], Optional[Watcher]] = lambda task_id: None
         #: ``output`` messages for a task nobody watches (finished, or not ours): ignored.
         self.unwatched = 0
 
@@ -35,6 +38,8 @@ class OutputWatch:
     def received(self, msg: Message) -> None:
         with self._lock:
             watcher = self._watchers.get(msg["task"])
+        if watcher is None:
+            watcher = self.find(msg["task"])
         if watcher is None:
             self.unwatched += 1
             return

@@ -1,7 +1,8 @@
 """The blocking client: ``from ipcluster import Client``.
 
 A background thread owns the ZeroMQ socket; calls from any thread hand it
-frames through a lock-guarded inproc pipe.  ``submit`` returns a
+envelopes through an outbox (``iothread.py``: a list, and one inproc wake-up
+for a burst).  ``submit`` returns a
 ``concurrent.futures.Future``; the control verbs block and return their value.
 Done-callbacks run on a second thread of the client's (``callbacks.py``), so
 the I/O thread never runs user code.
@@ -19,7 +20,7 @@ import zmq
 
 from ipcluster import connection, errors
 from ipcluster.client.executor import TaskExecutor, settle_reply
-from ipcluster.client.iothread import forward_waiting
+from ipcluster.client.iothread import Closed, Outbox, forward_waiting
 from ipcluster.client.future import TaskFuture
 from ipcluster.client.progress import progress_bar
 from ipcluster.client.verbs import ControlVerbs
@@ -59,11 +60,10 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
         self._core = ClientCore(self.info.key, self.info.max_message_size, keep_bytes)
         self._context = zmq.Context()
         self._pipe_address = f"inproc://ipcluster-client-{uuid.uuid4().hex}"
-        self._pipe_in = self._context.socket(zmq.PAIR)
-        self._pipe_in.setsockopt(zmq.LINGER, 0)
-        self._pipe_in.bind(self._pipe_address)
-        self._pipe_lock = threading.Lock()
-        self._closed = False
+        wake = self._context.socket(zmq.PAIR)
+        wake.setsockopt(zmq.LINGER, 0)
+        wake.bind(self._pipe_address)
+        self._outbox = Outbox(wake)
         self._init_executor()
         self._dealer = self._context.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
@@ -76,7 +76,7 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
             self._dealer.connect(self.info.address("client"))
         except zmq.ZMQError as e:
             self._dealer.close(0)
-            self._pipe_in.close(0)
+            self._outbox.release()
             self._context.term()
             raise errors.NoController(
                 f"cannot connect to {self.info.address('client')} (connection file {self.info.path}): {e}"
@@ -145,7 +145,7 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
         try:
             self._call("fetch", {"task": task_id}, self.timeout)
         except errors.ClusterError:
-            self._core.forget(task_id=task_id, on_result=future._callback)
+            self._core.forget(task_id=task_id, on_result=future._deliver)
             self._settled(future)
             raise
         return future
@@ -169,11 +169,15 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
                 f"the controller did not answer {mtype!r} within {timeout:g} s"
             ) from None
 
+    @property
+    def _closed(self) -> bool:
+        return self._outbox.closed
+
     def _send(self, frames: list) -> None:
-        with self._pipe_lock:
-            if self._closed:
-                raise errors.NoController("this client is closed")
-            send_frames(self._pipe_in, frames, 0)
+        try:
+            self._outbox.put(frames)
+        except Closed:
+            raise errors.NoController("this client is closed") from None
 
     def _io_main(self) -> None:
         dealer = self._dealer  # made (and connected) in __init__, used only here from now on
@@ -202,7 +206,7 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
                     probed = now
                     _, frames = self._core.request("connect", {}, lambda ok, value: None)
                     send_frames(dealer, frames)
-                if pipe in events and not forward_waiting(pipe, dealer, self._core.max_message_size):
+                if pipe in events and not forward_waiting(self._outbox, pipe, dealer, self._core.max_message_size):
                     break  # (what came before the close was sent)
                 if dealer in events:
                     while True:
@@ -231,15 +235,9 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
     def _close(self, wait_for_callbacks: bool) -> None:
         with self._pending_lock:
             self._shutdown = True
-        with self._pipe_lock:
-            closing = not self._closed
-            if closing:
-                self._pipe_in.send_multipart([b"close"])
-                self._closed = True
-        if closing:
+        if self._outbox.close():
             self._thread.join(5.0)
-            with self._pipe_lock:
-                self._pipe_in.close(0)
+            self._outbox.release()
             self._context.term()
             self._core.fail_all(errors.NoController("client closed"))
         self._callbacks.stop(wait=wait_for_callbacks)

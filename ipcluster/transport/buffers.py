@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any, Sequence
+from types import FunctionType
+from typing import Any, Mapping, Optional, Sequence
 
 import cloudpickle
 
@@ -71,18 +72,39 @@ def _wrapped(obj: Any, depth: int = WRAP_DEPTH) -> Any:
 
 
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, with ``memoryview`` as a pickle buffer."""
+    """cloudpickle, with ``memoryview`` as a pickle buffer, and functions already pickled
+    (``known``: function -> its cloudpickle) put in as those pickles."""
+
+    known: Mapping = {}
 
     def reducer_override(self, obj: Any):
-        if type(obj) is memoryview:
+        kind = type(obj)
+        if kind is memoryview:
             if obj.nbytes >= THRESHOLD and obj.contiguous:
                 return _rebuild_memoryview, (pickle.PickleBuffer(obj),)
             return _rebuild_memoryview, (obj.tobytes(),)
+        if kind is FunctionType and obj in self.known:
+            return pickle.loads, (self.known[obj],)
         return super().reducer_override(obj)
 
 
-def dumps(obj: Any) -> tuple[bytes, list]:
-    """``(pickle, buffers)``: protocol 5, large buffers out of band (as memoryviews, not copies)."""
+def dumps(obj: Any, known: Optional[Mapping] = None) -> tuple[bytes, list]:
+    """``(pickle, buffers)``: protocol 5, large buffers out of band (as memoryviews, not copies).
+
+    ``known`` maps functions to their own cloudpickles (made by the caller, who knows they
+    are still what pickling the function would give): each is put in as it is, not pickled
+    again -- unless a function pickled by value shares its globals (cloudpickle gives such
+    functions one globals dict on the other side), then ``obj`` is pickled as usual.
+    """
+    if known:
+        payload, buffers, pickler = _dump(obj, known)
+        if not any(id(fn.__globals__) in pickler.globals_ref for fn in known):
+            return payload, buffers
+    payload, buffers, _ = _dump(obj, None)
+    return payload, buffers
+
+
+def _dump(obj: Any, known: Optional[Mapping]) -> tuple[bytes, list, _Pickler]:
     buffers: list = []
 
     def out_of_band(buf: pickle.PickleBuffer) -> bool:
@@ -94,8 +116,10 @@ def dumps(obj: Any) -> tuple[bytes, list]:
 
     out = io.BytesIO()
     pickler = _Pickler(out, protocol=5, buffer_callback=_guarded(out_of_band))
+    if known:
+        pickler.known = known
     pickler.dump(_wrapped(obj))
-    return out.getvalue(), buffers
+    return out.getvalue(), buffers, pickler
 
 
 def _guarded(callback):
