@@ -237,6 +237,12 @@ class _Twistd(service.MultiService):
         self.nodaemon = nodaemon
         controller.setServiceParent(self)
 
+    def startService(self) -> None:
+        super().startService()
+        from ipcluster import gctune
+
+        gctune.tune()  # the twistd process is ours alone: its collector runs less often
+
     def privilegedStartService(self) -> None:
         from ipcluster.controller.sockets import CannotListen
 
