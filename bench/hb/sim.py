@@ -8,6 +8,13 @@ derived from the reply's nonce) and one DEALER on the control socket.  A single
 ``pong {beat, instance, queued}``, the ``beat`` verb answered, others refused.  No task
 socket: a simulated engine takes no tasks.
 
+``--heart-only K``: the last K engines of the helper keep only their heart after registering
+(no control DEALER; their ids are ``<prefix>h<k>``).  The controller then hears nothing on
+their control channel: it reports them ``busy`` (heart answers, interpreter silent), never
+dead, and its control pings to them are refused by the ROUTER (peer not connected).  This is
+how ``--engines 10000`` fits the controller's 20,000 open files (2 per full engine, 1 per
+heart-only one): ``hb/scale.py`` makes just enough of them heart-only.
+
 ``--go`` makes the helper build nothing until a line arrives on stdin (the registration storm
 releases every helper at once); ``--in-flight K`` keeps at most K registrations outstanding.
 It prints ``READY <n>`` once every engine is registered and its heart runs, answers pings until
@@ -33,7 +40,7 @@ SERVE_BATCH = 0.005
 class Hearts:
     """The simulated engines of one helper process."""
 
-    def __init__(self, n: int, connection_file: str, prefix: str) -> None:
+    def __init__(self, n: int, connection_file: str, prefix: str, heart_only: int = 0) -> None:
         import zmq
 
         from ipcluster import connection
@@ -41,6 +48,8 @@ class Hearts:
 
         self.zmq = zmq
         self.n, self.prefix = n, prefix
+        #: Engines from this index on keep only their heart after registering.
+        self.full = n - max(0, min(n, heart_only))
         self.info = connection.read(connection_file)
         self.codec = Codec(self.info.key)
         self.ctx = zmq.Context()
@@ -52,7 +61,8 @@ class Hearts:
         self.engines: list = []  # (heart, control socket)
         self.controls: dict = {}  # control socket -> (instance, session)
         self.next_engine = 0
-        self.counters = {"engines": n, "pings": 0, "pongs": 0, "commands": 0, "unknown": 0, "bad": 0,
+        self.counters = {"engines": n, "heart_only": n - self.full, "pings": 0, "pongs": 0, "commands": 0,
+                         "unknown": 0, "bad": 0,
                          "rejected": 0, "go": None, "first_reply": None, "last_reply": None}
 
     def register_more(self, in_flight: int) -> None:
@@ -61,7 +71,8 @@ class Hearts:
 
         zmq = self.zmq
         while self.next_engine < self.n and len(self.pending) < in_flight:
-            engine_id = f"{self.prefix}{self.next_engine}"
+            k = self.next_engine
+            engine_id = f"{self.prefix}{k}" if k < self.full else f"{self.prefix}h{k}"
             self.next_engine += 1
             instance = uuid.uuid4().hex
             reg = self.ctx.socket(zmq.DEALER)
@@ -99,6 +110,12 @@ class Hearts:
         token = engine_token(self.info.key, msg["nonce"], instance)
         heart = Heart(self.ctx, self.info.address("heartbeat"), token, lambda sock: configure_client(sock, self.info))
         heart.start()
+        self.poller.unregister(reg)
+        reg.close(0)
+        del self.pending[reg]
+        if engine_id[len(self.prefix)] == "h":  # heart-only: no control channel
+            self.engines.append((heart, None))
+            return
         ctl = self.ctx.socket(zmq.DEALER)
         ctl.setsockopt(zmq.IDENTITY, token)
         ctl.setsockopt(zmq.LINGER, 0)
@@ -107,9 +124,6 @@ class Hearts:
         self.engines.append((heart, ctl))
         self.controls[ctl] = (instance, token.decode())
         self.poller.register(ctl, zmq.POLLIN)
-        self.poller.unregister(reg)
-        reg.close(0)
-        del self.pending[reg]
 
     def on_control(self, ctl) -> None:
         """Engine._on_control for one simulated engine: answer what is waiting."""
@@ -149,13 +163,14 @@ class Hearts:
         all_stopped = True
         for heart, ctl in self.engines:
             all_stopped = heart.stop() and all_stopped
-            ctl.close(0)
+            if ctl is not None:
+                ctl.close(0)
         if all_stopped:  # a heart thread still running would make term() wait for its sockets
             self.ctx.term()
 
 
 def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: float, max_seconds: float,
-               go: bool = False, in_flight: int = 0) -> int:
+               go: bool = False, in_flight: int = 0, heart_only: int = 0) -> int:
     """Register ``n`` engines like engine.py does, give each a Heart, answer control pings."""
     stop = [False]
 
@@ -165,7 +180,7 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     parent = os.getppid()
-    hearts = Hearts(n, connection_file, prefix)
+    hearts = Hearts(n, connection_file, prefix, heart_only)
     in_flight = in_flight or n
     try:
         if go:
