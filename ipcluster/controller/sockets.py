@@ -90,12 +90,16 @@ class ControllerSockets:
 
         return send
 
-    def drainer(self, *channels: str) -> Callable[[], None]:
-        def drain() -> None:
+    def drainer(self, *channels: str, limit: int = 10_000) -> Callable[[], bool]:
+        """A function that reads up to ``limit`` waiting messages from each channel's socket;
+        it returns False if some socket still has more."""
+        def drain() -> bool:
+            done = True
             for channel in channels:
                 sock = self.sockets.get(channel)
                 if sock is not None:
-                    sock.drain()
+                    done = sock.drain(limit) and done
+            return done
 
         return drain
 

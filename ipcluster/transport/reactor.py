@@ -131,10 +131,13 @@ class RouterSocket(ZmqConnection):
         if self.on_oversize is not None:
             self.on_oversize(message)
 
-    def drain(self, limit: int = 10_000) -> None:
-        """Read what is waiting now (bounded), e.g. pongs before judging liveness."""
-        if self.factory is not None:
-            self.doRead(limit)
+    def drain(self, limit: int = 10_000) -> bool:
+        """Read what is waiting now, at most ``limit`` messages (e.g. pongs before judging
+        liveness); False if more still waits."""
+        if self.factory is None:
+            return True
+        self.doRead(limit)
+        return self.factory is None or not readable(self.socket)
 
     def send_frames(self, frames: Sequence[bytes]) -> bool:
         """Send one message; False if the peer is not connected or its queue is full."""
