@@ -95,7 +95,7 @@ class Controller(service.MultiService):
             reactor,
             self.registry,
             self.pings,
-            send_heart=lambda identity, ping: send("heartbeat")([identity, ping]),
+            send_heart=self.sockets.pair_sender("heartbeat"),
             send_control_ping=functools.partial(send_control_ping, self.codec, send("control")),
             period=config.heartbeat_period,
             misses=config.heartbeat_misses,

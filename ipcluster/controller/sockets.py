@@ -90,6 +90,15 @@ class ControllerSockets:
 
         return send
 
+    def pair_sender(self, channel: str) -> Callable[[bytes, bytes], bool]:
+        """``send(first, second)``: a two-frame message on the short path (the heart pings:
+        20,000 a second at 10,000 engines), straight to the socket."""
+        def send(first: bytes, second: bytes) -> bool:
+            sock = self.sockets.get(channel)
+            return sock.send_frames((first, second)) if sock is not None else False
+
+        return send
+
     def drainer(self, *channels: str, limit: int = 10_000) -> Callable[[], bool]:
         """A function that reads up to ``limit`` waiting messages from each channel's socket;
         it returns False if some socket still has more."""
