@@ -139,7 +139,7 @@ def scale_level(root: Path, n: int, procs: int, window: float, warmup: float, hu
         log_start = ctl.log_size()
         if heart_only is None:
             heart_only = heart_only_needed(n, hung)
-        helpers = spawn_helpers(ctl, n, procs, extra=["--in-flight", in_flight], heart_only=heart_only)
+        helpers = spawn_helpers(ctl, n, procs, extra=["--in-flight", in_flight, "--register-timeout", 2 * BOUND], heart_only=heart_only)
         await_line(helpers, "READY", bound=5 * BOUND)
         real = start_hung(ctl, hung)
         wait_for(lambda: count_up(ctl, n + hung), 2 * BOUND, f"{n + hung} engines to be up", interval=1.0)

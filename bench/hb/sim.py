@@ -35,6 +35,8 @@ import uuid
 #: Seconds the loop sleeps after serving what was ready: batches the control pings of many
 #: engines into one wake-up (a control pong may be this late; judging allows 1.5 s).
 SERVE_BATCH = 0.005
+#: Seconds a registration attempt waits for its answer before a new attempt replaces it.
+ATTEMPT_TIMEOUT = 5.0
 
 
 class Hearts:
@@ -62,28 +64,43 @@ class Hearts:
         self.controls: dict = {}  # control socket -> (instance, session)
         self.next_engine = 0
         self.counters = {"engines": n, "heart_only": n - self.full, "pings": 0, "pongs": 0, "commands": 0,
-                         "unknown": 0, "bad": 0,
+                         "unknown": 0, "bad": 0, "retries": 0,
                          "rejected": 0, "go": None, "first_reply": None, "last_reply": None}
 
     def register_more(self, in_flight: int) -> None:
         """Send ``register`` for the next engines, keeping at most ``in_flight`` outstanding."""
-        from ipcluster.transport.security import configure_client
-
-        zmq = self.zmq
         while self.next_engine < self.n and len(self.pending) < in_flight:
             k = self.next_engine
             engine_id = f"{self.prefix}{k}" if k < self.full else f"{self.prefix}h{k}"
             self.next_engine += 1
-            instance = uuid.uuid4().hex
-            reg = self.ctx.socket(zmq.DEALER)
-            reg.setsockopt(zmq.LINGER, 0)
-            configure_client(reg, self.info)
-            reg.connect(self.info.address("registration"))
-            request = self.codec.new_id()
-            about = {"engine": engine_id, "instance": instance, "host": self.host, "pid": self.pid}
-            reg.send_multipart(self.codec.encode("register", about, msg_id=request))
-            self.pending[reg] = (engine_id, instance, request)
-            self.poller.register(reg, zmq.POLLIN)
+            self.attempt(engine_id, uuid.uuid4().hex)
+
+    def attempt(self, engine_id: str, instance: str) -> None:
+        """One registration attempt: a new DEALER on the registration socket sends ``register``."""
+        from ipcluster.transport.security import configure_client
+
+        zmq = self.zmq
+        reg = self.ctx.socket(zmq.DEALER)
+        reg.setsockopt(zmq.LINGER, 0)
+        configure_client(reg, self.info)
+        reg.connect(self.info.address("registration"))
+        request = self.codec.new_id()
+        about = {"engine": engine_id, "instance": instance, "host": self.host, "pid": self.pid}
+        reg.send_multipart(self.codec.encode("register", about, msg_id=request))
+        self.pending[reg] = (engine_id, instance, request, time.monotonic())
+        self.poller.register(reg, zmq.POLLIN)
+
+    def retry_stale(self) -> None:
+        """Like a real engine, give up on an attempt unanswered for ATTEMPT_TIMEOUT s and try again
+        (a connection whose handshake failed under load is never answered)."""
+        now = time.monotonic()
+        for reg, (engine_id, instance, _, sent) in list(self.pending.items()):
+            if now - sent > ATTEMPT_TIMEOUT:
+                self.poller.unregister(reg)
+                reg.close(0)
+                del self.pending[reg]
+                self.counters["retries"] += 1
+                self.attempt(engine_id, instance)
 
     def on_registration(self, reg) -> None:
         """The reply to one ``register``; then the engine's heart and control DEALER."""
@@ -92,7 +109,7 @@ class Hearts:
         from ipcluster.transport.wire import BadMessage
 
         zmq = self.zmq
-        engine_id, instance, request = self.pending[reg]
+        engine_id, instance, request, _ = self.pending[reg]
         try:
             msg = self.codec.decode(reg.recv_multipart(zmq.NOBLOCK))
         except (BadMessage, zmq.Again):
@@ -216,6 +233,8 @@ def serve(hearts: Hearts, stop: list, parent: int, register_timeout: float, max_
                     return 1
             elif sock in hearts.controls:
                 hearts.on_control(sock)
+        if hearts.pending:
+            hearts.retry_stale()
         if hearts.next_engine < hearts.n:
             hearts.register_more(in_flight)
         elif not hearts.pending and not ready:
