@@ -33,7 +33,8 @@ Control pings are paced by the number of engines: a quiet channel is pinged
 once it has been quiet for ``busy_after - 1.5 periods``, or for
 ``engines / control_ping_rate`` seconds if that is longer (at most
 :data:`CONTROL_QUIET_MAX`, below the engines' own silence limit), and the busy
-threshold grows with it (:attr:`HeartMonitor.busy_after_now`), so that at
+threshold grows twice as much (:attr:`HeartMonitor.busy_after_now`: 4 s at
+10,000 engines and the default period, where a lone engine's is 1.5 s), so that at
 10,000 engines the controller sends about ``control_ping_rate`` signed control
 pings a second instead of one per engine per second.  A control ping the
 socket refuses (the engine's control channel is not connected) holds the next
@@ -172,7 +173,10 @@ class HeartMonitor:
         quiet = max(self._base_quiet, paced)
         if quiet != self._control_quiet:
             self._control_quiet = quiet
-            self.busy_after_now = max(self.busy_after, quiet + 1.5 * self.period)
+            # The control round trip gets more room too (as much again as the pings were spaced out):
+            # at scale a late control pong is the controller's or the engines' load, and every false
+            # busy costs an alive-again event (the scheduler's refill) when the pong comes.
+            self.busy_after_now = self.busy_after + 2 * (quiet - self._base_quiet)
             self.log.info(
                 "{n} engines: control pings after {quiet:.2f} s of quiet, busy after {busy:.2f} s",
                 n=n, quiet=quiet, busy=self.busy_after_now,
