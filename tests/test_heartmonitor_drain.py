@@ -46,7 +46,7 @@ class DrainTests(SynchronousTestCase):
         self.monitor.control_seen(record)  # its pong comes back at once
         return True
 
-    def drain(self):
+    def drain(self, since=None):
         """Read up to ``per_drain`` waiting pongs; False if some still wait."""
         self.drains.append(self.clock.seconds())
         n = len(self.waiting) if self.per_drain is None else self.per_drain
@@ -92,7 +92,7 @@ class DrainTests(SynchronousTestCase):
         """The control: judging after one bounded read would count misses on pongs still unread."""
         records = self.engines(300)
         self.per_drain = 40
-        self.monitor.drain = lambda: (self.drain(), None)[1]  # a drain that does not say more waits
+        self.monitor.drain = lambda since: (self.drain(), None)[1]  # a drain that does not say more waits
         self.turns(10 * PERIOD)
         self.assertIn(DEAD, {r.state for r in records})
 
@@ -100,7 +100,7 @@ class DrainTests(SynchronousTestCase):
         """A flood: the slice gives up waiting at half a period and judges nobody, but still pings."""
         records = self.engines(2)
         self.turns(2 * PERIOD)
-        self.monitor.drain = lambda: (self.drains.append(self.clock.seconds()), False)[1]
+        self.monitor.drain = lambda since: (self.drains.append(self.clock.seconds()), False)[1]
         self.drains = []
         sent = len(self.waiting)
         self.turns(2 * PERIOD)
@@ -132,7 +132,7 @@ class DrainTests(SynchronousTestCase):
     def test_a_failing_slice_still_moves_on(self):
         self.engines(300)
         self.turns(PERIOD)
-        self.monitor.drain = lambda: 1 / 0
+        self.monitor.drain = lambda since: 1 / 0
         self.turns(PERIOD)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 3, "one failure a slice, no spin")
 

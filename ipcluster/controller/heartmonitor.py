@@ -19,10 +19,13 @@ a period ago, then pinged again:
   first pong, and is purged if none comes within ``registration_timeout``.
 
 A slice first reads what waits on the heartbeat and control sockets
-(``drain``), a bounded amount (:data:`DRAIN_BATCH` messages a socket): if more
-still waits, it judges nobody yet and runs again a turn later (:data:`DRAIN_YIELD`), so
-one turn never reads thousands of pongs, and nobody is judged while a pong
-that could prove them alive sits unread.  A slice that runs late (the reactor
+(``drain``), a bounded amount (:data:`DRAIN_BATCH` messages a socket): if what
+arrived before the slice was due may still wait (no read has found the socket
+empty since then), it judges nobody yet and runs again a turn later
+(:data:`DRAIN_YIELD`), so one turn never reads thousands of pongs, and nobody is
+judged while a pong that could prove them alive sits unread.  (Messages that
+arrive after the slice was due need not be read: on an idle reactor they
+would be too late as well.)  A slice that runs late (the reactor
 was blocked, or the drain did not empty the sockets, for more than half a
 period) judges nobody in it: the pongs that prove them alive may still sit
 unread.  An engine whose last ping went out less than half a period ago is not
@@ -91,7 +94,7 @@ class HeartMonitor:
         misses: int = DEFAULT_MISSES,
         busy_after: Optional[float] = None,
         registration_timeout: float = 10.0,
-        drain: Optional[Callable[[], Optional[bool]]] = None,
+        drain: Optional[Callable[[float], Optional[bool]]] = None,
         slice_size: int = DEFAULT_SLICE_SIZE,
         control_ping_rate: float = CONTROL_PING_RATE,
     ) -> None:
@@ -118,7 +121,8 @@ class HeartMonitor:
         self.busy_after_now = self.busy_after
         self.control_ping_rate = control_ping_rate
         self.registration_timeout = registration_timeout
-        #: ``drain()`` reads (a bounded amount of) what waits; False if more still waits.
+        #: ``drain(since)`` reads (a bounded amount of) what waits; False if messages that arrived
+        #: before ``since`` (the slice's due time) may still wait unread.
         self.drain = drain
         #: Slices put off to the next reactor turn because pongs still waited unread.
         self.drain_waits = 0
@@ -217,7 +221,7 @@ class HeartMonitor:
         k = self._next_slice
         late = now - self._due(k) > self.period / 2
         # Read pongs and control traffic that arrived while we were busy before judging anyone.
-        if self.drain is not None and self.drain() is False and not late:
+        if self.drain is not None and self.drain(self._due(k)) is False and not late:
             return False
         self._next_slice += 1
         if late:

@@ -99,15 +99,16 @@ class ControllerSockets:
 
         return send
 
-    def drainer(self, *channels: str, limit: int = 10_000) -> Callable[[], bool]:
-        """A function that reads up to ``limit`` waiting messages from each channel's socket;
-        it returns False if some socket still has more."""
-        def drain() -> bool:
+    def drainer(self, *channels: str, limit: int = 10_000) -> Callable[..., bool]:
+        """``drain(since=None)``: read up to ``limit`` waiting messages from each channel's
+        socket; False if some socket still holds messages that arrived before ``since``
+        (reactor time; None: now)."""
+        def drain(since: Optional[float] = None) -> bool:
             done = True
             for channel in channels:
                 sock = self.sockets.get(channel)
                 if sock is not None:
-                    done = sock.drain(limit) and done
+                    done = sock.drain(limit, since) and done
             return done
 
         return drain
