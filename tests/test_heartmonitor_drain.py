@@ -189,3 +189,30 @@ class DrainTests(SynchronousTestCase):
         self.refuse_control = set()  # it connects: it is alive again
         self.turns(CONTROL_QUIET_MAX + 2 * PERIOD)
         self.assertEqual(records[0].state, ALIVE)
+
+    def test_an_engine_is_not_blamed_for_a_control_ping_sent_late(self):
+        """Quiet for longer than busy_after because the controller did not ask: not busy; once
+        asked and silent for the round trip's room, busy."""
+        records = self.engines(2)
+        self.turns(4 * PERIOD)
+        quiet = records[0]
+        asked = []
+
+        def send_control(record, beat):
+            if record is quiet:
+                asked.append(self.clock.seconds())
+                return True  # sent, never answered
+            return self.send_control(record, beat)
+
+        quiet.control_ping_due = 1e9  # the controller asks nothing (as when its slices fall behind)
+        self.turns(8 * PERIOD)
+        self.assertGreater(self.clock.seconds() - quiet.last_control_at, 2 * self.monitor.busy_after)
+        self.assertEqual(quiet.state, ALIVE, "never asked since it spoke: not busy")
+        self.monitor.send_control_ping = send_control
+        quiet.control_ping_due = 0.0
+        self.turns(PERIOD)
+        self.assertEqual(quiet.state, ALIVE, "asked, but it has not had the room to answer")
+        self.turns(2 * PERIOD)
+        self.assertEqual(quiet.state, BUSY)
+        self.assertGreater(quiet.busy_since, 0)
+        self.assertEqual(records[1].state, ALIVE)

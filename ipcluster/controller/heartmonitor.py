@@ -256,6 +256,9 @@ class HeartMonitor:
     def _control_ping(self, record: EngineRecord, beat: int, now: float) -> None:
         if now < record.control_ping_due:
             return  # its last one was refused: its control channel is not connected
+        asked, last = record.control_asked_at, record.last_control_at
+        if asked is None or (last is not None and asked <= last):
+            record.control_asked_at = now  # the first question since it last spoke
         if self.send_control_ping(record, beat) is False:
             record.control_ping_due = now + CONTROL_QUIET_MAX
 
@@ -286,10 +289,22 @@ class HeartMonitor:
         else:
             record.misses = 0
         last = record.last_control_at if record.last_control_at is not None else record.joined_at
-        if record.state == ALIVE and last is not None and now - last > self.busy_after_now:
+        if record.state == ALIVE and last is not None and now - last > self.busy_after_now and self._unanswered(
+            record, last, now
+        ):
             task = f" running task {record.running_task}" if record.running_task else ""
             self.registry.mark_busy(record, last, f"heart answers, control silent for {now - last:.1f} s{task}")
         return True
+
+    def _unanswered(self, record: EngineRecord, last: float, now: float) -> bool:
+        """Whether a control ping has gone unanswered long enough to call the engine busy.
+
+        On time, the first ping since it spoke goes out ``busy_after - 1.5 periods`` (or its paced
+        quiet) after, so this adds nothing; when slices ran late and the ping went out late, the
+        engine is not blamed for the controller's delay."""
+        asked = record.control_asked_at
+        room = self.busy_after_now - self._control_quiet - self.period
+        return asked is not None and asked > last and now - asked > room
 
     # -- registering engines are pinged at once ------------------------------
 
