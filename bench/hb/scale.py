@@ -2,12 +2,20 @@
 
 The controller runs under ``hb/timed.py`` (every heart-monitor slice and every socket event
 it handles is timed inside it); ``--procs`` helper processes share the N simulated engines
-(``hb/sim.py``: real native Hearts), registering at most ``--in-flight`` at a time each, and
+(``hb/sim.py``: real native Hearts, or with ``--light-hearts`` DEALERs echoed in the helper's
+poll loop), registering at most ``--in-flight`` at a time each, and
 ``--hung`` real engine processes (``ipcluster-engine``) join them.  Once every engine is alive:
 a steady window (controller CPU, its open files, slice hold, heart rtt, false deaths), then
 each real engine in turn is SIGSTOPped at a random phase of the period and timed until the
 controller's log says it is dead (the log is read, not ``engines()``: a 10,000-row table
 polled every 20 ms would load the controller being measured).
+
+Fitting 10,000 under the open-file limit: the controller holds 2 connections per simulated
+engine (heartbeat, control) and RLIMIT_NOFILE is 20,000 here (hard; root cannot raise it), so
+just enough simulated engines (``heart_only_needed``: 359 of 10,000 with 3 real) keep only their
+heart after registering.  The controller hears nothing on their control channel: they are
+``busy`` (not counted as false), never dead; its control pings to them are refused by the
+ROUTER and held off for 2 s each time.
 """
 from __future__ import annotations
 
@@ -130,7 +138,8 @@ def count_up(ctl: Controller, n: int) -> bool:
 
 
 def scale_level(root: Path, n: int, procs: int, window: float, warmup: float, hung: int,
-                period: float, rng: random.Random, in_flight: int, busy_after=None, heart_only=None) -> dict:
+                period: float, rng: random.Random, in_flight: int, busy_after=None, heart_only=None,
+                light: bool = False) -> dict:
     options = ["--busy-after", busy_after] if busy_after else []
     ctl = Controller(root, f"scale-{n}-{busy_after or 'default'}", engines=0, timed=True, options=options).start()
     helpers: list = []
@@ -139,7 +148,8 @@ def scale_level(root: Path, n: int, procs: int, window: float, warmup: float, hu
         log_start = ctl.log_size()
         if heart_only is None:
             heart_only = heart_only_needed(n, hung)
-        helpers = spawn_helpers(ctl, n, procs, extra=["--in-flight", in_flight, "--register-timeout", 2 * BOUND], heart_only=heart_only)
+        extra = ["--in-flight", in_flight, "--register-timeout", 2 * BOUND, *(["--light"] if light else [])]
+        helpers = spawn_helpers(ctl, n, procs, extra=extra, heart_only=heart_only)
         await_line(helpers, "READY", bound=5 * BOUND)
         real = start_hung(ctl, hung)
         wait_for(lambda: count_up(ctl, n + hung), 2 * BOUND, f"{n + hung} engines to be up", interval=1.0)
@@ -151,7 +161,8 @@ def scale_level(root: Path, n: int, procs: int, window: float, warmup: float, hu
                             strict=False, heart_only=is_heart_only)
         res["hung"] = hung_engines(ctl, real, period, rng) if real else None
         res.update(
-            simulated=n, real=hung, heart_only=heart_only, seconds_to_all_alive=ready_s, controller_open_files=fds,
+            simulated=n, real=hung, heart_only=heart_only, light_hearts=light,
+            seconds_to_all_alive=ready_s, controller_open_files=fds,
             false_deaths_whole_run=false_deaths(ctl.log_text(log_start), real),
         )
         counters = stop_helpers(helpers)
