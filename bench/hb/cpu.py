@@ -83,6 +83,14 @@ def changed_since(before: dict, after, busy_ok: bool = False) -> bool:
     return after is None or after["state"] not in ok or after["registered_at"] != before["registered_at"]
 
 
+def window_events(log: str, before: dict, after: dict, heart_only) -> tuple:
+    """The engine events in the window's log (a heart-only engine's busy is expected) and the
+    engines that changed over it."""
+    events = tally(m.group(2) for m in EVENT_RE.finditer(log) if not (m.group(2) == "busy" and heart_only(m.group(1))))
+    changed = [eid for eid, e in before.items() if changed_since(e, after.get(eid), heart_only(eid))]
+    return events, changed
+
+
 def measured(ctl: Controller, helpers: list, window: float, hold) -> tuple:
     """(controller CPU s, wall s, helpers' CPU s) at the window's start and end, and ``hold``'s value."""
     if hold is not None:
@@ -112,8 +120,7 @@ def steady_window(ctl: Controller, helpers: list, n: int, window: float, warmup:
     (c0, c1), (t0, t1), (helper_cpu0, helper_cpu1), held = measured(ctl, helpers, window, hold)
     log = ctl.log_text(log_start)
     after = ctl.engines()
-    events = tally(m.group(2) for m in EVENT_RE.finditer(log) if not (m.group(2) == "busy" and heart_only(m.group(1))))
-    changed = [eid for eid, e in before.items() if changed_since(e, after.get(eid), heart_only(eid))]
+    events, changed = window_events(log, before, after, heart_only)
     rtts = [e["rtt"] for e in after.values() if e["rtt"] is not None]
     cpu = (c1 - c0) / (t1 - t0)
     return {

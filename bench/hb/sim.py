@@ -180,6 +180,15 @@ class Hearts:
         self.controls[ctl] = (instance, token.decode())
         self.poller.register(ctl, zmq.POLLIN)
 
+    def on_ready(self, sock) -> None:
+        """Serve one socket the poller found readable (RuntimeError: a registration was rejected)."""
+        if sock in self.pending:
+            self.on_registration(sock)
+        elif sock in self.hearts:
+            self.hearts[sock].echo()
+        elif sock in self.controls:
+            self.on_control(sock)
+
     def on_control(self, ctl) -> None:
         """Engine._on_control for one simulated engine: answer what is waiting."""
         from ipcluster.transport.wire import BadMessage
@@ -262,17 +271,12 @@ def serve(hearts: Hearts, stop: list, parent: int, register_timeout: float, max_
             print(f"FAILED {len(hearts.pending)} of {hearts.n} registrations unanswered after "
                   f"{register_timeout:g} s", flush=True)
             return 1
-        for sock, _ in hearts.poller.poll(200):
-            if sock in hearts.pending:
-                try:
-                    hearts.on_registration(sock)
-                except RuntimeError as e:
-                    print(f"FAILED {e}", flush=True)
-                    return 1
-            elif sock in hearts.hearts:
-                hearts.hearts[sock].echo()
-            elif sock in hearts.controls:
-                hearts.on_control(sock)
+        try:
+            for sock, _ in hearts.poller.poll(200):
+                hearts.on_ready(sock)
+        except RuntimeError as e:
+            print(f"FAILED {e}", flush=True)
+            return 1
         if hearts.pending:
             hearts.retry_stale()
         if hearts.next_engine < hearts.n:

@@ -224,14 +224,7 @@ class HeartMonitor:
         if self.drain is not None and self.drain(self._due(k)) is False and not late:
             return False
         self._next_slice += 1
-        if late:
-            self.late_ticks += 1
-            if not self._late:
-                self.log.warn(
-                    "heart monitor ran {lag:.2f} s late (reactor busy); not counting misses this period",
-                    lag=now - self._due(k),
-                )
-        self._late = late
+        self._note_late(late, now - self._due(k))
         n = len(self._engines)
         lo, hi = k * n // self._slices, (k + 1) * n // self._slices
         ping = self.pings.ping
@@ -252,6 +245,15 @@ class HeartMonitor:
             ):
                 self._control_ping(record, beat, now)
         return True
+
+    def _note_late(self, late: bool, lag: float) -> None:
+        if late:
+            self.late_ticks += 1
+            if not self._late:
+                self.log.warn(
+                    "heart monitor ran {lag:.2f} s late (reactor busy); not counting misses this period", lag=lag
+                )
+        self._late = late
 
     def _control_ping(self, record: EngineRecord, beat: int, now: float) -> None:
         if now < record.control_ping_due:
