@@ -183,7 +183,7 @@ class DrainTests(SynchronousTestCase):
         self.turns(20 * PERIOD)
         self.assertEqual(records[0].state, BUSY)
         self.assertEqual(records[1].state, ALIVE)
-        gaps = self.control_gaps("e0")
+        gaps = self.control_gaps("e0")[-4:]  # once joined CONTROL_QUIET_MAX ago (before: every beat)
         self.assertTrue(gaps and min(gaps) >= CONTROL_QUIET_MAX, gaps)
         self.assertLessEqual(max(gaps), CONTROL_QUIET_MAX + PERIOD)
         self.refuse_control = set()  # it connects: it is alive again
@@ -216,3 +216,15 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(quiet.state, BUSY)
         self.assertGreater(quiet.busy_since, 0)
         self.assertEqual(records[1].state, ALIVE)
+
+    def test_a_newly_joined_engine_is_asked_every_beat_while_its_control_channel_connects(self):
+        records = self.engines(2)
+        self.refuse_control = {"e0"}
+        self.control = []
+        self.turns(CONTROL_QUIET_MAX - PERIOD)
+        early = [t for t, e in self.control if e == "e0"]
+        self.assertTrue(early and max(self.control_gaps("e0")) <= PERIOD + 0.01, self.control_gaps("e0"))
+        self.refuse_control = set()  # connected 1.5 s after joining: heard at the next beat
+        self.turns(2 * PERIOD)
+        self.assertEqual(records[0].state, ALIVE)
+        self.assertGreater(records[0].last_control_at, early[-1])

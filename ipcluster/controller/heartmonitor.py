@@ -41,7 +41,7 @@ threshold grows twice as much (:attr:`HeartMonitor.busy_after_now`: 4 s at
 10,000 engines the controller sends about ``control_ping_rate`` signed control
 pings a second instead of one per engine per second.  A control ping the
 socket refuses (the engine's control channel is not connected) holds the next
-one off for :data:`CONTROL_QUIET_MAX`.  Time comes only from the injected
+one off for :data:`CONTROL_QUIET_MAX`, once the engine has been joined that long.  Time comes only from the injected
 clock, so all of this is tested with ``twisted.internet.task.Clock``.
 """
 from __future__ import annotations
@@ -261,7 +261,9 @@ class HeartMonitor:
         asked, last = record.control_asked_at, record.last_control_at
         if asked is None or (last is not None and asked <= last):
             record.control_asked_at = now  # the first question since it last spoke
-        if self.send_control_ping(record, beat) is False:
+        refused = self.send_control_ping(record, beat) is False
+        if refused and record.joined_at is not None and now - record.joined_at > CONTROL_QUIET_MAX:
+            # (A newly joined engine's control channel may still be connecting: it is asked every beat.)
             record.control_ping_due = now + CONTROL_QUIET_MAX
 
     def _judge(self, record: EngineRecord, now: float) -> bool:
