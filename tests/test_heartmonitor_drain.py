@@ -183,7 +183,7 @@ class DrainTests(SynchronousTestCase):
         self.turns(20 * PERIOD)
         self.assertEqual(records[0].state, BUSY)
         self.assertEqual(records[1].state, ALIVE)
-        gaps = self.control_gaps("e0")[-4:]  # once joined CONTROL_QUIET_MAX ago (before: every beat)
+        gaps = self.control_gaps("e0")[-3:]  # once joined CONTROL_QUIET_MAX ago (before: every beat)
         self.assertTrue(gaps and min(gaps) >= CONTROL_QUIET_MAX, gaps)
         self.assertLessEqual(max(gaps), CONTROL_QUIET_MAX + PERIOD)
         self.refuse_control = set()  # it connects: it is alive again
