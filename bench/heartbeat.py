@@ -127,6 +127,15 @@ def parse_args(argv=None):
     p.add_argument("--hung", type=int, default=3, help="scale mode: real engines SIGSTOPped in turn (default 3)")
     p.add_argument("--in-flight", type=int, default=None,
                    help="scale mode: registrations each helper keeps outstanding (default 100)")
+    p.add_argument("--heart-only", type=int, default=None, metavar="K",
+                   help="scale mode: K of the simulated engines keep only their heart connection after registering "
+                   "(they show busy, never dead); default: just enough to fit the controller's open-file limit")
+    p.add_argument("--light-hearts", action="store_true",
+                   help="scale mode: simulated hearts echo in their helper's poll loop instead of one native Heart "
+                   "thread each (same wire behaviour; 10,000 heart threads starve a 2-core machine)")
+    p.add_argument("--light", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--profile", metavar="PATH", default=None,
+                   help="scale mode: cProfile the controller over the steady window into PATH (slows it down)")
     p.add_argument("--busy-after", type=float, default=None, metavar="S",
                    help="scale mode: the controller's --busy-after (default: its own, 3 periods, at least 1 s)")
     p.add_argument("--storm", type=int, default=None, metavar="N",
@@ -163,7 +172,7 @@ def scale_modes(args, res: dict, root: Path, rng: random.Random, period: float) 
             try:
                 res.setdefault("scale", []).append(
                     scale_level(root / f"run{run}", n, procs, args.cpu_window, args.cpu_warmup, args.hung, period,
-                                rng, args.in_flight or 100, args.busy_after))
+                                rng, args.in_flight or 100, args.busy_after, args.heart_only, args.light_hearts))
             except (RuntimeError, TimeoutError) as e:  # one level failing is a figure, not the end of the run
                 print(f"scale: {n} engines failed: {e}", file=sys.stderr, flush=True)
                 res.setdefault("scale_failed", []).append({"engines": n, "busy_after": args.busy_after,
@@ -222,7 +231,7 @@ def helper(args) -> int:
         sys.exit("--hearts needs --connection-file")
     prefix = args.id_prefix or f"sim-{os.getpid()}-"
     return run_hearts(args.hearts, args.connection_file, prefix, args.register_timeout, args.max_seconds,
-                      go=args.go, in_flight=args.in_flight or 0)
+                      go=args.go, in_flight=args.in_flight or 0, heart_only=args.heart_only or 0, light=args.light)
 
 
 def main(argv=None) -> int:
@@ -240,6 +249,8 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
+    if args.profile:
+        os.environ["HB_PROFILE"] = str(Path(args.profile).resolve())  # read by hb/timed.py in the controller
     started = time.monotonic()
     res: dict = {
         "environment": environment(),

@@ -31,7 +31,7 @@ class HeartMonitorTests(SynchronousTestCase):
         return HeartMonitor(
             self.clock, self.registry, self.pings, self.send_heart,
             lambda record, beat: self.control_pings.append((record.id, beat)),
-            drain=lambda: self.drain and self.drain(),
+            drain=lambda since: self.drain and self.drain(),
             **kwargs
         )
 

@@ -90,7 +90,7 @@ class SlicedMonitorTests(SynchronousTestCase):
             self.assertAlmostEqual(b - a, PERIOD / 10)
 
     def test_slices_are_bounded(self):
-        self.engines(10 * MAX_SLICES * 100 // 64)  # 1,000 engines: 10 slices; 10,000 would be 64
+        self.engines(ENGINES)  # 1,000 engines: 10 slices of 100; 10,000 would be 100
         self.assertEqual(self.monitor._slices, 10)
         self.monitor.slice_size = 1
         self.step(PERIOD)

@@ -201,6 +201,25 @@ class RouterSocketTests(SynchronousTestCase):
         self.assertEqual(len(self.handled), COUNT)
         self.assertEqual(self.router.batches_cut, 0)
 
+    def test_bounded_drain_says_whether_what_came_before_since_is_read(self):
+        """The heart monitor's rule: a drain cut by its limit says more waits, until a read has
+        found the socket empty at or after the slice's due time."""
+        self.use_inproc()
+        self.push(50)
+        self.clock.advance(1.0)
+        due = self.clock.seconds()
+        self.assertFalse(self.router.drain(20, since=due), "30 still wait")
+        self.assertEqual(len(self.handled), 20)
+        self.assertTrue(self.router.drain(40, since=due))
+        self.assertEqual(len(self.handled), 50)
+        self.push(5)  # arrive after the socket was found empty at the due time
+        self.assertTrue(self.router.drain(2, since=due), "what came after the due time need not be read")
+        self.clock.advance(1.0)  # the read the cut drain scheduled finds it empty
+        self.push(5)
+        self.clock.advance(0.5)
+        self.assertFalse(self.router.drain(1, since=self.clock.seconds()), "these came before: 4 wait")
+        self.assertTrue(self.router.drain(10, since=self.clock.seconds()))
+
     def test_closed_socket(self):
         self.close_factory()
         self.assertFalse(self.router.send_frames([b"dealer-1", b"x"]))

@@ -16,15 +16,18 @@ EVENT_RE = re.compile(r"engine (\S+) (dead|purged|busy|registering|left|alive ag
 LATE_RE = re.compile(r"heart monitor ran [0-9.]+ s late")
 
 
-def spawn_helpers(ctl: Controller, n: int, procs: int, extra=(), stdin=None) -> list:
-    """``procs`` helper processes (``heartbeat.py --hearts``) sharing ``n`` simulated engines."""
+def spawn_helpers(ctl: Controller, n: int, procs: int, extra=(), stdin=None, heart_only: int = 0) -> list:
+    """``procs`` helper processes (``heartbeat.py --hearts``) sharing ``n`` simulated engines,
+    ``heart_only`` of them without a control channel (spread like the engines)."""
     helpers = []
-    for p, count in enumerate(helper_split(n, procs) if n else []):
+    counts = helper_split(n, procs) if n else []
+    shares = helper_split(heart_only, len(counts)) if heart_only else [0] * len(counts)
+    for p, count in enumerate(counts):
         err = open(ctl.dir / f"helper-{p}.log", "wb")
         helpers.append(
             PROCS.spawn(
                 [sys.executable, SCRIPT, "--hearts", count, "--connection-file", ctl.connection_file,
-                 "--id-prefix", f"sim{p}-", *extra],
+                 "--id-prefix", f"sim{p}-", *extra, *(["--heart-only", shares[p]] if shares[p] else [])],
                 "helper", stdout=subprocess.PIPE, stderr=err, **({"stdin": stdin} if stdin else {}),
             )
         )
@@ -74,9 +77,18 @@ def tally(values) -> dict:
     return counts
 
 
-def changed_since(before: dict, after) -> bool:
-    """Not alive after the window, or registered again during it."""
-    return after is None or after["state"] != "alive" or after["registered_at"] != before["registered_at"]
+def changed_since(before: dict, after, busy_ok: bool = False) -> bool:
+    """Not alive (nor busy, if ``busy_ok``) after the window, or registered again during it."""
+    ok = ("alive", "busy") if busy_ok else ("alive",)
+    return after is None or after["state"] not in ok or after["registered_at"] != before["registered_at"]
+
+
+def window_events(log: str, before: dict, after: dict, heart_only) -> tuple:
+    """The engine events in the window's log (a heart-only engine's busy is expected) and the
+    engines that changed over it."""
+    events = tally(m.group(2) for m in EVENT_RE.finditer(log) if not (m.group(2) == "busy" and heart_only(m.group(1))))
+    changed = [eid for eid, e in before.items() if changed_since(e, after.get(eid), heart_only(eid))]
+    return events, changed
 
 
 def measured(ctl: Controller, helpers: list, window: float, hold) -> tuple:
@@ -92,7 +104,7 @@ def measured(ctl: Controller, helpers: list, window: float, hold) -> tuple:
 
 
 def steady_window(ctl: Controller, helpers: list, n: int, window: float, warmup: float, hold=None,
-                  strict: bool = True) -> dict:
+                  strict: bool = True, heart_only=lambda engine_id: False) -> dict:
     """Controller CPU, events and heart rtt over ``window`` seconds in which nothing talks to it.
 
     ``hold`` (a callable) is called at the window's start and end (``hold("start")``,
@@ -108,8 +120,7 @@ def steady_window(ctl: Controller, helpers: list, n: int, window: float, warmup:
     (c0, c1), (t0, t1), (helper_cpu0, helper_cpu1), held = measured(ctl, helpers, window, hold)
     log = ctl.log_text(log_start)
     after = ctl.engines()
-    events = tally(m.group(2) for m in EVENT_RE.finditer(log))
-    changed = [eid for eid, e in before.items() if changed_since(e, after.get(eid))]
+    events, changed = window_events(log, before, after, heart_only)
     rtts = [e["rtt"] for e in after.values() if e["rtt"] is not None]
     cpu = (c1 - c0) / (t1 - t0)
     return {

@@ -118,7 +118,9 @@ def print_scale(res: dict) -> None:
                   f"{ms(hold.get('drain', {}).get('max')):>9} {ms(io.get('max')):>8} "
                   f"{ms(rtt.get('median')):>8} {ms(rtt.get('p99')):>8} {r['late_ticks_in_window']:>4} "
                   f"{false.get('dead', 0) + false.get('purged', 0):>4} {false.get('busy', 0):>5} {dead:>22}  {'yes' if r['ok'] else 'NO'}"
-                  + (f"  (--busy-after {r['busy_after']:g})" if r.get("busy_after") else ""))
+                  + (f"  (--busy-after {r['busy_after']:g})" if r.get("busy_after") else "")
+                  + (f"  ({r['heart_only']} heart-only)" if r.get("heart_only") else "")
+                  + ("  (light hearts)" if r.get("light_hearts") else ""))
         print("   (fds: the controller's open files once all are alive; slice: one heart-monitor slice's hold of")
         print("    the reactor in the window (drain, judge, ping), timed inside the controller; >5ms: slices over")
         print("    5 ms; drain: the longest bounded read of waiting pongs (a slice's first step); io: the longest")

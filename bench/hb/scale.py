@@ -2,17 +2,26 @@
 
 The controller runs under ``hb/timed.py`` (every heart-monitor slice and every socket event
 it handles is timed inside it); ``--procs`` helper processes share the N simulated engines
-(``hb/sim.py``: real native Hearts), registering at most ``--in-flight`` at a time each, and
+(``hb/sim.py``: real native Hearts, or with ``--light-hearts`` DEALERs echoed in the helper's
+poll loop), registering at most ``--in-flight`` at a time each, and
 ``--hung`` real engine processes (``ipcluster-engine``) join them.  Once every engine is alive:
 a steady window (controller CPU, its open files, slice hold, heart rtt, false deaths), then
 each real engine in turn is SIGSTOPped at a random phase of the period and timed until the
 controller's log says it is dead (the log is read, not ``engines()``: a 10,000-row table
 polled every 20 ms would load the controller being measured).
+
+Fitting 10,000 under the open-file limit: the controller holds 2 connections per simulated
+engine (heartbeat, control) and RLIMIT_NOFILE is 20,000 here (hard; root cannot raise it), so
+just enough simulated engines (``heart_only_needed``: 359 of 10,000 with 3 real) keep only their
+heart after registering.  The controller hears nothing on their control channel: they are
+``busy`` (not counted as false), never dead; its control pings to them are refused by the
+ROUTER and held off for 2 s each time.
 """
 from __future__ import annotations
 
 import json
 import os
+import resource
 import random
 import re
 import signal
@@ -94,9 +103,30 @@ def start_hung(ctl: Controller, count: int) -> dict:
     return procs
 
 
+#: Ids of the simulated engines that keep only their heart (``hb/sim.py --heart-only``).
+HEART_ONLY_RE = re.compile(r"sim\d+-h\d+")
+#: Open files the controller needs beside its engines' connections (its own sockets, the
+#: bench's client, the log, some spare).
+FD_RESERVE = 350
+
+
+def is_heart_only(engine_id: str) -> bool:
+    return HEART_ONLY_RE.fullmatch(engine_id) is not None
+
+
+def heart_only_needed(n: int, hung: int, limit=None) -> int:
+    """How many of ``n`` simulated engines must drop their control connection for the controller
+    to fit its open-file limit: a full engine costs it 2 files, a heart-only one 1, a real one 3."""
+    limit = limit if limit is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(0, min(n, 2 * n + 3 * hung + FD_RESERVE - limit))
+
+
 def false_deaths(log: str, real: dict) -> dict:
+    """Dead, purged and busy events of engines never stopped (a heart-only engine's busy is expected)."""
     events: dict = {}
     for m in EVENT_RE.finditer(log):
+        if m.group(2) == "busy" and is_heart_only(m.group(1)):
+            continue
         if m.group(1) not in real and m.group(2) in ("dead", "purged", "busy"):
             events[m.group(2)] = events.get(m.group(2), 0) + 1
     return events
@@ -108,14 +138,18 @@ def count_up(ctl: Controller, n: int) -> bool:
 
 
 def scale_level(root: Path, n: int, procs: int, window: float, warmup: float, hung: int,
-                period: float, rng: random.Random, in_flight: int, busy_after=None) -> dict:
+                period: float, rng: random.Random, in_flight: int, busy_after=None, heart_only=None,
+                light: bool = False) -> dict:
     options = ["--busy-after", busy_after] if busy_after else []
     ctl = Controller(root, f"scale-{n}-{busy_after or 'default'}", engines=0, timed=True, options=options).start()
     helpers: list = []
     try:
         started = time.monotonic()
         log_start = ctl.log_size()
-        helpers = spawn_helpers(ctl, n, procs, extra=["--in-flight", in_flight])
+        if heart_only is None:
+            heart_only = heart_only_needed(n, hung)
+        extra = ["--in-flight", in_flight, "--register-timeout", 2 * BOUND, *(["--light"] if light else [])]
+        helpers = spawn_helpers(ctl, n, procs, extra=extra, heart_only=heart_only)
         await_line(helpers, "READY", bound=5 * BOUND)
         real = start_hung(ctl, hung)
         wait_for(lambda: count_up(ctl, n + hung), 2 * BOUND, f"{n + hung} engines to be up", interval=1.0)
@@ -124,10 +158,11 @@ def scale_level(root: Path, n: int, procs: int, window: float, warmup: float, hu
 
         fds = psutil.Process(ctl.pid).num_fds()
         res = steady_window(ctl, helpers, n + hung, window, warmup, hold=Hold(ctl) if ctl.timed else None,
-                            strict=False)
+                            strict=False, heart_only=is_heart_only)
         res["hung"] = hung_engines(ctl, real, period, rng) if real else None
         res.update(
-            simulated=n, real=hung, seconds_to_all_alive=ready_s, controller_open_files=fds,
+            simulated=n, real=hung, heart_only=heart_only, light_hearts=light,
+            seconds_to_all_alive=ready_s, controller_open_files=fds,
             false_deaths_whole_run=false_deaths(ctl.log_text(log_start), real),
         )
         counters = stop_helpers(helpers)

@@ -8,6 +8,13 @@ derived from the reply's nonce) and one DEALER on the control socket.  A single
 ``pong {beat, instance, queued}``, the ``beat`` verb answered, others refused.  No task
 socket: a simulated engine takes no tasks.
 
+``--heart-only K``: the last K engines of the helper keep only their heart after registering
+(no control DEALER; their ids are ``<prefix>h<k>``).  The controller then hears nothing on
+their control channel: it reports them ``busy`` (heart answers, interpreter silent), never
+dead, and its control pings to them are refused by the ROUTER (peer not connected).  This is
+how ``--engines 10000`` fits the controller's 20,000 open files (2 per full engine, 1 per
+heart-only one): ``hb/scale.py`` makes just enough of them heart-only.
+
 ``--go`` makes the helper build nothing until a line arrives on stdin (the registration storm
 releases every helper at once); ``--in-flight K`` keeps at most K registrations outstanding.
 It prints ``READY <n>`` once every engine is registered and its heart runs, answers pings until
@@ -28,12 +35,44 @@ import uuid
 #: Seconds the loop sleeps after serving what was ready: batches the control pings of many
 #: engines into one wake-up (a control pong may be this late; judging allows 1.5 s).
 SERVE_BATCH = 0.005
+#: Seconds a registration attempt waits for its answer before a new attempt replaces it.
+ATTEMPT_TIMEOUT = 5.0
+
+
+class LightHeart:
+    """The heart's wire behaviour without its thread: a DEALER (identity = the routing token)
+    on the heartbeat socket whose pings the helper's poll loop sends straight back.  10,000
+    native Hearts are 10,000 threads woken 2 times a second each: on 2 cores they starve the
+    controller being measured; this costs the helper one recv and one send per ping."""
+
+    def __init__(self, ctx, address: str, identity: bytes, configure) -> None:
+        import zmq
+
+        self.zmq = zmq
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, identity)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        configure(self.sock)
+        self.sock.connect(address)
+
+    def echo(self) -> None:
+        zmq = self.zmq
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+
+    def stop(self) -> bool:
+        self.sock.close(0)
+        return True
 
 
 class Hearts:
     """The simulated engines of one helper process."""
 
-    def __init__(self, n: int, connection_file: str, prefix: str) -> None:
+    def __init__(self, n: int, connection_file: str, prefix: str, heart_only: int = 0, light: bool = False) -> None:
         import zmq
 
         from ipcluster import connection
@@ -41,6 +80,11 @@ class Hearts:
 
         self.zmq = zmq
         self.n, self.prefix = n, prefix
+        #: Engines from this index on keep only their heart after registering.
+        self.full = n - max(0, min(n, heart_only))
+        #: Echo the heartbeats in this loop (LightHeart) instead of a native Heart thread each.
+        self.light = light
+        self.hearts: dict = {}  # a LightHeart's socket -> it
         self.info = connection.read(connection_file)
         self.codec = Codec(self.info.key)
         self.ctx = zmq.Context()
@@ -52,27 +96,44 @@ class Hearts:
         self.engines: list = []  # (heart, control socket)
         self.controls: dict = {}  # control socket -> (instance, session)
         self.next_engine = 0
-        self.counters = {"engines": n, "pings": 0, "pongs": 0, "commands": 0, "unknown": 0, "bad": 0,
+        self.counters = {"engines": n, "heart_only": n - self.full, "pings": 0, "pongs": 0, "commands": 0,
+                         "unknown": 0, "bad": 0, "retries": 0,
                          "rejected": 0, "go": None, "first_reply": None, "last_reply": None}
 
     def register_more(self, in_flight: int) -> None:
         """Send ``register`` for the next engines, keeping at most ``in_flight`` outstanding."""
+        while self.next_engine < self.n and len(self.pending) < in_flight:
+            k = self.next_engine
+            engine_id = f"{self.prefix}{k}" if k < self.full else f"{self.prefix}h{k}"
+            self.next_engine += 1
+            self.attempt(engine_id, uuid.uuid4().hex)
+
+    def attempt(self, engine_id: str, instance: str) -> None:
+        """One registration attempt: a new DEALER on the registration socket sends ``register``."""
         from ipcluster.transport.security import configure_client
 
         zmq = self.zmq
-        while self.next_engine < self.n and len(self.pending) < in_flight:
-            engine_id = f"{self.prefix}{self.next_engine}"
-            self.next_engine += 1
-            instance = uuid.uuid4().hex
-            reg = self.ctx.socket(zmq.DEALER)
-            reg.setsockopt(zmq.LINGER, 0)
-            configure_client(reg, self.info)
-            reg.connect(self.info.address("registration"))
-            request = self.codec.new_id()
-            about = {"engine": engine_id, "instance": instance, "host": self.host, "pid": self.pid}
-            reg.send_multipart(self.codec.encode("register", about, msg_id=request))
-            self.pending[reg] = (engine_id, instance, request)
-            self.poller.register(reg, zmq.POLLIN)
+        reg = self.ctx.socket(zmq.DEALER)
+        reg.setsockopt(zmq.LINGER, 0)
+        configure_client(reg, self.info)
+        reg.connect(self.info.address("registration"))
+        request = self.codec.new_id()
+        about = {"engine": engine_id, "instance": instance, "host": self.host, "pid": self.pid}
+        reg.send_multipart(self.codec.encode("register", about, msg_id=request))
+        self.pending[reg] = (engine_id, instance, request, time.monotonic())
+        self.poller.register(reg, zmq.POLLIN)
+
+    def retry_stale(self) -> None:
+        """Like a real engine, give up on an attempt unanswered for ATTEMPT_TIMEOUT s and try again
+        (a connection whose handshake failed under load is never answered)."""
+        now = time.monotonic()
+        for reg, (engine_id, instance, _, sent) in list(self.pending.items()):
+            if now - sent > ATTEMPT_TIMEOUT:
+                self.poller.unregister(reg)
+                reg.close(0)
+                del self.pending[reg]
+                self.counters["retries"] += 1
+                self.attempt(engine_id, instance)
 
     def on_registration(self, reg) -> None:
         """The reply to one ``register``; then the engine's heart and control DEALER."""
@@ -81,7 +142,7 @@ class Hearts:
         from ipcluster.transport.wire import BadMessage
 
         zmq = self.zmq
-        engine_id, instance, request = self.pending[reg]
+        engine_id, instance, request, _ = self.pending[reg]
         try:
             msg = self.codec.decode(reg.recv_multipart(zmq.NOBLOCK))
         except (BadMessage, zmq.Again):
@@ -97,8 +158,19 @@ class Hearts:
         self.counters["first_reply"] = self.counters["first_reply"] or now
         self.counters["last_reply"] = now
         token = engine_token(self.info.key, msg["nonce"], instance)
-        heart = Heart(self.ctx, self.info.address("heartbeat"), token, lambda sock: configure_client(sock, self.info))
-        heart.start()
+        if self.light:
+            heart = LightHeart(self.ctx, self.info.address("heartbeat"), token, lambda sock: configure_client(sock, self.info))
+            self.hearts[heart.sock] = heart
+            self.poller.register(heart.sock, zmq.POLLIN)
+        else:
+            heart = Heart(self.ctx, self.info.address("heartbeat"), token, lambda sock: configure_client(sock, self.info))
+            heart.start()
+        self.poller.unregister(reg)
+        reg.close(0)
+        del self.pending[reg]
+        if engine_id[len(self.prefix)] == "h":  # heart-only: no control channel
+            self.engines.append((heart, None))
+            return
         ctl = self.ctx.socket(zmq.DEALER)
         ctl.setsockopt(zmq.IDENTITY, token)
         ctl.setsockopt(zmq.LINGER, 0)
@@ -107,9 +179,15 @@ class Hearts:
         self.engines.append((heart, ctl))
         self.controls[ctl] = (instance, token.decode())
         self.poller.register(ctl, zmq.POLLIN)
-        self.poller.unregister(reg)
-        reg.close(0)
-        del self.pending[reg]
+
+    def on_ready(self, sock) -> None:
+        """Serve one socket the poller found readable (RuntimeError: a registration was rejected)."""
+        if sock in self.pending:
+            self.on_registration(sock)
+        elif sock in self.hearts:
+            self.hearts[sock].echo()
+        elif sock in self.controls:
+            self.on_control(sock)
 
     def on_control(self, ctl) -> None:
         """Engine._on_control for one simulated engine: answer what is waiting."""
@@ -149,13 +227,14 @@ class Hearts:
         all_stopped = True
         for heart, ctl in self.engines:
             all_stopped = heart.stop() and all_stopped
-            ctl.close(0)
+            if ctl is not None:
+                ctl.close(0)
         if all_stopped:  # a heart thread still running would make term() wait for its sockets
             self.ctx.term()
 
 
 def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: float, max_seconds: float,
-               go: bool = False, in_flight: int = 0) -> int:
+               go: bool = False, in_flight: int = 0, heart_only: int = 0, light: bool = False) -> int:
     """Register ``n`` engines like engine.py does, give each a Heart, answer control pings."""
     stop = [False]
 
@@ -165,7 +244,7 @@ def run_hearts(n: int, connection_file: str, prefix: str, register_timeout: floa
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     parent = os.getppid()
-    hearts = Hearts(n, connection_file, prefix)
+    hearts = Hearts(n, connection_file, prefix, heart_only, light)
     in_flight = in_flight or n
     try:
         if go:
@@ -192,15 +271,14 @@ def serve(hearts: Hearts, stop: list, parent: int, register_timeout: float, max_
             print(f"FAILED {len(hearts.pending)} of {hearts.n} registrations unanswered after "
                   f"{register_timeout:g} s", flush=True)
             return 1
-        for sock, _ in hearts.poller.poll(200):
-            if sock in hearts.pending:
-                try:
-                    hearts.on_registration(sock)
-                except RuntimeError as e:
-                    print(f"FAILED {e}", flush=True)
-                    return 1
-            elif sock in hearts.controls:
-                hearts.on_control(sock)
+        try:
+            for sock, _ in hearts.poller.poll(200):
+                hearts.on_ready(sock)
+        except RuntimeError as e:
+            print(f"FAILED {e}", flush=True)
+            return 1
+        if hearts.pending:
+            hearts.retry_stale()
         if hearts.next_engine < hearts.n:
             hearts.register_more(in_flight)
         elif not hearts.pending and not ready:

@@ -14,6 +14,11 @@ Runs ``twistd`` in this process after wrapping, with ``perf_counter``:
 Each SIGUSR1 writes the durations gathered since the previous one to OUT.json
 (atomically, with a sequence number ``seq``) and starts a new window, so the caller
 brackets exactly the window it measures.  The wrappers cost about a microsecond a call.
+
+With ``HB_PROFILE=PATH`` in the environment (``bench/heartbeat.py --profile PATH``), the
+first SIGUSR1 also starts ``cProfile`` and the second writes its statistics to PATH
+(``python -m pstats PATH``): a profile of exactly the steady window.  It slows the
+controller down, so its figures are not the run's to quote.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from ipcluster.transport import reactor as zmq_reactor
 
 WINDOW: dict = {"slice": [], "drain": [], "join": [], "io": []}
 SEQ = [0]
+PROFILE = os.environ.get("HB_PROFILE")
+PROFILER: list = []
 
 
 def timed(cls, name: str, kind: str) -> None:
@@ -47,7 +54,22 @@ def timed(cls, name: str, kind: str) -> None:
     setattr(cls, name, wrapper)
 
 
+def profile() -> None:
+    """Start the profiler at the window's start, write it out at its end (``HB_PROFILE``)."""
+    if not PROFILER:
+        import cProfile
+
+        PROFILER.append(cProfile.Profile())
+        PROFILER[0].enable()
+    elif PROFILER[0] is not None:
+        PROFILER[0].disable()
+        PROFILER[0].dump_stats(PROFILE)
+        PROFILER[0] = None
+
+
 def dump(signum, frame) -> None:
+    if PROFILE:
+        profile()
     SEQ[0] += 1
     out = {"seq": SEQ[0], **{kind: list(values) for kind, values in WINDOW.items()}}
     for values in WINDOW.values():

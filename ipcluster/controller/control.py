@@ -176,9 +176,10 @@ class EngineControl:
             p.deferred.errback(error)
 
 
-def send_control_ping(codec: Codec, send: Callable[[Sequence[bytes]], bool], record: EngineRecord, beat: int) -> None:
-    """The heart monitor's Python-level ping on an engine's control channel (busy detection)."""
-    send([record.identity, *codec.encode("ping", {"beat": beat}, session=record.session)])
+def send_control_ping(codec: Codec, send: Callable[[Sequence[bytes]], bool], record: EngineRecord, beat: int) -> bool:
+    """The heart monitor's Python-level ping on an engine's control channel (busy detection);
+    False if the socket refused it (the engine's control channel is not connected)."""
+    return send([record.identity, *codec.encode("ping", {"beat": beat}, session=record.session)])
 
 
 class ControlChannel:
@@ -227,8 +228,8 @@ class ControlChannel:
             self.controls[engine_id] = control
         return control
 
-    def send_ping(self, record: EngineRecord, beat: int) -> None:
-        send_control_ping(self.codec, self.send, record, beat)
+    def send_ping(self, record: EngineRecord, beat: int) -> bool:
+        return send_control_ping(self.codec, self.send, record, beat)
 
     def message_received(self, frames: list) -> None:
         received = self.inbox.receive(frames)

@@ -18,13 +18,31 @@ a period ago, then pinged again:
   every :data:`JOIN_RETRY` s until a ping goes out), counts (joins) at its
   first pong, and is purged if none comes within ``registration_timeout``.
 
-A slice that runs late (the reactor was blocked for more than half a period)
-judges nobody in it: the pongs that prove them alive may still sit unread.  An
-engine whose last ping went out less than half a period ago is not judged
-either (the slices moved when engines came and went).  Every engine is thus
-judged at most once per period, and exactly once when nothing runs late.
-Time comes only from the injected clock, so all of this is tested with
-``twisted.internet.task.Clock``.
+A slice first reads what waits on the heartbeat and control sockets
+(``drain``), a bounded amount (:data:`DRAIN_BATCH` messages a socket): if what
+arrived before the slice was due may still wait (no read has found the socket
+empty since then), it judges nobody yet and runs again a turn later
+(:data:`DRAIN_YIELD`), so one turn never reads thousands of pongs, and nobody is
+judged while a pong that could prove them alive sits unread.  (Messages that
+arrive after the slice was due need not be read: on an idle reactor they
+would be too late as well.)  A slice that runs late (the reactor
+was blocked, or the drain did not empty the sockets, for more than half a
+period) judges nobody in it: the pongs that prove them alive may still sit
+unread.  An engine whose last ping went out less than half a period ago is not
+judged either (the slices moved when engines came and went).  Every engine is
+thus judged at most once per period, and exactly once when nothing runs late.
+
+Control pings are paced by the number of engines: a quiet channel is pinged
+once it has been quiet for ``busy_after - 1.5 periods``, or for
+``engines / control_ping_rate`` seconds if that is longer (at most
+:data:`CONTROL_QUIET_MAX`, below the engines' own silence limit), and the busy
+threshold grows twice as much (:attr:`HeartMonitor.busy_after_now`: 4 s at
+10,000 engines and the default period, where a lone engine's is 1.5 s), so that at
+10,000 engines the controller sends about ``control_ping_rate`` signed control
+pings a second instead of one per engine per second.  A control ping the
+socket refuses (the engine's control channel is not connected) holds the next
+one off for :data:`CONTROL_QUIET_MAX`, once the engine has been joined that long.  Time comes only from the injected
+clock, so all of this is tested with ``twisted.internet.task.Clock``.
 """
 from __future__ import annotations
 
@@ -43,7 +61,17 @@ DEFAULT_MISSES = 3
 #: Engines one slice of a period pings, about (fewer slices when there are fewer engines).
 DEFAULT_SLICE_SIZE = 100
 #: Most slices a period is cut into.
-MAX_SLICES = 64
+MAX_SLICES = 128
+#: Messages a slice's drain reads from each socket before it yields to the reactor.
+DRAIN_BATCH = 200
+#: Seconds a slice whose drain left messages waiting yields before it reads on: the reactor's
+#: other work runs meanwhile, and a socket that keeps saying it has more cannot spin the loop.
+DRAIN_YIELD = 0.001
+#: Control pings a second the monitor aims at, all engines together (fewer engines: fewer pings).
+CONTROL_PING_RATE = 4000.0
+#: Longest quiet before a control ping, whatever the pacing (engines hear from the controller
+#: well within their silence limit: 10 periods, at least 5 s, by default).
+CONTROL_QUIET_MAX = 2.0
 #: Seconds between attempts to ping registering engines whose heart is not connected yet
 #: (doubled after each round in which none connected, up to JOIN_RETRY_MAX).
 JOIN_RETRY = 0.002
@@ -61,13 +89,14 @@ class HeartMonitor:
         registry: Registry,
         pings: PingCodec,
         send_heart: Callable[[bytes, bytes], bool],
-        send_control_ping: Callable[[EngineRecord, int], None],
+        send_control_ping: Callable[[EngineRecord, int], Optional[bool]],
         period: float = DEFAULT_PERIOD,
         misses: int = DEFAULT_MISSES,
         busy_after: Optional[float] = None,
         registration_timeout: float = 10.0,
-        drain: Optional[Callable[[], None]] = None,
+        drain: Optional[Callable[[float], Optional[bool]]] = None,
         slice_size: int = DEFAULT_SLICE_SIZE,
+        control_ping_rate: float = CONTROL_PING_RATE,
     ) -> None:
         if period <= 0:
             raise ValueError("heartbeat period must be positive")
@@ -75,6 +104,8 @@ class HeartMonitor:
             raise ValueError("heartbeat misses must be at least 1")
         if slice_size < 1:
             raise ValueError("heartbeat slice size must be at least 1")
+        if control_ping_rate <= 0:
+            raise ValueError("control ping rate must be positive")
         self.clock = clock
         self.registry = registry
         self.pings = pings
@@ -85,9 +116,16 @@ class HeartMonitor:
         self.busy_after = busy_after if busy_after is not None else max(1.0, 3 * period)
         # A control ping is skipped while the channel spoke this recently: the next slice,
         # a period on, still judges it quiet for less than busy_after (with half a period spare).
-        self._control_quiet = self.busy_after - 1.5 * period
+        self._base_quiet = self._control_quiet = self.busy_after - 1.5 * period
+        #: The busy threshold in force: ``busy_after``, or more when control pings are paced out.
+        self.busy_after_now = self.busy_after
+        self.control_ping_rate = control_ping_rate
         self.registration_timeout = registration_timeout
+        #: ``drain(since)`` reads (a bounded amount of) what waits; False if messages that arrived
+        #: before ``since`` (the slice's due time) may still wait unread.
         self.drain = drain
+        #: Slices put off to the next reactor turn because pongs still waited unread.
+        self.drain_waits = 0
         self.slice_size = slice_size
         self.beat = 0
         #: Slices that ran late (and judged nobody); a period's worth counts once in the log.
@@ -131,16 +169,39 @@ class HeartMonitor:
         n = len(self._engines)
         self._slices = min(MAX_SLICES, max(1, -(-n // self.slice_size)))
         self._next_slice = 0
+        self._pace_control(n)
+
+    def _pace_control(self, n: int) -> None:
+        """Space control pings so that ``n`` quiet engines get about ``control_ping_rate`` a second."""
+        paced = min(n / self.control_ping_rate, CONTROL_QUIET_MAX)
+        quiet = max(self._base_quiet, paced)
+        if quiet != self._control_quiet:
+            self._control_quiet = quiet
+            # The control round trip gets more room too (as much again as the pings were spaced out):
+            # at scale a late control pong is the controller's or the engines' load, and every false
+            # busy costs an alive-again event (the scheduler's refill) when the pong comes.
+            self.busy_after_now = self.busy_after + 2 * (quiet - self._base_quiet)
+            self.log.info(
+                "{n} engines: control pings after {quiet:.2f} s of quiet, busy after {busy:.2f} s",
+                n=n, quiet=quiet, busy=self.busy_after_now,
+            )
 
     def _run_slice(self) -> None:
         self._call = None
         if self._next_slice >= self._slices:
             self._begin_period(self._period_start + self.period)
+        k = self._next_slice
         try:
-            self.tick()
+            ran = self.tick()
         except Exception:
             # Never let one bad slice end liveness checking for good.
             self.log.failure("heart monitor slice failed")
+            ran, self._next_slice = True, max(self._next_slice, k + 1)
+        if not ran:
+            # Pongs still wait unread: read on at the next turn, after the reactor's other work.
+            self.drain_waits += 1
+            self._call = self.clock.callLater(DRAIN_YIELD, self._run_slice)
+            return
         now = self.clock.seconds()
         if self._late:
             # The slice ran late: the rest of the period is scheduled from now.
@@ -151,23 +212,19 @@ class HeartMonitor:
     def _due(self, k: int) -> float:
         return self._period_start + k * self.period / self._slices
 
-    def tick(self) -> None:
-        """Run the period's next slice now: judge its engines, then ping them."""
+    def tick(self) -> bool:
+        """Run the period's next slice now: read what waits, judge its engines, then ping them.
+
+        False if the bounded read left messages waiting and the slice is not late: it
+        judged nobody and is to run again soon (after the reactor's other work)."""
         now = self.clock.seconds()
         k = self._next_slice
-        self._next_slice += 1
         late = now - self._due(k) > self.period / 2
-        if self.drain is not None:
-            # Read pongs and control traffic that arrived while we were busy before judging anyone.
-            self.drain()
-        if late:
-            self.late_ticks += 1
-            if not self._late:
-                self.log.warn(
-                    "heart monitor ran {lag:.2f} s late (reactor busy); not counting misses this period",
-                    lag=now - self._due(k),
-                )
-        self._late = late
+        # Read pongs and control traffic that arrived while we were busy before judging anyone.
+        if self.drain is not None and self.drain(self._due(k)) is False and not late:
+            return False
+        self._next_slice += 1
+        self._note_late(late, now - self._due(k))
         n = len(self._engines)
         lo, hi = k * n // self._slices, (k + 1) * n // self._slices
         ping = self.pings.ping
@@ -186,7 +243,28 @@ class HeartMonitor:
             if record.state != REGISTERING and (
                 record.last_control_at is None or now - record.last_control_at >= self._control_quiet
             ):
-                self.send_control_ping(record, beat)
+                self._control_ping(record, beat, now)
+        return True
+
+    def _note_late(self, late: bool, lag: float) -> None:
+        if late:
+            self.late_ticks += 1
+            if not self._late:
+                self.log.warn(
+                    "heart monitor ran {lag:.2f} s late (reactor busy); not counting misses this period", lag=lag
+                )
+        self._late = late
+
+    def _control_ping(self, record: EngineRecord, beat: int, now: float) -> None:
+        if now < record.control_ping_due:
+            return  # its last one was refused: its control channel is not connected
+        asked, last = record.control_asked_at, record.last_control_at
+        if asked is None or (last is not None and asked <= last):
+            record.control_asked_at = now  # the first question since it last spoke
+        refused = self.send_control_ping(record, beat) is False
+        if refused and record.joined_at is not None and now - record.joined_at > CONTROL_QUIET_MAX:
+            # (A newly joined engine's control channel may still be connecting: it is asked every beat.)
+            record.control_ping_due = now + CONTROL_QUIET_MAX
 
     def _judge(self, record: EngineRecord, now: float) -> bool:
         """Judge one engine on its last ping; False if it is gone (dead or purged)."""
@@ -215,10 +293,22 @@ class HeartMonitor:
         else:
             record.misses = 0
         last = record.last_control_at if record.last_control_at is not None else record.joined_at
-        if record.state == ALIVE and last is not None and now - last > self.busy_after:
+        if record.state == ALIVE and last is not None and now - last > self.busy_after_now and self._unanswered(
+            record, last, now
+        ):
             task = f" running task {record.running_task}" if record.running_task else ""
             self.registry.mark_busy(record, last, f"heart answers, control silent for {now - last:.1f} s{task}")
         return True
+
+    def _unanswered(self, record: EngineRecord, last: float, now: float) -> bool:
+        """Whether a control ping has gone unanswered long enough to call the engine busy.
+
+        On time, the first ping since it spoke goes out ``busy_after - 1.5 periods`` (or its paced
+        quiet) after, so this adds nothing; when slices ran late and the ping went out late, the
+        engine is not blamed for the controller's delay."""
+        asked = record.control_asked_at
+        room = self.busy_after_now - self._control_quiet - self.period
+        return asked is not None and asked > last and now - asked > room
 
     # -- registering engines are pinged at once ------------------------------
 

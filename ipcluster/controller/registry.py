@@ -113,6 +113,10 @@ class EngineRecord:
     ping_beat: int = attr.ib(default=-1, repr=False)
     pinged_at: Optional[float] = attr.ib(default=None, repr=False)
     ping: bytes = attr.ib(default=b"", repr=False)
+    #: No control ping before this time: the last one was refused (its control channel is not connected).
+    control_ping_due: float = attr.ib(default=0.0, repr=False)
+    #: When the heart monitor first asked (a control ping) since the engine's last control traffic.
+    control_asked_at: Optional[float] = attr.ib(default=None, repr=False)
 
     @property
     def session(self) -> str:

@@ -26,7 +26,7 @@ from ipcluster.controller.config import ControllerConfig
 from ipcluster.controller.control import ControlChannel, send_control_ping
 from ipcluster.controller.droplog import DropLog
 from ipcluster.controller.frontend import ClientFrontEnd
-from ipcluster.controller.heartmonitor import HeartMonitor
+from ipcluster.controller.heartmonitor import DRAIN_BATCH, HeartMonitor
 from ipcluster.controller.identity import announce, curve_keys, kept_ports, previous_identity, sequence
 from ipcluster.controller.log import log_engine_event
 from ipcluster.controller.registrar import Registrar
@@ -95,13 +95,13 @@ class Controller(service.MultiService):
             reactor,
             self.registry,
             self.pings,
-            send_heart=lambda identity, ping: send("heartbeat")([identity, ping]),
+            send_heart=self.sockets.pair_sender("heartbeat"),
             send_control_ping=functools.partial(send_control_ping, self.codec, send("control")),
             period=config.heartbeat_period,
             misses=config.heartbeat_misses,
             busy_after=config.busy_after,
             registration_timeout=config.registration_timeout,
-            drain=self.sockets.drainer("heartbeat", "control"),
+            drain=self.sockets.drainer("heartbeat", "control", limit=DRAIN_BATCH),
         )
         self.control = ControlChannel(
             self.registry, self.monitor, self.codec, reactor, send("control"), self.drops, config.control_timeout
@@ -155,15 +155,18 @@ class Controller(service.MultiService):
     # -- sockets ---------------------------------------------------------------
 
     def _on_heartbeat(self, frames: list) -> None:
+        # The hot path (20,000 pongs a second at 10,000 engines): the sender is looked up only to name it in a drop.
+        if len(frames) == 2:
+            try:
+                self.monitor.pong_received(frames[0], frames[1])
+                return
+            except BadMessage as e:
+                reason, detail = e.reason, e.detail
+        else:
+            reason, detail = "wrong frame count", f"{len(frames)} frames"
         record = self.registry.by_identity(frames[0]) if frames else None
         peer = record.id.encode() if record is not None else b"an unregistered engine"  # never the token
-        if len(frames) != 2:
-            self.drops.drop("heartbeat", "wrong frame count", peer, f"{len(frames)} frames")
-            return
-        try:
-            self.monitor.pong_received(frames[0], frames[1])
-        except BadMessage as e:
-            self.drops.drop("heartbeat", e.reason, peer, e.detail)
+        self.drops.drop("heartbeat", reason, peer, detail)
 
     def bind(self) -> None:
         """Bind every socket (on the configured or random ports)."""

@@ -70,6 +70,8 @@ class RouterSocket(ZmqConnection):
         self.on_message = on_message
         self.max_batch = max_batch
         self.name = name
+        #: Reactor time at which a read last found the socket empty.
+        self.emptied_at = float("-inf")
         self.batches_cut = 0
         self.received = 0
         self.max_frames = max_frames
@@ -112,6 +114,7 @@ class RouterSocket(ZmqConnection):
         n = 0
         while self.factory is not None:
             if not readable(self.socket):
+                self.emptied_at = self.factory.reactor.seconds()
                 return
             if n >= limit:
                 self.batches_cut += 1
@@ -139,10 +142,16 @@ class RouterSocket(ZmqConnection):
         if self.on_oversize is not None:
             self.on_oversize(message)
 
-    def drain(self, limit: int = 10_000) -> None:
-        """Read what is waiting now (bounded), e.g. pongs before judging liveness."""
-        if self.factory is not None:
-            self.doRead(limit)
+    def drain(self, limit: int = 10_000, since: Optional[float] = None) -> bool:
+        """Read what is waiting now, at most ``limit`` messages (e.g. pongs before judging
+        liveness).  True if the socket is empty now or, with ``since`` (reactor time), if it
+        was found empty at or after ``since``: everything that arrived before ``since`` is read."""
+        if self.factory is None:
+            return True
+        self.doRead(limit)
+        if since is not None and self.emptied_at >= since:
+            return True
+        return self.factory is None or not readable(self.socket)
 
     def send_frames(self, frames: Sequence[bytes]) -> bool:
         """Send one message; False if the peer is not connected or its queue is full."""
@@ -191,6 +200,8 @@ class DealerSocket(RouterSocket):
         self.on_message = on_message
         self.max_batch = max_batch
         self.name = name
+        #: Reactor time at which a read last found the socket empty.
+        self.emptied_at = float("-inf")
         self.batches_cut = 0
         self.received = 0
         self.max_frames = self.max_size = _UNLIMITED
