@@ -71,6 +71,9 @@ class Assignments:
         self.registry = registry
         self.capacity = capacity  # 1 running + prefetch
         self.by_engine: dict[str, "OrderedDict[str, Task]"] = {}
+        #: Engines holding more than one task: the only ones a thief may take from (so that
+        #: looking for a task to steal costs nothing when none holds a spare one).
+        self._spare: set[str] = set()
 
     def held(self, engine_id: str) -> Mapping[str, Task]:
         """What ``engine_id`` holds, by task id (read only)."""
@@ -80,12 +83,17 @@ class Assignments:
         return len(self.by_engine.get(engine_id, ()))
 
     def add(self, engine_id: str, task: Task) -> None:
-        self.by_engine.setdefault(engine_id, OrderedDict())[task.id] = task
+        held = self.by_engine.setdefault(engine_id, OrderedDict())
+        held[task.id] = task
+        if len(held) > 1:
+            self._spare.add(engine_id)
 
     def remove(self, engine_id: str, task_id: str) -> None:
         held = self.by_engine.get(engine_id)
         if held is not None:
             held.pop(task_id, None)
+            if len(held) < 2:
+                self._spare.discard(engine_id)
 
     def has_room(self, engine_id: str) -> bool:
         """Whether the engine is alive (not busy) and holds fewer than ``capacity`` tasks."""
@@ -105,6 +113,7 @@ class Assignments:
 
     def engine_gone(self, engine_id: str) -> list[Task]:
         """Forget what ``engine_id`` held; returns those tasks, in the order it got them."""
+        self._spare.discard(engine_id)
         return list(self.by_engine.pop(engine_id, OrderedDict()).values())
 
     def to_steal(self, thief: str, answers: Callable[[str], bool]) -> Optional[tuple[Task, str]]:
@@ -113,8 +122,10 @@ class Assignments:
         Only from an engine that holds more than one task (the first one runs)
         and whose control channel ``answers`` now; the newest prefetched task first.
         """
-        for victim, held in self.by_engine.items():
-            if victim == thief or len(held) < 2 or not answers(victim):
+        if not self._spare:
+            return None
+        for victim, held in self.by_engine.items():  # (in order: the registry's)
+            if victim == thief or victim not in self._spare or not answers(victim):
                 continue
             for task in reversed(held.values()):
                 if task.state == ASSIGNED and not task.releasing and task.may_run_on(thief):
