@@ -27,10 +27,11 @@ from ipcluster.engine.diagnostics import say
 from ipcluster.engine.link import Link, MonotonicClock, new_link
 from ipcluster.engine.outbox import Outbox
 from ipcluster.engine.taskqueue import QueuedTask
+from ipcluster.engine.wake import Wake
 from ipcluster.launchers.shim import engine_rank
 from ipcluster.transport.security import configure_client, engine_token
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
-from ipcluster.transport.zmqfast import recv_frames, send_frames
+from ipcluster.transport.zmqfast import readable, recv_frames, send_frames
 
 if TYPE_CHECKING:
     from ipcluster.engine.engine import Engine
@@ -58,8 +59,8 @@ class ControlThread:
 
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
-        #: Where the main thread sends its frames (``[b"send", *frames]``) and its ``b"stop"``.
-        self.wake_address = f"inproc://ipcluster-engine-{engine.instance}"
+        #: Set by the main thread when results wait in ``engine.results`` and when it leaves.
+        self.wake = Wake()
         #: ``(key, session, max_message_size)`` of the registration last made (written here, read
         #: by the main thread, which signs its results with them).
         self.sealing: Optional[tuple] = None
@@ -79,22 +80,22 @@ class ControlThread:
         #: The kept results wait to be sent under this registration (once it is joined).
         self._resend_to: Optional[Channels] = None
         self._next_tick = self._next_contact = 0.0
-        self._ready = threading.Event()
+        #: False only while :meth:`_serve` is between two polls, and will look at
+        #: ``engine.results`` before it polls again: the main thread need not wake it then.
+        self.asleep = True
         self._thread = threading.Thread(target=self._main, name="ipcluster-io", daemon=True)
 
     def start(self) -> None:
-        """Start the thread; returns once it listens on :attr:`wake_address`."""
+        """Start the thread."""
         self._thread.start()
-        self._ready.wait()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.wake.close()
 
     def _main(self) -> None:
-        wake = self.engine.context.socket(zmq.PAIR)
-        wake.setsockopt(zmq.LINGER, 0)
-        wake.bind(self.wake_address)
-        self._ready.set()
+        wake = self.wake
         try:
             self.link.start()
             while not self.engine.leaving.is_set():
@@ -109,7 +110,7 @@ class ControlThread:
         finally:
             self._leave(wake)
 
-    def _leave(self, wake: zmq.Socket) -> None:
+    def _leave(self, wake: Wake) -> None:
         try:
             channels = self.link.channels()
             if channels is not None:
@@ -117,12 +118,10 @@ class ControlThread:
             self.link.stop(self.engine.exit_reason or "stopped")
         except Exception:
             say("could not leave cleanly:\n" + traceback.format_exc())
-        finally:
-            wake.close(0)
 
     # -- registration ------------------------------------------------------------------
 
-    def _register(self, wake: zmq.Socket) -> None:
+    def _register(self, wake: Wake) -> None:
         """One registration attempt, fed to the link; a failed one is waited out."""
         deadline = time.monotonic() + self.engine.register_attempt_timeout
         outcome = self._attempt(wake, deadline)
@@ -134,10 +133,10 @@ class ControlThread:
         self.link.attempt_failed(outcome)
         if outcome is not None and not self.engine.leaving.is_set():
             left = deadline - time.monotonic()
-            if left > 0 and wake.poll(left * 1000):
+            if left > 0 and wake.wait(left):
                 self._forward(wake, None)
 
-    def _attempt(self, wake: zmq.Socket, deadline: float) -> Attempt:
+    def _attempt(self, wake: Wake, deadline: float) -> Attempt:
         engine = self.engine
         try:
             info = connection.read(engine.connection_file)
@@ -168,7 +167,7 @@ class ControlThread:
         return Channels(engine.context, info, codec, period, token, engine.instance)
 
     def _await_reply(
-        self, reg: zmq.Socket, wake: zmq.Socket, codec: Codec, request: str, deadline: float
+        self, reg: zmq.Socket, wake: Wake, codec: Codec, request: str, deadline: float
     ) -> Optional[Message]:
         """The ``registered`` or ``rejected`` reply to ``request``; None at the deadline."""
         poller = zmq.Poller()
@@ -193,31 +192,38 @@ class ControlThread:
 
     # -- serving -----------------------------------------------------------------------
 
-    def _serve(self, channels: Channels, wake: zmq.Socket) -> None:
+    def _serve(self, channels: Channels, wake: Wake) -> None:
         """Serve ``channels`` until the engine leaves or the link loses them."""
         poller = zmq.Poller()
         poller.register(channels.control, zmq.POLLIN)
         poller.register(channels.task, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
-        while not self.engine.leaving.is_set():
-            events = dict(poller.poll(self._poll_wait()))
-            if channels.control in events and not self._drain("control", channels, self._on_control):
-                return  # the controller forgot this engine: the link is lost
-            if channels.task in events:
-                self._drain("task", channels, self._on_task)
-            if wake in events:
-                self._forward(wake, channels)
-            self._announce(channels)
-            self._stream(channels)
-            # Judged only with nothing left to read: after a long GIL hold by the main
-            # thread, what waits is read first, so the hold does not count as silence.
-            if not channels.control.poll(0) and not self._tick(channels):
-                return  # the controller is silent: the link is lost
+        results = self.engine.results
+        try:
+            while not self.engine.leaving.is_set():
+                self.asleep = True
+                events = dict(poller.poll(0 if results else self._poll_wait()))
+                self.asleep = False
+                if channels.control in events and not self._drain("control", channels, self._on_control):
+                    return  # the controller forgot this engine: the link is lost
+                if channels.task in events:
+                    self._drain("task", channels, self._on_task)
+                if wake in events or results:
+                    self._forward(wake, channels)
+                self._announce(channels)
+                self._stream(channels)
+                if not self._tick(channels):
+                    return  # the controller is silent: the link is lost
+        finally:
+            self.asleep = True
 
     def _tick(self, channels: Channels) -> bool:
-        """Tell the link that time has passed (now and then); False once it lost ``channels``."""
+        """Tell the link that time has passed (now and then); False once it lost ``channels``.
+
+        Judged only with nothing left to read: after a long GIL hold by the main
+        thread, what waits is read first, so the hold does not count as silence."""
         now = time.monotonic()
-        if now < self._next_tick:
+        if now < self._next_tick or channels.control.poll(0):
             return True
         self._next_tick = now + TICK_INTERVAL
         self.link.tick(self.engine.runner.current is not None)
@@ -260,11 +266,8 @@ class ControlThread:
     def _drain(self, channel: str, channels: Channels, handler: Callable[[Channels, Message], bool]) -> bool:
         """Handle every message waiting on ``channel``'s socket; False once the link is lost."""
         sock = getattr(channels, channel)
-        while True:
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
-                return True
+        while readable(sock):  # (cheaper than a recv that raises zmq.Again at the end)
+            frames = recv_frames(sock)
             try:
                 msg = channels.codec.decode(frames, PEER_ACCEPTS[channel])
             except BadMessage as e:
@@ -277,6 +280,7 @@ class ControlThread:
                 self._resend(channels)
             if not handler(channels, msg):
                 return False
+        return True
 
     def _resend(self, channels: Channels) -> None:
         """The controller spoke to this registration: send it the results kept from before."""
@@ -287,22 +291,20 @@ class ControlThread:
         if again:
             say(f"sent {len(again)} recent result(s) again to the controller")
 
-    def _forward(self, wake: zmq.Socket, channels: Optional[Channels]) -> None:
+    def _forward(self, wake: Wake, channels: Optional[Channels]) -> None:
         """Send the main thread's results on the task socket, and keep them (``outbox.py``): while
         unregistered they are only kept, and go out after the next registration."""
-        while True:
-            try:
-                frames = recv_frames(wake)
-            except zmq.Again:
-                self.engine.forwarded.set()  # the main thread may start its next task
-                return
-            if frames[0] != b"send":
-                continue
+        wake.clear()
+        results = self.engine.results
+        last = 0
+        while results:
+            last, task_id, fields, payloads, frames = results.popleft()
             if channels is not None:
                 self._stream(channels, final=True)  # the last of a streaming task's output, before its result
-            self.outbox.keep(frames[1:], sent=channels is not None)
-            if channels is not None:
-                send_frames(channels.task, frames[1:], 0)
+                send_frames(channels.task, frames, 0)
+            self.outbox.keep_result(task_id, fields, payloads, sent=channels is not None)
+        if last:
+            self.engine.queue.forwarded(last)  # the main thread may start its next task
 
     def _on_control(self, channels: Channels, msg: Message) -> bool:
         if msg.type == "ping":

@@ -15,6 +15,7 @@ with a clear message and exit code 3.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import os
 import signal
 import socket
@@ -31,7 +32,6 @@ from ipcluster.engine.parent import follow_parent
 from ipcluster.engine.runner import EngineStop, Runner
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
 from ipcluster.transport.wire import Codec
-from ipcluster.transport.zmqfast import send_frames
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -66,8 +66,12 @@ class Engine:
         self.exit_reason = ""
         #: Set when the engine leaves: the control thread says ``bye`` and ends.
         self.leaving = threading.Event()
-        #: Set by the control thread once it has sent on what the main thread handed it.
-        self.forwarded = threading.Event()
+        #: The results the main thread hands the control thread to send on, oldest first:
+        #: ``(number, task id, fields, payloads, frames)`` (``frames`` as signed).
+        self.results: deque = deque()
+        #: The number of the last result handed over (main thread); the control thread tells
+        #: the queue when it has sent it (``TaskQueue.forwarded``).
+        self._handed = 0
         self.control = ControlThread(self)
         self._main_codecs: dict[tuple, Codec] = {}
         #: (signum, task) of the signal command's SIGINT, set just before it is sent.
@@ -83,13 +87,10 @@ class Engine:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigint)
         self.control.start()
-        out = self.context.socket(zmq.PAIR)
-        out.setsockopt(zmq.LINGER, 0)
-        out.connect(self.control.wake_address)
         try:
             if not follow_parent():
                 raise EngineStop("the controller that started this engine is gone")
-            self._run_tasks(out)
+            self._run_tasks()
         except EngineStop as e:
             if not self.exit_reason:
                 self.exit_reason = str(e) or "stopped"
@@ -97,25 +98,23 @@ class Engine:
             self._stopping = True
             self.queue.close()
             self.leaving.set()
-            try:
-                # NOBLOCK: the control thread may be gone already (PAIR would block).
-                out.send_multipart([b"stop"], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self.control.wake.set()
             self.control.join(10.0)
-            out.close(0)
             self.context.destroy(linger=0)
         if self.exit_reason:
             say(f"engine {self.id} exiting: {self.exit_reason}")
         return self.exit_code
 
-    def _run_tasks(self, out: zmq.Socket) -> None:
+    def _run_tasks(self) -> None:
         while True:
-            task = self.queue.get()
+            # The next task waits until the last result is on the task socket: if that task kills
+            # the process at once (a segfault), the result must not die with it, or the
+            # controller would take this finished task for the one that killed its engine.
+            task = self.queue.get(after=self._handed, after_wait=FORWARD_WAIT)
             if task is None:
                 return
             try:
-                self._run_one(task, out)
+                self._run_one(task)
             except KeyboardInterrupt:
                 # Arrived just outside the task it was meant for.
                 say(f"an interrupt arrived after task {task.id} ended; ignored")
@@ -123,7 +122,7 @@ class Engine:
                 # A bug here must cost one task, not the engine (and then the next engine).
                 say(f"could not report task {task.id}:\n{traceback.format_exc()}")
 
-    def _run_one(self, task: QueuedTask, out: zmq.Socket) -> None:
+    def _run_one(self, task: QueuedTask) -> None:
         fields, payloads = self.runner.run(task)
         codec, limit = self._main_codec()
         frames = codec.encode("result", fields, payloads)
@@ -134,15 +133,14 @@ class Engine:
                 f"the result of task {task.id} is {size} bytes, over the controller's limit of {limit} bytes "
                 "(--max-message-size)"
             )
-            failed = {"task": task.id, "ok": False, "error": errors.to_wire(error), "started": fields.get("started"),
+            fields = {"task": task.id, "ok": False, "error": errors.to_wire(error), "started": fields.get("started"),
                       "finished": fields.get("finished")}
-            frames = codec.encode("result", failed, [b"", b"", b""])
-        self.forwarded.clear()
-        send_frames(out, [b"send", *frames], 0)
-        # The next task waits until the result is on the task socket: if that task kills
-        # the process at once (a segfault), the result must not die with it, or the
-        # controller would take this finished task for the one that killed its engine.
-        self.forwarded.wait(FORWARD_WAIT)
+            payloads = [b"", b"", b""]
+            frames = codec.encode("result", fields, payloads)
+        self._handed += 1
+        self.results.append((self._handed, task.id, fields, payloads, frames))
+        if self.control.asleep:  # (else it sends this on before it sleeps: ControlThread._serve)
+            self.control.wake.set()
 
     def _main_codec(self) -> tuple[Codec, int]:
         """The codec of the registration now (set before any task can arrive), and its size limit."""

@@ -7,6 +7,10 @@ queue's lock: a queued task is removed, a task already handed to the main
 thread is kept, and a task not seen yet is *withdrawn before it arrived* -- a
 tombstone makes :meth:`TaskQueue.put` discard it when it comes.  So "released"
 always means the task will not run here.
+
+The queue is also where the main thread waits for the control thread to have
+sent its last result on (:meth:`TaskQueue.forwarded`): :meth:`TaskQueue.get`
+waits for both at once, so the main thread is woken once a task, not twice.
 """
 from __future__ import annotations
 
@@ -15,17 +19,29 @@ import time
 from collections import OrderedDict
 from typing import Callable, Optional
 
-import attr
 
-
-@attr.s(slots=True, frozen=True)
 class QueuedTask:
-    id: str = attr.ib()
-    payload: bytes = attr.ib(repr=False)
-    #: With ``task_in``: a msgpack map of task id to the result the task takes (futures as inputs).
-    inputs: Optional[bytes] = attr.ib(default=None, repr=False)
-    #: The payload's out-of-band buffers (``transport.buffers``), views of the received frames.
-    buffers: tuple = attr.ib(default=(), repr=False)
+    """A task as the control thread received it (a plain slotted class: one is built per task)."""
+
+    __slots__ = ("id", "payload", "inputs", "buffers")
+
+    def __init__(self, id: str, payload: bytes, inputs: Optional[bytes] = None, buffers: tuple = ()) -> None:
+        self.id = id
+        self.payload = payload
+        #: With ``task_in``: a msgpack map of task id to the result the task takes (futures as inputs).
+        self.inputs = inputs
+        #: The payload's out-of-band buffers (``transport.buffers``), views of the received frames.
+        self.buffers = buffers
+
+    def __repr__(self) -> str:
+        return f"QueuedTask(id={self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QueuedTask):
+            return NotImplemented
+        return (self.id, self.payload, self.inputs, self.buffers) == (other.id, other.payload, other.inputs, other.buffers)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 #: How many ids of tasks handed to the main thread, and of tombstones, are remembered.
@@ -48,6 +64,8 @@ class TaskQueue:
         self._taken: "OrderedDict[str, None]" = OrderedDict()  # handed to the main thread, newest last
         self._tombstones: "OrderedDict[str, float]" = OrderedDict()  # withdrawn before arrival: when
         self.discarded = 0  # tasks that arrived after they were withdrawn
+        self._forwarded = 0  # the number of the last result the control thread has sent on
+        self._waiting = False  # the main thread waits in get()
 
     def __len__(self) -> int:
         with self._cond:
@@ -67,19 +85,43 @@ class TaskQueue:
                 self.discarded += 1
                 return True
             self._items[task.id] = task
-            self._cond.notify()
+            if self._waiting:
+                self._cond.notify()
             return True
 
-    def get(self, timeout: Optional[float] = None) -> Optional[QueuedTask]:
-        """The next task; None when the queue is closed (or on timeout)."""
+    def forwarded(self, number: int) -> None:
+        """The control thread has sent on the main thread's results up to ``number``."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._items or self._closed, timeout):
-                return None
-            if self._closed:
-                return None
-            task = self._items.popitem(last=False)[1]
-            _remember(self._taken, task.id, None)
-            return task
+            self._forwarded = number
+            if self._waiting and self._items:  # (with none queued, get() waits for a task anyway)
+                self._cond.notify()
+
+    def get(self, timeout: Optional[float] = None, after: int = 0, after_wait: float = 0.0) -> Optional[QueuedTask]:
+        """The next task; None when the queue is closed (or on timeout).
+
+        With ``after``, the task is handed out only once result ``after`` has been
+        forwarded (:meth:`forwarded`), or ``after_wait`` seconds have passed.
+        """
+        with self._cond:
+            now = time.monotonic()  # (not the tombstones' clock: these are real waits)
+            until = None if timeout is None else now + timeout
+            forward_by = now + after_wait
+            while not self._closed:
+                ready = self._forwarded >= after or now >= forward_by
+                if self._items and ready:
+                    task = self._items.popitem(last=False)[1]
+                    _remember(self._taken, task.id, None)
+                    return task
+                wake = until if not self._items else forward_by if until is None else min(until, forward_by)
+                if wake is not None and now >= wake:
+                    return None  # timed out
+                self._waiting = True
+                try:
+                    self._cond.wait(None if wake is None else wake - now)
+                finally:
+                    self._waiting = False
+                now = time.monotonic()
+            return None
 
     def remove(self, task_id: str) -> bool:
         with self._cond:

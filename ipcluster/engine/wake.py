@@ -1,0 +1,60 @@
+"""How the main thread wakes the control thread: an eventfd (a pipe where there is none).
+
+The control thread polls its sockets and this file descriptor together
+(``zmq.Poller`` takes any object with ``fileno``).  Setting it costs the main
+thread one ``write`` -- no ZeroMQ message to build, send, receive and parse --
+and wakes the poll however many times it was set; :meth:`Wake.clear` reads it
+empty.  What the main thread has to say waits elsewhere (``engine.results``,
+``engine.leaving``).
+"""
+from __future__ import annotations
+
+import os
+import select
+from typing import Optional
+
+
+class Wake:
+    """A file descriptor that is readable once :meth:`set`, until :meth:`clear`."""
+
+    def __init__(self) -> None:
+        self._write: Optional[int]
+        if hasattr(os, "eventfd"):
+            self._read = self._write = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover (no eventfd outside Linux)
+            self._read, self._write = os.pipe()
+            os.set_blocking(self._read, False)
+            os.set_blocking(self._write, False)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self) -> None:
+        """Wake the poll (never blocks; a no-op once closed)."""
+        if self.closed:
+            return
+        try:
+            os.write(self._write, b"\x01\0\0\0\0\0\0\0")  # (an eventfd takes 8 bytes: add 1)
+        except OSError:
+            pass  # full (a pipe: already readable), or closed
+
+    def clear(self) -> None:
+        """Read what was set (the next poll sleeps again)."""
+        try:
+            os.read(self._read, 4096)
+        except OSError:
+            pass  # nothing was set
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it was set within ``timeout`` seconds."""
+        readable, _, _ = select.select([self._read], [], [], max(0.0, timeout))
+        return bool(readable)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        os.close(self._read)
+        if self._write != self._read:
+            os.close(self._write)
