@@ -255,9 +255,12 @@ class ControlThread:
             send_frames(channels.task, channels.codec.encode("started", started), 0)
 
     def _stream(self, channels: Channels, final: bool = False) -> None:
-        """Send what the running task printed since the last time (rate-limited: ``liveoutput``)."""
-        live = self.engine.runner.live
-        if live is None:
+        """Send what the running task printed since the last time (rate-limited: ``liveoutput``);
+        ``final``: the task ended, its result goes next (what a task that never streamed printed
+        goes with its result alone)."""
+        runner = self.engine.runner
+        live, current = runner.live, runner.current
+        if live is None or not final and (current is None or current.id != live.task_id):
             return
         for stream, text in live.take(final):
             fields = {"task": live.task_id, "stream": stream}
