@@ -54,10 +54,18 @@ QUEUED, TAKEN, NOT_SEEN = "queued", "taken", "not seen"
 
 
 class TaskQueue:
-    """FIFO of tasks with removal by id; ``get`` returns None once closed."""
+    """FIFO of tasks with removal by id; ``get`` returns None once closed.
+
+    One thread gets (the main thread); any may put.  The getter sleeps on a
+    gate -- a lock it holds, released to wake it -- rather than a
+    ``threading.Condition``, whose every wait builds a lock and runs a page of
+    Python: this wait happens once a task.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Lock()  # guards the state below
+        self._gate = threading.Lock()
+        self._gate.acquire()  # released (by _wake) only to wake the getter
         self._items: "OrderedDict[str, QueuedTask]" = OrderedDict()
         self._closed = False
         self._clock = clock
@@ -85,16 +93,22 @@ class TaskQueue:
                 self.discarded += 1
                 return True
             self._items[task.id] = task
-            if self._waiting:
-                self._cond.notify()
+            self._wake()
             return True
+
+    def _wake(self) -> None:
+        """Wake the getter if it sleeps (with ``_cond`` held)."""
+        if self._waiting:
+            self._waiting = False
+            if self._gate.locked():  # (unlocked: a release from before is still unused; one is enough)
+                self._gate.release()
 
     def forwarded(self, number: int) -> None:
         """The control thread has sent on the main thread's results up to ``number``."""
         with self._cond:
             self._forwarded = number
-            if self._waiting and self._items:  # (with none queued, get() waits for a task anyway)
-                self._cond.notify()
+            if self._items:  # (with none queued, get() waits for a task anyway)
+                self._wake()
 
     def get(self, timeout: Optional[float] = None, after: int = 0, after_wait: float = 0.0) -> Optional[QueuedTask]:
         """The next task; None when the queue is closed (or on timeout).
@@ -102,13 +116,14 @@ class TaskQueue:
         With ``after``, the task is handed out only once result ``after`` has been
         forwarded (:meth:`forwarded`), or ``after_wait`` seconds have passed.
         """
-        with self._cond:
-            now = time.monotonic()  # (not the tombstones' clock: these are real waits)
-            until = None if timeout is None else now + timeout
-            forward_by = now + after_wait
-            while not self._closed:
-                ready = self._forwarded >= after or now >= forward_by
-                if self._items and ready:
+        now = time.monotonic()  # (not the tombstones' clock: these are real waits)
+        until = None if timeout is None else now + timeout
+        forward_by = now + after_wait
+        while True:
+            with self._cond:
+                if self._closed:
+                    return None
+                if self._items and (self._forwarded >= after or now >= forward_by):
                     task = self._items.popitem(last=False)[1]
                     _remember(self._taken, task.id, None)
                     return task
@@ -116,12 +131,10 @@ class TaskQueue:
                 if wake is not None and now >= wake:
                     return None  # timed out
                 self._waiting = True
-                try:
-                    self._cond.wait(None if wake is None else wake - now)
-                finally:
-                    self._waiting = False
-                now = time.monotonic()
-            return None
+            # Woken by _wake, by the timeout, or at once by a release meant for an earlier wait
+            # (it timed out first): each time, the state decides again.
+            self._gate.acquire(timeout=-1 if wake is None else wake - now)
+            now = time.monotonic()
 
     def remove(self, task_id: str) -> bool:
         with self._cond:
@@ -154,7 +167,7 @@ class TaskQueue:
             self._closed = True
             dropped = list(self._items.values())
             self._items.clear()
-            self._cond.notify_all()
+            self._wake()
             return dropped
 
 

@@ -6,12 +6,35 @@ thread one ``write`` -- no ZeroMQ message to build, send, receive and parse --
 and wakes the poll however many times it was set; :meth:`Wake.clear` reads it
 empty.  What the main thread has to say waits elsewhere (``engine.results``,
 ``engine.leaving``).
+
+The write keeps the GIL (libc's ``write`` through ``ctypes.PyDLL``, where there is
+one): ``os.write`` releases it, and the control thread, woken by that very write,
+would take it -- then the main thread waits for it back only to go and wait for the
+control thread (``TaskQueue.get``) a moment later: two extra thread switches per task.
+Kept, it passes to the control thread once, when the main thread waits.
 """
 from __future__ import annotations
 
 import os
 import select
-from typing import Optional
+from typing import Callable, Optional
+
+_ONE = (1).to_bytes(8, "little")  # (an eventfd takes 8 bytes: the number to add)
+_write_keeping_gil: Optional[Callable] = None
+
+
+def _writer() -> Callable:
+    """A ``write(fd, data, size)`` that keeps the GIL; ``os.write`` where ctypes is missing.
+    (Looked up with the first result, not at start-up: ctypes takes milliseconds to import.)"""
+    global _write_keeping_gil
+    if _write_keeping_gil is None:
+        try:
+            import ctypes
+
+            _write_keeping_gil = ctypes.PyDLL(None).write
+        except (ImportError, OSError, AttributeError):  # pragma: no cover
+            _write_keeping_gil = lambda fd, data, size: os.write(fd, data)  # noqa: E731
+    return _write_keeping_gil
 
 
 class Wake:
@@ -35,9 +58,9 @@ class Wake:
         if self.closed:
             return
         try:
-            os.write(self._write, b"\x01\0\0\0\0\0\0\0")  # (an eventfd takes 8 bytes: add 1)
+            (_write_keeping_gil or _writer())(self._write, _ONE, 8)  # (full -- a pipe that is readable already -- is fine)
         except OSError:
-            pass  # full (a pipe: already readable), or closed
+            pass
 
     def clear(self) -> None:
         """Read what was set (the next poll sleeps again)."""
