@@ -172,13 +172,13 @@ class ControlThread:
         """The ``registered`` or ``rejected`` reply to ``request``; None at the deadline."""
         poller = zmq.Poller()
         poller.register(reg, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
+        poller.register(wake.fileno(), zmq.POLLIN)  # (the poller names it by its number)
         while not self.engine.leaving.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             events = dict(poller.poll(left * 1000))
-            if wake in events:
+            if wake.fileno() in events:
                 self._forward(wake, None)
             if reg not in events:
                 continue
@@ -197,21 +197,28 @@ class ControlThread:
         poller = zmq.Poller()
         poller.register(channels.control, zmq.POLLIN)
         poller.register(channels.task, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
+        wake_fd = wake.fileno()  # (the poller names it by its number)
+        poller.register(wake_fd, zmq.POLLIN)
         results = self.engine.results
+        runner = self.engine.runner
+        control, task = channels.control, channels.task
         try:
             while not self.engine.leaving.is_set():
                 self.asleep = True
-                events = dict(poller.poll(0 if results else self._poll_wait()))
+                events = poller.poll(0 if results else self._poll_wait())
                 self.asleep = False
-                if channels.control in events and not self._drain("control", channels, self._on_control):
-                    return  # the controller forgot this engine: the link is lost
-                if channels.task in events:
-                    self._drain("task", channels, self._on_task)
-                if wake in events or results:
-                    self._forward(wake, channels)
-                self._announce(channels)
-                self._stream(channels)
+                woken = False
+                for sock, _ in events:
+                    if sock is control and not self._drain("control", channels, self._on_control):
+                        return  # the controller forgot this engine: the link is lost
+                    if sock is task:
+                        self._drain("task", channels, self._on_task)
+                    woken = woken or sock == wake_fd
+                if results or woken:
+                    self._forward(wake, channels)  # (and clears the wake: it may be set with nothing left)
+                if runner.current is not None:
+                    self._announce(channels)
+                    self._stream(channels)
                 if not self._tick(channels):
                     return  # the controller is silent: the link is lost
         finally:
