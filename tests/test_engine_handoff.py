@@ -1,5 +1,5 @@
-"""How the engine's main and control threads hand work to each other: the wake, the queue's
-wait for the last result's forwarding, the results deque, the outbox's trim, the runner's
+"""How the engine's main and control threads share work: the wake, the queue's gate, the
+main thread's own result sends under the sockets' lock, the outbox's trim, the runner's
 stdout/stderr and its plain pickles."""
 import itertools
 import pickle
@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ipcluster.engine.engine import Engine
 from ipcluster.engine.liveoutput import LiveOutput
 from ipcluster.engine.outbox import Outbox
-from ipcluster.engine.runner import Runner, Running
+from ipcluster.engine.runner import EngineStop, Runner, Running
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
 from ipcluster.engine.wake import Wake
 from ipcluster.transport.wire import Codec
@@ -47,32 +47,15 @@ class Wakes(SynchronousTestCase):
         self.wake.close()
 
 
-class ForwardWait(SynchronousTestCase):
-    """The main thread's next task waits until the control thread has sent the last result on."""
+class Gate(SynchronousTestCase):
+    """The main thread sleeps in TaskQueue.get on a gate; a task or close opens it."""
 
-    def test_a_task_waits_for_the_forwarding(self):
+    def test_a_timeout_returns_none_and_a_later_task_is_still_got(self):
         q = TaskQueue()
-        q.put(QueuedTask("t2", b""))
-        self.assertIsNone(q.get(timeout=0, after=1, after_wait=BOUND), "result 1 is not sent yet")
-        self.assertEqual(len(q), 1, "the task stays queued")
-        q.forwarded(1)
-        self.assertEqual(q.get(timeout=0, after=1, after_wait=BOUND).id, "t2")
-
-    def test_not_longer_than_after_wait(self):
-        q = TaskQueue()
-        q.put(QueuedTask("t2", b""))
-        self.assertEqual(q.get(timeout=BOUND, after=1, after_wait=0).id, "t2", "the control thread is stuck")
-
-    def test_the_getter_is_woken_by_the_forwarding(self):
-        q = TaskQueue()
-        got = []
-        getter = threading.Thread(target=lambda: got.append(q.get(after=1, after_wait=BOUND)))
-        getter.start()
-        self.addCleanup(getter.join, BOUND)
-        q.put(QueuedTask("t2", b""))
-        q.forwarded(1)
-        getter.join(BOUND)
-        self.assertEqual([t.id for t in got], ["t2"])
+        self.assertIsNone(q.get(timeout=0))
+        q.put(QueuedTask("t1", b""))  # (opens the gate left by the timed-out wait)
+        self.assertEqual(q.get(timeout=0).id, "t1")
+        self.assertIsNone(q.get(timeout=0), "the stale opening is not a task")
 
     def test_the_getter_is_woken_by_a_task_and_by_close(self):
         q = TaskQueue()
@@ -95,54 +78,94 @@ class ForwardWait(SynchronousTestCase):
 
 
 class FakeChannels:
-    def __init__(self, task):
-        self.codec = Codec(KEY, session="s")
+    def __init__(self, task, session="s"):
+        self.codec = Codec(KEY, session=session)
+        self.session = session
         self.task = task
 
 
-class Forwarding(SynchronousTestCase):
-    """The control thread sends the main thread's results on, keeps them, and tells the queue."""
+class SendResult(SynchronousTestCase):
+    """The main thread sends its results itself, under the sockets' lock, and keeps them."""
 
     def setUp(self):
         self.engine = Engine(engine_id="e0")
         self.addCleanup(self.engine.context.destroy, 0)
         self.addCleanup(self.engine.control.wake.close)
+        self.control = self.engine.control
         self.codec = Codec(KEY, session="s")
-
-    def hand(self, number, task_id):
-        fields = {"task": task_id, "ok": True}
-        payloads = [pickle.dumps(number), b"", b""]
-        self.engine.results.append((number, task_id, fields, payloads, self.codec.encode("result", fields, payloads)))
-        self.engine.control.wake.set()
-
-    def test_unregistered_results_are_kept_unsent(self):
-        self.hand(1, "t1")
-        self.hand(2, "t2")
-        self.engine.queue.put(QueuedTask("t3", b""))
-        self.engine.control._forward(self.engine.control.wake, None)
-        self.assertEqual(len(self.engine.results), 0)
-        self.assertFalse(self.engine.control.wake.wait(0), "the wake is cleared")
-        self.assertEqual(len(self.engine.control.outbox), 2)
-        self.assertEqual(self.engine.queue.get(timeout=0, after=2, after_wait=BOUND).id, "t3", "told: up to result 2")
-        [first, _] = self.engine.control.outbox.again(self.codec)
-        self.assertEqual(Codec(KEY).decode(first)["task"], "t1", "oldest first")
-
-    def test_registered_results_go_out_on_the_task_socket_in_order(self):
-        receiver, sender = self.engine.context.socket(zmq.PAIR), self.engine.context.socket(zmq.PAIR)
-        for sock in (receiver, sender):
+        self.receiver, self.sender = self.engine.context.socket(zmq.PAIR), self.engine.context.socket(zmq.PAIR)
+        for sock in (self.receiver, self.sender):
             sock.setsockopt(zmq.LINGER, 0)
             self.addCleanup(sock.close)
-        receiver.bind("inproc://test-forward")
-        sender.connect("inproc://test-forward")
-        self.hand(1, "t1")
-        self.hand(2, "t2")
-        self.engine.control._forward(self.engine.control.wake, FakeChannels(sender))
-        tasks = []
-        for _ in range(2):
-            self.assertTrue(receiver.poll(BOUND * 1000))
-            tasks.append(Codec(KEY).decode(recv_frames(receiver))["task"])
-        self.assertEqual(tasks, ["t1", "t2"])
-        self.assertEqual(len(self.engine.control.outbox), 2, "kept too, to send again after a new registration")
+        self.receiver.bind("inproc://test-send-result")
+        self.sender.connect("inproc://test-send-result")
+
+    def send(self, task_id, session="s"):
+        fields = {"task": task_id, "ok": True}
+        payloads = [pickle.dumps(task_id), b"", b""]
+        self.control.send_result(task_id, fields, payloads, self.codec.encode("result", fields, payloads), session)
+
+    def received(self):
+        self.assertTrue(self.receiver.poll(BOUND * 1000))
+        return Codec(KEY).decode(recv_frames(self.receiver))["task"]
+
+    def test_unregistered_results_are_kept_unsent(self):
+        self.send("t1")
+        self.send("t2")
+        self.assertEqual(len(self.control.outbox), 2)
+        [first, _] = self.control.outbox.again(self.codec)
+        self.assertEqual(Codec(KEY).decode(first)["task"], "t1", "oldest first")
+        self.assertFalse(self.receiver.poll(0))
+
+    def test_served_results_go_out_on_the_task_socket_in_order_and_are_kept(self):
+        self.control._serving = FakeChannels(self.sender)
+        self.send("t1")
+        self.send("t2")
+        self.assertEqual([self.received(), self.received()], ["t1", "t2"])
+        self.assertEqual(len(self.control.outbox), 2, "kept too, to send again after a new registration")
+        self.assertFalse(self.control.wake.wait(0), "nothing to read: the control thread sleeps on")
+
+    def test_a_result_signed_for_an_older_registration_is_only_kept(self):
+        self.control._serving = FakeChannels(self.sender, session="new")
+        self.send("t1", session="s")
+        self.assertFalse(self.receiver.poll(0))
+        self.assertEqual(len(self.control.outbox), 1, "signed again and sent once the new one is joined")
+
+    def test_a_message_left_readable_by_the_send_wakes_the_control_thread(self):
+        self.receiver.send(b"a task for the engine")
+        self.assertTrue(self.sender.poll(BOUND * 1000))
+        self.control._serving = FakeChannels(self.sender)
+        self.send("t1")
+        self.assertTrue(self.control.wake.wait(0))
+
+    def test_the_lock_is_waited_for(self):
+        self.control._serving = FakeChannels(self.sender)
+        self.control.lock.acquire()
+        sender = threading.Thread(target=self.send, args=("t1",))
+        sender.start()
+        self.addCleanup(sender.join, BOUND)
+        self.assertFalse(self.receiver.poll(0), "not while the control thread holds the sockets")
+        self.control.lock.release()
+        self.assertEqual(self.received(), "t1")
+
+
+class SignalWhileSending(SynchronousTestCase):
+    def test_engine_stop_waits_until_the_result_is_sent(self):
+        engine = Engine(engine_id="e0")
+        self.addCleanup(engine.context.destroy, 0)
+        self.addCleanup(engine.control.wake.close)
+        engine.control.sealing = (KEY, "s", 10**6)
+        sent = []
+
+        def send_result(*args):
+            engine._on_sigterm(15, None)  # arrives between two frames
+            sent.append(args[0])
+
+        engine.control.send_result = send_result
+        with self.assertRaises(EngineStop):
+            engine._run_one(QueuedTask("t1", cloudpickle.dumps((len, ("ab",), {}))))
+        self.assertEqual(sent, ["t1"], "the whole result went out first")
+        engine._on_sigterm(15, None)  # once only
 
 
 class OutboxTrim(SynchronousTestCase):

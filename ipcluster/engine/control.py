@@ -2,8 +2,16 @@
 
 It owns every network socket of the engine.  It registers (and re-registers), answers the
 monitor's control ``ping`` with ``pong``, runs control commands at once (they never wait
-behind queued tasks), queues incoming tasks, forwards the main thread's results, reports a
-task ``started`` once it has run :data:`ANNOUNCE_AFTER`, and says ``bye`` on the way out.
+behind queued tasks), queues incoming tasks, reports a task ``started`` once it has run
+:data:`ANNOUNCE_AFTER`, and says ``bye`` on the way out.
+
+The main thread sends its results itself (:meth:`ControlThread.send_result`), on the task
+socket, before it starts its next task: a task that kills the process at once cannot take
+a finished task's result with it, and no thread waits for another for each task.  The
+sockets are shared under :attr:`ControlThread.lock` (ZeroMQ allows a socket to move between
+threads behind a full memory barrier): this thread holds it except while it sleeps, and it
+sleeps in ``select.poll`` on the sockets' file descriptors -- never inside ZeroMQ, which
+would use the socket while the main thread sends.
 
 What the traffic means -- registered or not, the controller silent or gone, the exit
 deadline -- is decided by the link machine (``ipcluster.engine.link``); this thread feeds it.
@@ -11,6 +19,7 @@ deadline -- is decided by the link machine (``ipcluster.engine.link``); this thr
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -59,8 +68,14 @@ class ControlThread:
 
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
-        #: Set by the main thread when results wait in ``engine.results`` and when it leaves.
+        #: Set by the main thread when it leaves, and when its send left a message readable on the
+        #: task socket (the poll would not see it: the send consumed the socket's signal).
         self.wake = Wake()
+        #: The sockets' lock: held by this thread but while it sleeps; the main thread takes it
+        #: to send a result (:meth:`send_result`).
+        self.lock = threading.Lock()
+        #: The channels :meth:`_serve` serves now (None: results are only kept), under the lock.
+        self._serving: Optional[Channels] = None
         #: ``(key, session, max_message_size)`` of the registration last made (written here, read
         #: by the main thread, which signs its results with them).
         self.sealing: Optional[tuple] = None
@@ -80,9 +95,6 @@ class ControlThread:
         #: The kept results wait to be sent under this registration (once it is joined).
         self._resend_to: Optional[Channels] = None
         self._next_tick = self._next_contact = 0.0
-        #: False only while :meth:`_serve` is between two polls, and will look at
-        #: ``engine.results`` before it polls again: the main thread need not wake it then.
-        self.asleep = True
         self._thread = threading.Thread(target=self._main, name="ipcluster-io", daemon=True)
 
     def start(self) -> None:
@@ -94,7 +106,33 @@ class ControlThread:
         if not self._thread.is_alive():
             self.wake.close()
 
+    def send_result(self, task_id: str, fields: dict, payloads: list, frames: list, session: str) -> None:
+        """(Main thread.) Send a result, signed for ``session``, on the task socket now, and keep
+        it (``outbox.py``); while unregistered, or registered anew since it was signed, it is
+        only kept, and goes out (signed again) after the next registration."""
+        with self.lock:
+            channels = self._serving
+            sent = channels is not None and channels.session == session
+            if sent:
+                self._stream(channels, final=True)  # the last of a streaming task's output, before its result
+                send_frames(channels.task, frames, 0)
+                if readable(channels.task):
+                    self.wake.set()  # (this send took the signal the control thread sleeps on)
+            self.outbox.keep_result(task_id, fields, payloads, sent=sent)
+
+    def _sleeping(self, wait: Callable, *args):
+        """``wait(*args)`` with the lock released (the main thread may send meanwhile)."""
+        self.lock.release()
+        try:
+            return wait(*args)
+        finally:
+            self.lock.acquire()
+
     def _main(self) -> None:
+        with self.lock:
+            self._main_locked()
+
+    def _main_locked(self) -> None:
         wake = self.wake
         try:
             self.link.start()
@@ -112,9 +150,6 @@ class ControlThread:
 
     def _leave(self, wake: Wake) -> None:
         try:
-            channels = self.link.channels()
-            if channels is not None:
-                self._forward(wake, channels)  # the last results before the bye
             self.link.stop(self.engine.exit_reason or "stopped")
         except Exception:
             say("could not leave cleanly:\n" + traceback.format_exc())
@@ -133,8 +168,8 @@ class ControlThread:
         self.link.attempt_failed(outcome)
         if outcome is not None and not self.engine.leaving.is_set():
             left = deadline - time.monotonic()
-            if left > 0 and wake.wait(left):
-                self._forward(wake, None)
+            if left > 0 and self._sleeping(wake.wait, left):
+                wake.clear()
 
     def _attempt(self, wake: Wake, deadline: float) -> Attempt:
         engine = self.engine
@@ -177,9 +212,9 @@ class ControlThread:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            events = dict(poller.poll(left * 1000))
+            events = dict(self._sleeping(poller.poll, left * 1000))
             if wake.fileno() in events:
-                self._forward(wake, None)
+                wake.clear()
             if reg not in events:
                 continue
             try:
@@ -194,35 +229,31 @@ class ControlThread:
 
     def _serve(self, channels: Channels, wake: Wake) -> None:
         """Serve ``channels`` until the engine leaves or the link loses them."""
-        poller = zmq.Poller()
-        poller.register(channels.control, zmq.POLLIN)
-        poller.register(channels.task, zmq.POLLIN)
-        wake_fd = wake.fileno()  # (the poller names it by its number)
-        poller.register(wake_fd, zmq.POLLIN)
-        results = self.engine.results
-        runner = self.engine.runner
         control, task = channels.control, channels.task
+        poller = select.poll()
+        for fd in (control.getsockopt(zmq.FD), task.getsockopt(zmq.FD), wake.fileno()):
+            poller.register(fd, select.POLLIN)
+        runner = self.engine.runner
+        self._serving = channels
         try:
             while not self.engine.leaving.is_set():
-                self.asleep = True
-                events = poller.poll(0 if results else self._poll_wait())
-                self.asleep = False
-                woken = False
-                for sock, _ in events:
-                    if sock is control and not self._drain("control", channels, self._on_control):
-                        return  # the controller forgot this engine: the link is lost
-                    if sock is task:
-                        self._drain("task", channels, self._on_task)
-                    woken = woken or sock == wake_fd
-                if results or woken:
-                    self._forward(wake, channels)  # (and clears the wake: it may be set with nothing left)
+                # A ZeroMQ socket's descriptor only says "look again": what is readable, ask it.
+                readable_control, readable_task = readable(control), readable(task)
+                if not (readable_control or readable_task):
+                    if self._sleeping(poller.poll, self._poll_wait()):
+                        wake.clear()
+                    readable_control, readable_task = readable(control), readable(task)
+                if readable_control and not self._drain("control", channels, self._on_control):
+                    return  # the controller forgot this engine: the link is lost
+                if readable_task:
+                    self._drain("task", channels, self._on_task)
                 if runner.current is not None:
                     self._announce(channels)
                     self._stream(channels)
                 if not self._tick(channels):
                     return  # the controller is silent: the link is lost
         finally:
-            self.asleep = True
+            self._serving = None
 
     def _tick(self, channels: Channels) -> bool:
         """Tell the link that time has passed (now and then); False once it lost ``channels``.
@@ -230,7 +261,7 @@ class ControlThread:
         Judged only with nothing left to read: after a long GIL hold by the main
         thread, what waits is read first, so the hold does not count as silence."""
         now = time.monotonic()
-        if now < self._next_tick or channels.control.poll(0):
+        if now < self._next_tick or readable(channels.control):
             return True
         self._next_tick = now + TICK_INTERVAL
         self.link.tick(self.engine.runner.current is not None)
@@ -300,21 +331,6 @@ class ControlThread:
             send_frames(channels.task, frames, 0)
         if again:
             say(f"sent {len(again)} recent result(s) again to the controller")
-
-    def _forward(self, wake: Wake, channels: Optional[Channels]) -> None:
-        """Send the main thread's results on the task socket, and keep them (``outbox.py``): while
-        unregistered they are only kept, and go out after the next registration."""
-        wake.clear()
-        results = self.engine.results
-        last = 0
-        while results:
-            last, task_id, fields, payloads, frames = results.popleft()
-            if channels is not None:
-                self._stream(channels, final=True)  # the last of a streaming task's output, before its result
-                send_frames(channels.task, frames, 0)
-            self.outbox.keep_result(task_id, fields, payloads, sent=channels is not None)
-        if last:
-            self.engine.queue.forwarded(last)  # the main thread may start its next task
 
     def _on_control(self, channels: Channels, msg: Message) -> bool:
         if msg.type == "ping":

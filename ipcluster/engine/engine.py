@@ -15,7 +15,6 @@ with a clear message and exit code 3.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 import os
 import signal
 import socket
@@ -36,8 +35,6 @@ from ipcluster.transport.wire import Codec
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONTROLLER_LOST = 3
-#: Seconds the main thread waits, after a task, for the control thread to send its result on.
-FORWARD_WAIT = 1.0
 
 
 class Engine:
@@ -66,18 +63,16 @@ class Engine:
         self.exit_reason = ""
         #: Set when the engine leaves: the control thread says ``bye`` and ends.
         self.leaving = threading.Event()
-        #: The results the main thread hands the control thread to send on, oldest first:
-        #: ``(number, task id, fields, payloads, frames)`` (``frames`` as signed).
-        self.results: deque = deque()
-        #: The number of the last result handed over (main thread); the control thread tells
-        #: the queue when it has sent it (``TaskQueue.forwarded``).
-        self._handed = 0
         self.control = ControlThread(self)
         self._main_codecs: dict[tuple, Codec] = {}
         #: (signum, task) of the signal command's SIGINT, set just before it is sent.
         self._control_signal: Optional[tuple] = None
         #: The main thread is on its way out: signals no longer raise EngineStop.
         self._stopping = False
+        #: The main thread is sending a result: a signal's EngineStop waits until it is sent
+        #: (raised between two frames, it would leave half a message on the task socket).
+        self._sending = False
+        self._deferred: Optional[EngineStop] = None
 
     # -- main thread -------------------------------------------------------------------
 
@@ -107,10 +102,7 @@ class Engine:
 
     def _run_tasks(self) -> None:
         while True:
-            # The next task waits until the last result is on the task socket: if that task kills
-            # the process at once (a segfault), the result must not die with it, or the
-            # controller would take this finished task for the one that killed its engine.
-            task = self.queue.get(after=self._handed, after_wait=FORWARD_WAIT)
+            task = self.queue.get()
             if task is None:
                 return
             try:
@@ -137,10 +129,17 @@ class Engine:
                       "finished": fields.get("finished")}
             payloads = [b"", b"", b""]
             frames = codec.encode("result", fields, payloads)
-        self._handed += 1
-        self.results.append((self._handed, task.id, fields, payloads, frames))
-        if self.control.asleep:  # (else it sends this on before it sleeps: ControlThread._serve)
-            self.control.wake.set()
+        # Sent before the next task starts: if that task kills the process at once (a segfault),
+        # the result must not die with it, or the controller would take this finished task for
+        # the one that killed its engine.
+        self._sending = True
+        try:
+            self.control.send_result(task.id, fields, payloads, frames, codec.session)
+        finally:
+            self._sending = False
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            raise deferred
 
     def _main_codec(self) -> tuple[Codec, int]:
         """The codec of the registration now (set before any task can arrive), and its size limit."""
@@ -156,8 +155,14 @@ class Engine:
     def _on_sigterm(self, signum, frame) -> None:
         if self._stopping:
             return
+        self._stop("SIGTERM")
+
+    def _stop(self, reason: str) -> None:
         self._stopping = True
-        raise EngineStop("SIGTERM")
+        if self._sending:
+            self._deferred = EngineStop(reason)  # raised once the result is sent (_run_one)
+            return
+        raise EngineStop(reason)
 
     def _on_sigint(self, signum, frame) -> None:
         requested, self._control_signal = self._control_signal, None
@@ -170,8 +175,7 @@ class Engine:
         if current is not None:
             raise KeyboardInterrupt
         if not self._stopping:
-            self._stopping = True
-            raise EngineStop("SIGINT")
+            self._stop("SIGINT")
 
     # -- asked by the control thread -----------------------------------------------------
 

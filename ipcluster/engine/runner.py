@@ -112,6 +112,7 @@ class Runner:
                 self.current = Running(task.id)
                 sys.stdout, sys.stderr = LiveStream("stdout", stdout, live), LiveStream("stderr", stderr, live)
                 fn, args, kwargs = unpack(task.payload, task.inputs, task.buffers)
+                live.restart()
                 value = fn(*args, **kwargs)
             finally:
                 sys.stdout, sys.stderr = saved

@@ -7,10 +7,6 @@ queue's lock: a queued task is removed, a task already handed to the main
 thread is kept, and a task not seen yet is *withdrawn before it arrived* -- a
 tombstone makes :meth:`TaskQueue.put` discard it when it comes.  So "released"
 always means the task will not run here.
-
-The queue is also where the main thread waits for the control thread to have
-sent its last result on (:meth:`TaskQueue.forwarded`): :meth:`TaskQueue.get`
-waits for both at once, so the main thread is woken once a task, not twice.
 """
 from __future__ import annotations
 
@@ -72,7 +68,6 @@ class TaskQueue:
         self._taken: "OrderedDict[str, None]" = OrderedDict()  # handed to the main thread, newest last
         self._tombstones: "OrderedDict[str, float]" = OrderedDict()  # withdrawn before arrival: when
         self.discarded = 0  # tasks that arrived after they were withdrawn
-        self._forwarded = 0  # the number of the last result the control thread has sent on
         self._waiting = False  # the main thread waits in get()
 
     def __len__(self) -> int:
@@ -103,38 +98,24 @@ class TaskQueue:
             if self._gate.locked():  # (unlocked: a release from before is still unused; one is enough)
                 self._gate.release()
 
-    def forwarded(self, number: int) -> None:
-        """The control thread has sent on the main thread's results up to ``number``."""
-        with self._cond:
-            self._forwarded = number
-            if self._items:  # (with none queued, get() waits for a task anyway)
-                self._wake()
-
-    def get(self, timeout: Optional[float] = None, after: int = 0, after_wait: float = 0.0) -> Optional[QueuedTask]:
-        """The next task; None when the queue is closed (or on timeout).
-
-        With ``after``, the task is handed out only once result ``after`` has been
-        forwarded (:meth:`forwarded`), or ``after_wait`` seconds have passed.
-        """
-        now = time.monotonic()  # (not the tombstones' clock: these are real waits)
-        until = None if timeout is None else now + timeout
-        forward_by = now + after_wait
+    def get(self, timeout: Optional[float] = None) -> Optional[QueuedTask]:
+        """The next task; None when the queue is closed (or on timeout)."""
+        until = None if timeout is None else time.monotonic() + timeout  # (real waits: not the tombstones' clock)
         while True:
             with self._cond:
                 if self._closed:
                     return None
-                if self._items and (self._forwarded >= after or now >= forward_by):
+                if self._items:
                     task = self._items.popitem(last=False)[1]
                     _remember(self._taken, task.id, None)
                     return task
-                wake = until if not self._items else forward_by if until is None else min(until, forward_by)
-                if wake is not None and now >= wake:
+                left = None if until is None else until - time.monotonic()
+                if left is not None and left <= 0:
                     return None  # timed out
                 self._waiting = True
             # Woken by _wake, by the timeout, or at once by a release meant for an earlier wait
             # (it timed out first): each time, the state decides again.
-            self._gate.acquire(timeout=-1 if wake is None else wake - now)
-            now = time.monotonic()
+            self._gate.acquire(timeout=-1 if left is None else left)
 
     def remove(self, task_id: str) -> bool:
         with self._cond:
