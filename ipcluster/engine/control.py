@@ -231,7 +231,8 @@ class ControlThread:
         """Serve ``channels`` until the engine leaves or the link loses them."""
         control, task = channels.control, channels.task
         poller = select.poll()
-        for fd in (control.getsockopt(zmq.FD), task.getsockopt(zmq.FD), wake.fileno()):
+        wake_fd = wake.fileno()
+        for fd in (control.getsockopt(zmq.FD), task.getsockopt(zmq.FD), wake_fd):
             poller.register(fd, select.POLLIN)
         runner = self.engine.runner
         self._serving = channels
@@ -240,7 +241,7 @@ class ControlThread:
                 # A ZeroMQ socket's descriptor only says "look again": what is readable, ask it.
                 readable_control, readable_task = readable(control), readable(task)
                 if not (readable_control or readable_task):
-                    if self._sleeping(poller.poll, self._poll_wait()):
+                    if any(fd == wake_fd for fd, _ in self._sleeping(poller.poll, self._poll_wait())):
                         wake.clear()
                     readable_control, readable_task = readable(control), readable(task)
                 if readable_control and not self._drain("control", channels, self._on_control):

@@ -1,11 +1,14 @@
 """The engine process: three threads.
 
 * **main thread** -- runs tasks one at a time from the local queue
-  (``ipcluster.engine.runner``), so that a signal (SIGINT) can interrupt the running task;
+  (``ipcluster.engine.runner``), so that a signal (SIGINT) can interrupt the running task,
+  and sends each result itself on the task socket (``ControlThread.send_result``, under
+  the sockets' lock) before it starts the next task;
 * **control thread** (``ipcluster-io``, ``ipcluster.engine.control``) -- owns the control
   and task sockets: registers, answers the monitor's pings, runs control commands (they
-  never wait behind queued tasks), queues incoming tasks and forwards results; its link to
-  the controller is a state machine (``ipcluster.engine.link``);
+  never wait behind queued tasks), queues incoming tasks and keeps the results to send
+  again after a new registration; its link to the controller is a state machine
+  (``ipcluster.engine.link``);
 * **heart thread** -- the native, GIL-free echo (``ipcluster.engine.heart``).
 
 If the controller goes silent (or forgets the engine) the control thread re-registers,
