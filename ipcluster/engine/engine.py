@@ -34,6 +34,7 @@ from ipcluster.engine.parent import follow_parent
 from ipcluster.engine.runner import EngineStop, Runner
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
 from ipcluster.transport.wire import Codec
+from ipcluster.transport.zmqfast import send_frames
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -117,7 +118,10 @@ class Engine:
                 # A bug here must cost one task, not the engine (and then the next engine).
                 say(f"could not report task {task.id}:\n{traceback.format_exc()}")
 
-    def _run_one(self, task: QueuedTask) -> None:
+    def _run_one(self, task: QueuedTask, out: Optional[zmq.Socket] = None) -> None:
+        """Run ``task`` and send its result; to ``out`` instead, if given, as ``[b"send", *frames]``
+        (how results left the main thread before it sent them itself: tests of the size limit
+        read them there)."""
         fields, payloads = self.runner.run(task)
         codec, limit = self._main_codec()
         frames = codec.encode("result", fields, payloads)
@@ -132,6 +136,9 @@ class Engine:
                       "finished": fields.get("finished")}
             payloads = [b"", b"", b""]
             frames = codec.encode("result", fields, payloads)
+        if out is not None:
+            send_frames(out, [b"send", *frames], 0)
+            return
         # Sent before the next task starts: if that task kills the process at once (a segfault),
         # the result must not die with it, or the controller would take this finished task for
         # the one that killed its engine.
