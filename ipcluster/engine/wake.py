@@ -1,17 +1,14 @@
 """How the main thread wakes the control thread: an eventfd (a pipe where there is none).
 
-The control thread polls its sockets and this file descriptor together
-(``zmq.Poller`` takes any object with ``fileno``).  Setting it costs the main
-thread one ``write`` -- no ZeroMQ message to build, send, receive and parse --
-and wakes the poll however many times it was set; :meth:`Wake.clear` reads it
-empty.  What the main thread has to say waits elsewhere (``engine.results``,
-``engine.leaving``).
+The control thread sleeps in ``select.poll`` on its sockets' descriptors and this one.
+The main thread sets it when it leaves (``engine.leaving``), and when its own result
+send left a message readable on the task socket: that send took the signal the
+control thread sleeps on (``ControlThread.send_result``).  Setting it costs one
+``write``; :meth:`Wake.clear` reads it empty, however often it was set.
 
 The write keeps the GIL (libc's ``write`` through ``ctypes.PyDLL``, where there is
 one): ``os.write`` releases it, and the control thread, woken by that very write,
-would take it -- then the main thread waits for it back only to go and wait for the
-control thread (``TaskQueue.get``) a moment later: two extra thread switches per task.
-Kept, it passes to the control thread once, when the main thread waits.
+would take it at once, only to find the sockets' lock taken and hand it back.
 """
 from __future__ import annotations
 
