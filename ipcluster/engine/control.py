@@ -2,8 +2,16 @@
 
 It owns every network socket of the engine.  It registers (and re-registers), answers the
 monitor's control ``ping`` with ``pong``, runs control commands at once (they never wait
-behind queued tasks), queues incoming tasks, forwards the main thread's results, reports a
-task ``started`` once it has run :data:`ANNOUNCE_AFTER`, and says ``bye`` on the way out.
+behind queued tasks), queues incoming tasks, reports a task ``started`` once it has run
+:data:`ANNOUNCE_AFTER`, and says ``bye`` on the way out.
+
+The main thread sends its results itself (:meth:`ControlThread.send_result`), on the task
+socket, before it starts its next task: a task that kills the process at once cannot take
+a finished task's result with it, and no thread waits for another for each task.  The
+sockets are shared under :attr:`ControlThread.lock` (ZeroMQ allows a socket to move between
+threads behind a full memory barrier): this thread holds it except while it sleeps, and it
+sleeps in ``select.poll`` on the sockets' file descriptors -- never inside ZeroMQ, which
+would use the socket while the main thread sends.
 
 What the traffic means -- registered or not, the controller silent or gone, the exit
 deadline -- is decided by the link machine (``ipcluster.engine.link``); this thread feeds it.
@@ -11,6 +19,7 @@ deadline -- is decided by the link machine (``ipcluster.engine.link``); this thr
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -27,10 +36,11 @@ from ipcluster.engine.diagnostics import say
 from ipcluster.engine.link import Link, MonotonicClock, new_link
 from ipcluster.engine.outbox import Outbox
 from ipcluster.engine.taskqueue import QueuedTask
+from ipcluster.engine.wake import Wake
 from ipcluster.launchers.shim import engine_rank
 from ipcluster.transport.security import configure_client, engine_token
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message
-from ipcluster.transport.zmqfast import recv_frames, send_frames
+from ipcluster.transport.zmqfast import readable, recv_frames, send_frames
 
 if TYPE_CHECKING:
     from ipcluster.engine.engine import Engine
@@ -58,8 +68,14 @@ class ControlThread:
 
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
-        #: Where the main thread sends its frames (``[b"send", *frames]``) and its ``b"stop"``.
-        self.wake_address = f"inproc://ipcluster-engine-{engine.instance}"
+        #: Set by the main thread when it leaves, and when its send left a message readable on the
+        #: task socket (the poll would not see it: the send consumed the socket's signal).
+        self.wake = Wake()
+        #: The sockets' lock: held by this thread but while it sleeps; the main thread takes it
+        #: to send a result (:meth:`send_result`).
+        self.lock = threading.Lock()
+        #: The channels :meth:`_serve` serves now (None: results are only kept), under the lock.
+        self._serving: Optional[Channels] = None
         #: ``(key, session, max_message_size)`` of the registration last made (written here, read
         #: by the main thread, which signs its results with them).
         self.sealing: Optional[tuple] = None
@@ -79,22 +95,45 @@ class ControlThread:
         #: The kept results wait to be sent under this registration (once it is joined).
         self._resend_to: Optional[Channels] = None
         self._next_tick = self._next_contact = 0.0
-        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="ipcluster-io", daemon=True)
 
     def start(self) -> None:
-        """Start the thread; returns once it listens on :attr:`wake_address`."""
+        """Start the thread."""
         self._thread.start()
-        self._ready.wait()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.wake.close()
+
+    def send_result(self, task_id: str, fields: dict, payloads: list, frames: list, session: str) -> None:
+        """(Main thread.) Send a result, signed for ``session``, on the task socket now, and keep
+        it (``outbox.py``); while unregistered, or registered anew since it was signed, it is
+        only kept, and goes out (signed again) after the next registration."""
+        with self.lock:
+            channels = self._serving
+            sent = channels is not None and channels.session == session
+            if sent:
+                self._stream(channels, final=True)  # the last of a streaming task's output, before its result
+                send_frames(channels.task, frames, 0)
+                if readable(channels.task):
+                    self.wake.set()  # (this send took the signal the control thread sleeps on)
+            self.outbox.keep_result(task_id, fields, payloads, sent=sent)
+
+    def _sleeping(self, wait: Callable, *args):
+        """``wait(*args)`` with the lock released (the main thread may send meanwhile)."""
+        self.lock.release()
+        try:
+            return wait(*args)
+        finally:
+            self.lock.acquire()
 
     def _main(self) -> None:
-        wake = self.engine.context.socket(zmq.PAIR)
-        wake.setsockopt(zmq.LINGER, 0)
-        wake.bind(self.wake_address)
-        self._ready.set()
+        with self.lock:
+            self._main_locked()
+
+    def _main_locked(self) -> None:
+        wake = self.wake
         try:
             self.link.start()
             while not self.engine.leaving.is_set():
@@ -109,20 +148,15 @@ class ControlThread:
         finally:
             self._leave(wake)
 
-    def _leave(self, wake: zmq.Socket) -> None:
+    def _leave(self, wake: Wake) -> None:
         try:
-            channels = self.link.channels()
-            if channels is not None:
-                self._forward(wake, channels)  # the last results before the bye
             self.link.stop(self.engine.exit_reason or "stopped")
         except Exception:
             say("could not leave cleanly:\n" + traceback.format_exc())
-        finally:
-            wake.close(0)
 
     # -- registration ------------------------------------------------------------------
 
-    def _register(self, wake: zmq.Socket) -> None:
+    def _register(self, wake: Wake) -> None:
         """One registration attempt, fed to the link; a failed one is waited out."""
         deadline = time.monotonic() + self.engine.register_attempt_timeout
         outcome = self._attempt(wake, deadline)
@@ -134,10 +168,10 @@ class ControlThread:
         self.link.attempt_failed(outcome)
         if outcome is not None and not self.engine.leaving.is_set():
             left = deadline - time.monotonic()
-            if left > 0 and wake.poll(left * 1000):
-                self._forward(wake, None)
+            if left > 0 and self._sleeping(wake.wait, left):
+                wake.clear()
 
-    def _attempt(self, wake: zmq.Socket, deadline: float) -> Attempt:
+    def _attempt(self, wake: Wake, deadline: float) -> Attempt:
         engine = self.engine
         try:
             info = connection.read(engine.connection_file)
@@ -168,19 +202,19 @@ class ControlThread:
         return Channels(engine.context, info, codec, period, token, engine.instance)
 
     def _await_reply(
-        self, reg: zmq.Socket, wake: zmq.Socket, codec: Codec, request: str, deadline: float
+        self, reg: zmq.Socket, wake: Wake, codec: Codec, request: str, deadline: float
     ) -> Optional[Message]:
         """The ``registered`` or ``rejected`` reply to ``request``; None at the deadline."""
         poller = zmq.Poller()
         poller.register(reg, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
+        poller.register(wake.fileno(), zmq.POLLIN)  # (the poller names it by its number)
         while not self.engine.leaving.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            events = dict(poller.poll(left * 1000))
-            if wake in events:
-                self._forward(wake, None)
+            events = dict(self._sleeping(poller.poll, left * 1000))
+            if wake.fileno() in events:
+                wake.clear()
             if reg not in events:
                 continue
             try:
@@ -193,31 +227,42 @@ class ControlThread:
 
     # -- serving -----------------------------------------------------------------------
 
-    def _serve(self, channels: Channels, wake: zmq.Socket) -> None:
+    def _serve(self, channels: Channels, wake: Wake) -> None:
         """Serve ``channels`` until the engine leaves or the link loses them."""
-        poller = zmq.Poller()
-        poller.register(channels.control, zmq.POLLIN)
-        poller.register(channels.task, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
-        while not self.engine.leaving.is_set():
-            events = dict(poller.poll(self._poll_wait()))
-            if channels.control in events and not self._drain("control", channels, self._on_control):
-                return  # the controller forgot this engine: the link is lost
-            if channels.task in events:
-                self._drain("task", channels, self._on_task)
-            if wake in events:
-                self._forward(wake, channels)
-            self._announce(channels)
-            self._stream(channels)
-            # Judged only with nothing left to read: after a long GIL hold by the main
-            # thread, what waits is read first, so the hold does not count as silence.
-            if not channels.control.poll(0) and not self._tick(channels):
-                return  # the controller is silent: the link is lost
+        control, task = channels.control, channels.task
+        poller = select.poll()
+        wake_fd = wake.fileno()
+        for fd in (control.getsockopt(zmq.FD), task.getsockopt(zmq.FD), wake_fd):
+            poller.register(fd, select.POLLIN)
+        runner = self.engine.runner
+        self._serving = channels
+        try:
+            while not self.engine.leaving.is_set():
+                # A ZeroMQ socket's descriptor only says "look again": what is readable, ask it.
+                readable_control, readable_task = readable(control), readable(task)
+                if not (readable_control or readable_task):
+                    if any(fd == wake_fd for fd, _ in self._sleeping(poller.poll, self._poll_wait())):
+                        wake.clear()
+                    readable_control, readable_task = readable(control), readable(task)
+                if readable_control and not self._drain("control", channels, self._on_control):
+                    return  # the controller forgot this engine: the link is lost
+                if readable_task:
+                    self._drain("task", channels, self._on_task)
+                if runner.current is not None:
+                    self._announce(channels)
+                    self._stream(channels)
+                if not self._tick(channels):
+                    return  # the controller is silent: the link is lost
+        finally:
+            self._serving = None
 
     def _tick(self, channels: Channels) -> bool:
-        """Tell the link that time has passed (now and then); False once it lost ``channels``."""
+        """Tell the link that time has passed (now and then); False once it lost ``channels``.
+
+        Judged only with nothing left to read: after a long GIL hold by the main
+        thread, what waits is read first, so the hold does not count as silence."""
         now = time.monotonic()
-        if now < self._next_tick:
+        if now < self._next_tick or readable(channels.control):
             return True
         self._next_tick = now + TICK_INTERVAL
         self.link.tick(self.engine.runner.current is not None)
@@ -249,9 +294,12 @@ class ControlThread:
             send_frames(channels.task, channels.codec.encode("started", started), 0)
 
     def _stream(self, channels: Channels, final: bool = False) -> None:
-        """Send what the running task printed since the last time (rate-limited: ``liveoutput``)."""
-        live = self.engine.runner.live
-        if live is None:
+        """Send what the running task printed since the last time (rate-limited: ``liveoutput``);
+        ``final``: the task ended, its result goes next (what a task that never streamed printed
+        goes with its result alone)."""
+        runner = self.engine.runner
+        live, current = runner.live, runner.current
+        if live is None or not final and (current is None or current.id != live.task_id):
             return
         for stream, text in live.take(final):
             fields = {"task": live.task_id, "stream": stream}
@@ -260,11 +308,8 @@ class ControlThread:
     def _drain(self, channel: str, channels: Channels, handler: Callable[[Channels, Message], bool]) -> bool:
         """Handle every message waiting on ``channel``'s socket; False once the link is lost."""
         sock = getattr(channels, channel)
-        while True:
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
-                return True
+        while readable(sock):  # (cheaper than a recv that raises zmq.Again at the end)
+            frames = recv_frames(sock)
             try:
                 msg = channels.codec.decode(frames, PEER_ACCEPTS[channel])
             except BadMessage as e:
@@ -277,6 +322,7 @@ class ControlThread:
                 self._resend(channels)
             if not handler(channels, msg):
                 return False
+        return True
 
     def _resend(self, channels: Channels) -> None:
         """The controller spoke to this registration: send it the results kept from before."""
@@ -286,23 +332,6 @@ class ControlThread:
             send_frames(channels.task, frames, 0)
         if again:
             say(f"sent {len(again)} recent result(s) again to the controller")
-
-    def _forward(self, wake: zmq.Socket, channels: Optional[Channels]) -> None:
-        """Send the main thread's results on the task socket, and keep them (``outbox.py``): while
-        unregistered they are only kept, and go out after the next registration."""
-        while True:
-            try:
-                frames = recv_frames(wake)
-            except zmq.Again:
-                self.engine.forwarded.set()  # the main thread may start its next task
-                return
-            if frames[0] != b"send":
-                continue
-            if channels is not None:
-                self._stream(channels, final=True)  # the last of a streaming task's output, before its result
-            self.outbox.keep(frames[1:], sent=channels is not None)
-            if channels is not None:
-                send_frames(channels.task, frames[1:], 0)
 
     def _on_control(self, channels: Channels, msg: Message) -> bool:
         if msg.type == "ping":

@@ -1,11 +1,14 @@
 """The engine process: three threads.
 
 * **main thread** -- runs tasks one at a time from the local queue
-  (``ipcluster.engine.runner``), so that a signal (SIGINT) can interrupt the running task;
+  (``ipcluster.engine.runner``), so that a signal (SIGINT) can interrupt the running task,
+  and sends each result itself on the task socket (``ControlThread.send_result``, under
+  the sockets' lock) before it starts the next task;
 * **control thread** (``ipcluster-io``, ``ipcluster.engine.control``) -- owns the control
   and task sockets: registers, answers the monitor's pings, runs control commands (they
-  never wait behind queued tasks), queues incoming tasks and forwards results; its link to
-  the controller is a state machine (``ipcluster.engine.link``);
+  never wait behind queued tasks), queues incoming tasks and keeps the results to send
+  again after a new registration; its link to the controller is a state machine
+  (``ipcluster.engine.link``);
 * **heart thread** -- the native, GIL-free echo (``ipcluster.engine.heart``).
 
 If the controller goes silent (or forgets the engine) the control thread re-registers,
@@ -36,8 +39,6 @@ from ipcluster.transport.zmqfast import send_frames
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONTROLLER_LOST = 3
-#: Seconds the main thread waits, after a task, for the control thread to send its result on.
-FORWARD_WAIT = 1.0
 
 
 class Engine:
@@ -66,14 +67,16 @@ class Engine:
         self.exit_reason = ""
         #: Set when the engine leaves: the control thread says ``bye`` and ends.
         self.leaving = threading.Event()
-        #: Set by the control thread once it has sent on what the main thread handed it.
-        self.forwarded = threading.Event()
         self.control = ControlThread(self)
         self._main_codecs: dict[tuple, Codec] = {}
         #: (signum, task) of the signal command's SIGINT, set just before it is sent.
         self._control_signal: Optional[tuple] = None
         #: The main thread is on its way out: signals no longer raise EngineStop.
         self._stopping = False
+        #: The main thread is sending a result: a signal's EngineStop waits until it is sent
+        #: (raised between two frames, it would leave half a message on the task socket).
+        self._sending = False
+        self._deferred: Optional[EngineStop] = None
 
     # -- main thread -------------------------------------------------------------------
 
@@ -83,13 +86,10 @@ class Engine:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigint)
         self.control.start()
-        out = self.context.socket(zmq.PAIR)
-        out.setsockopt(zmq.LINGER, 0)
-        out.connect(self.control.wake_address)
         try:
             if not follow_parent():
                 raise EngineStop("the controller that started this engine is gone")
-            self._run_tasks(out)
+            self._run_tasks()
         except EngineStop as e:
             if not self.exit_reason:
                 self.exit_reason = str(e) or "stopped"
@@ -97,25 +97,20 @@ class Engine:
             self._stopping = True
             self.queue.close()
             self.leaving.set()
-            try:
-                # NOBLOCK: the control thread may be gone already (PAIR would block).
-                out.send_multipart([b"stop"], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self.control.wake.set()
             self.control.join(10.0)
-            out.close(0)
             self.context.destroy(linger=0)
         if self.exit_reason:
             say(f"engine {self.id} exiting: {self.exit_reason}")
         return self.exit_code
 
-    def _run_tasks(self, out: zmq.Socket) -> None:
+    def _run_tasks(self) -> None:
         while True:
             task = self.queue.get()
             if task is None:
                 return
             try:
-                self._run_one(task, out)
+                self._run_one(task)
             except KeyboardInterrupt:
                 # Arrived just outside the task it was meant for.
                 say(f"an interrupt arrived after task {task.id} ended; ignored")
@@ -123,7 +118,10 @@ class Engine:
                 # A bug here must cost one task, not the engine (and then the next engine).
                 say(f"could not report task {task.id}:\n{traceback.format_exc()}")
 
-    def _run_one(self, task: QueuedTask, out: zmq.Socket) -> None:
+    def _run_one(self, task: QueuedTask, out: Optional[zmq.Socket] = None) -> None:
+        """Run ``task`` and send its result; to ``out`` instead, if given, as ``[b"send", *frames]``
+        (how results left the main thread before it sent them itself: tests of the size limit
+        read them there)."""
         fields, payloads = self.runner.run(task)
         codec, limit = self._main_codec()
         frames = codec.encode("result", fields, payloads)
@@ -134,15 +132,24 @@ class Engine:
                 f"the result of task {task.id} is {size} bytes, over the controller's limit of {limit} bytes "
                 "(--max-message-size)"
             )
-            failed = {"task": task.id, "ok": False, "error": errors.to_wire(error), "started": fields.get("started"),
+            fields = {"task": task.id, "ok": False, "error": errors.to_wire(error), "started": fields.get("started"),
                       "finished": fields.get("finished")}
-            frames = codec.encode("result", failed, [b"", b"", b""])
-        self.forwarded.clear()
-        send_frames(out, [b"send", *frames], 0)
-        # The next task waits until the result is on the task socket: if that task kills
-        # the process at once (a segfault), the result must not die with it, or the
-        # controller would take this finished task for the one that killed its engine.
-        self.forwarded.wait(FORWARD_WAIT)
+            payloads = [b"", b"", b""]
+            frames = codec.encode("result", fields, payloads)
+        if out is not None:
+            send_frames(out, [b"send", *frames], 0)
+            return
+        # Sent before the next task starts: if that task kills the process at once (a segfault),
+        # the result must not die with it, or the controller would take this finished task for
+        # the one that killed its engine.
+        self._sending = True
+        try:
+            self.control.send_result(task.id, fields, payloads, frames, codec.session)
+        finally:
+            self._sending = False
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            raise deferred
 
     def _main_codec(self) -> tuple[Codec, int]:
         """The codec of the registration now (set before any task can arrive), and its size limit."""
@@ -158,8 +165,14 @@ class Engine:
     def _on_sigterm(self, signum, frame) -> None:
         if self._stopping:
             return
+        self._stop("SIGTERM")
+
+    def _stop(self, reason: str) -> None:
         self._stopping = True
-        raise EngineStop("SIGTERM")
+        if self._sending:
+            self._deferred = EngineStop(reason)  # raised once the result is sent (_run_one)
+            return
+        raise EngineStop(reason)
 
     def _on_sigint(self, signum, frame) -> None:
         requested, self._control_signal = self._control_signal, None
@@ -172,8 +185,7 @@ class Engine:
         if current is not None:
             raise KeyboardInterrupt
         if not self._stopping:
-            self._stopping = True
-            raise EngineStop("SIGINT")
+            self._stop("SIGINT")
 
     # -- asked by the control thread -----------------------------------------------------
 

@@ -44,6 +44,11 @@ class LiveOutput:
         #: Whether anything of this task was streamed (then its last output is flushed before its result).
         self.streaming = False
 
+    def restart(self) -> None:
+        """The task's function starts now: the first :data:`INTERVAL` counts from here, not from
+        the unpickling (the first task of an engine imports cloudpickle, which may take longer)."""
+        self._next = self._clock() + INTERVAL
+
     def add(self, stream: str, text: str) -> None:
         with self._lock:
             room = MAX_STREAMED - self._held

@@ -57,12 +57,16 @@ class Outbox:
         if not isinstance(header, dict) or header.get("type") != "result" or not isinstance(header.get("task"), str):
             return
         fields = {k: v for k, v in header.items() if k not in _ENVELOPE}
-        payloads = list(frames[2:])  # as received from the main thread: large ones are views, not copies
+        self.keep_result(header["task"], fields, frames[2:], sent)
+
+    def keep_result(self, task_id: str, fields: dict, payloads: Sequence[bytes], sent: bool = True) -> None:
+        """Keep the ``fields`` and ``payloads`` of the result of ``task_id`` (as :meth:`keep`, unparsed)."""
+        payloads = list(payloads)  # as received from the main thread: large ones are views, not copies
         size = sum(len(p) for p in payloads)
-        self._forget(header["task"])
+        self._forget(task_id)
         if size > self.max_bytes:
             return
-        self._kept[header["task"]] = (self.clock() + self.max_age if sent else None, fields, payloads, size)
+        self._kept[task_id] = (self.clock() + self.max_age if sent else None, fields, payloads, size)
         self.size += size
         self._trim()
 
@@ -72,10 +76,18 @@ class Outbox:
             self.size -= old[3]
 
     def _trim(self) -> None:
+        # Sent results are kept in the order of their deadlines (each is kept, or sent again by
+        # again(), with the latest deadline, at the end), so the expired ones come first: the
+        # scan stops at the first one sent that is still due (unsent ones are skipped).
         now = self.clock()
-        for task_id, (until, _, _, _) in list(self._kept.items()):
-            if until is not None and until < now:
-                self._forget(task_id)
+        expired = []
+        for task_id, (until, _, _, _) in self._kept.items():
+            if until is not None:
+                if until >= now:
+                    break
+                expired.append(task_id)
+        for task_id in expired:
+            self._forget(task_id)
         while len(self._kept) > self.max_results or self.size > self.max_bytes:
             self._forget(next(iter(self._kept)))
 

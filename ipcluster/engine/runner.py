@@ -8,9 +8,10 @@ the pickled exception with a description that never raises.
 from __future__ import annotations
 
 import io
+import pickle
+import sys
 import time
 import traceback
-from contextlib import redirect_stderr, redirect_stdout
 from typing import Optional, Sequence
 
 import msgpack
@@ -49,15 +50,29 @@ def unpack(payload: bytes, inputs: Optional[bytes] = None, buffers: Sequence = (
     The payload is ``(fn, args, kwargs)`` or ``(fn, args, kwargs, extras)``, pickled with
     ``buffers`` out of band (``transport.buffers``).
     """
-    # Here, not at the top: an engine starts faster without cloudpickle (imported once).
-    from ipcluster.transport import buffers as pickle_buffers
-
-    supplied = msgpack.unpackb(inputs, raw=False) if inputs is not None else None
-    with futureinputs.supplying(supplied):
-        fn, args, kwargs, *rest = pickle_buffers.loads(payload, buffers)
+    loads = _pickle_buffers().loads
+    if inputs is None:
+        fn, args, kwargs, *rest = loads(payload, buffers)  # (no inputs: a placeholder fails alike)
+    else:
+        with futureinputs.supplying(msgpack.unpackb(inputs, raw=False)):
+            fn, args, kwargs, *rest = loads(payload, buffers)
     if rest and isinstance(rest[0], dict):
         sourcelines.restore(fn, rest[0])
     return fn, args, kwargs
+
+
+_buffers_module = None
+
+
+def _pickle_buffers():
+    """``ipcluster.transport.buffers``, imported with the first task: an engine starts faster
+    without cloudpickle."""
+    global _buffers_module
+    if _buffers_module is None:
+        from ipcluster.transport import buffers
+
+        _buffers_module = buffers
+    return _buffers_module
 
 
 class Running:
@@ -89,16 +104,18 @@ class Runner:
         """
         stdout, stderr = io.StringIO(), io.StringIO()
         fields: dict = {"task": task.id, "started": time.time()}
+        saved = sys.stdout, sys.stderr
         try:
             try:
                 # Inside the try: an interrupt from here on is this task's error, never lost.
                 self.live = live = LiveOutput(task.id)
                 self.current = Running(task.id)
-                with redirect_stdout(LiveStream("stdout", stdout, live)), \
-                        redirect_stderr(LiveStream("stderr", stderr, live)):
-                    fn, args, kwargs = unpack(task.payload, task.inputs, task.buffers)
-                    value = fn(*args, **kwargs)
+                sys.stdout, sys.stderr = LiveStream("stdout", stdout, live), LiveStream("stderr", stderr, live)
+                fn, args, kwargs = unpack(task.payload, task.inputs, task.buffers)
+                live.restart()
+                value = fn(*args, **kwargs)
             finally:
+                sys.stdout, sys.stderr = saved
                 self.current = None
             payload, buffers = _dumps(value)
             fields["ok"] = True
@@ -112,11 +129,17 @@ class Runner:
         return fields, [payload, _text(stdout), _text(stderr), *buffers]
 
 
+#: Values pickled by plain ``pickle`` (the same bytes, without building a cloudpickle pickler).
+_PLAIN = frozenset({type(None), bool, int, float, complex})
+_SMALL = frozenset({str, bytes})
+
+
 def _dumps(value) -> tuple:
     """``(pickle, out-of-band buffers)`` of a task's value (``transport.buffers``)."""
-    from ipcluster.transport import buffers as pickle_buffers  # imported by unpack() already
-
-    return pickle_buffers.dumps(value)
+    kind = type(value)
+    if kind in _PLAIN or kind in _SMALL and len(value) < 4096:
+        return pickle.dumps(value, 5), []
+    return _pickle_buffers().dumps(value)
 
 
 def _pickled_exception(e: BaseException) -> bytes:

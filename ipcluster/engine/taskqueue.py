@@ -15,17 +15,29 @@ import time
 from collections import OrderedDict
 from typing import Callable, Optional
 
-import attr
 
-
-@attr.s(slots=True, frozen=True)
 class QueuedTask:
-    id: str = attr.ib()
-    payload: bytes = attr.ib(repr=False)
-    #: With ``task_in``: a msgpack map of task id to the result the task takes (futures as inputs).
-    inputs: Optional[bytes] = attr.ib(default=None, repr=False)
-    #: The payload's out-of-band buffers (``transport.buffers``), views of the received frames.
-    buffers: tuple = attr.ib(default=(), repr=False)
+    """A task as the control thread received it (a plain slotted class: one is built per task)."""
+
+    __slots__ = ("id", "payload", "inputs", "buffers")
+
+    def __init__(self, id: str, payload: bytes, inputs: Optional[bytes] = None, buffers: tuple = ()) -> None:
+        self.id = id
+        self.payload = payload
+        #: With ``task_in``: a msgpack map of task id to the result the task takes (futures as inputs).
+        self.inputs = inputs
+        #: The payload's out-of-band buffers (``transport.buffers``), views of the received frames.
+        self.buffers = buffers
+
+    def __repr__(self) -> str:
+        return f"QueuedTask(id={self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QueuedTask):
+            return NotImplemented
+        return (self.id, self.payload, self.inputs, self.buffers) == (other.id, other.payload, other.inputs, other.buffers)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 #: How many ids of tasks handed to the main thread, and of tombstones, are remembered.
@@ -38,16 +50,25 @@ QUEUED, TAKEN, NOT_SEEN = "queued", "taken", "not seen"
 
 
 class TaskQueue:
-    """FIFO of tasks with removal by id; ``get`` returns None once closed."""
+    """FIFO of tasks with removal by id; ``get`` returns None once closed.
+
+    One thread gets (the main thread); any may put.  The getter sleeps on a
+    gate -- a lock it holds, released to wake it -- rather than a
+    ``threading.Condition``, whose every wait builds a lock and runs a page of
+    Python: this wait happens once a task.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Lock()  # guards the state below
+        self._gate = threading.Lock()
+        self._gate.acquire()  # released (by _wake) only to wake the getter
         self._items: "OrderedDict[str, QueuedTask]" = OrderedDict()
         self._closed = False
         self._clock = clock
         self._taken: "OrderedDict[str, None]" = OrderedDict()  # handed to the main thread, newest last
         self._tombstones: "OrderedDict[str, float]" = OrderedDict()  # withdrawn before arrival: when
         self.discarded = 0  # tasks that arrived after they were withdrawn
+        self._waiting = False  # the main thread waits in get()
 
     def __len__(self) -> int:
         with self._cond:
@@ -67,19 +88,34 @@ class TaskQueue:
                 self.discarded += 1
                 return True
             self._items[task.id] = task
-            self._cond.notify()
+            self._wake()
             return True
+
+    def _wake(self) -> None:
+        """Wake the getter if it sleeps (with ``_cond`` held)."""
+        if self._waiting:
+            self._waiting = False
+            if self._gate.locked():  # (unlocked: a release from before is still unused; one is enough)
+                self._gate.release()
 
     def get(self, timeout: Optional[float] = None) -> Optional[QueuedTask]:
         """The next task; None when the queue is closed (or on timeout)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._items or self._closed, timeout):
-                return None
-            if self._closed:
-                return None
-            task = self._items.popitem(last=False)[1]
-            _remember(self._taken, task.id, None)
-            return task
+        until = None if timeout is None else time.monotonic() + timeout  # (real waits: not the tombstones' clock)
+        while True:
+            with self._cond:
+                if self._closed:
+                    return None
+                if self._items:
+                    task = self._items.popitem(last=False)[1]
+                    _remember(self._taken, task.id, None)
+                    return task
+                left = None if until is None else until - time.monotonic()
+                if left is not None and left <= 0:
+                    return None  # timed out
+                self._waiting = True
+            # Woken by _wake, by the timeout, or at once by a release meant for an earlier wait
+            # (it timed out first): each time, the state decides again.
+            self._gate.acquire(timeout=-1 if left is None else left)
 
     def remove(self, task_id: str) -> bool:
         with self._cond:
@@ -112,7 +148,7 @@ class TaskQueue:
             self._closed = True
             dropped = list(self._items.values())
             self._items.clear()
-            self._cond.notify_all()
+            self._wake()
             return dropped
 
 

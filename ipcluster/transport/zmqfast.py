@@ -59,9 +59,13 @@ def _recv_later(sock: zmq.Socket, flags: int):
 
 def recv_frames(sock: zmq.Socket, flags: int = NOBLOCK) -> list:
     """Receive one whole message; raises ``zmq.Again`` when none waits (with NOBLOCK)."""
-    frames = [_recv(sock, flags)]
-    while _get(sock, RCVMORE):
-        frames.append(_recv(sock, flags) if len(frames) < _COPIED else _recv_later(sock, flags))
+    # Each frame as a zmq.Frame, whose ``more`` is free: getsockopt(RCVMORE) costs an enum
+    # lookup in pyzmq (about 2 us a 3-frame message).
+    frame = _recv(sock, flags, False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        frames.append(frame.bytes if len(frames) < _COPIED or len(frame) < ZERO_COPY else frame.buffer)
     return frames
 
 
