@@ -475,13 +475,14 @@ class SettleOnTheReason(unittest.SynchronousTestCase):
         return _settle(self.log, self.offset, clock=self.clock.seconds, sleep=self.sleep)
 
     def test_waits_through_a_quiet_spell_for_the_reason(self):
-        self.script = {0.1: "twistd: starting\n", 0.9: "twistd ipcluster: cannot listen on ...: Address already in use\n"}
+        # (2.5 s of quiet: a daemon on a loaded machine logged its reason 1.x s late)
+        self.script = {0.1: "twistd: starting\n", 2.6: "twistd ipcluster: cannot listen on ...: Address already in use\n"}
         self.assertEqual(self.settle(), "cannot listen on ...: Address already in use")
 
-    def test_no_reason_after_a_second_of_quiet(self):
+    def test_no_reason_after_three_seconds_of_quiet(self):
         self.script = {0.1: "twistd: starting\n"}
         self.assertIsNone(self.settle(), "the old run's reason is not this one's")
-        self.assertLess(self.clock.seconds(), 2.0)
+        self.assertLess(self.clock.seconds(), 4.0)
 
 
 class RemovalOrder(unittest.SynchronousTestCase):

@@ -284,7 +284,7 @@ def _wait_for_engines(dd: DataDir, pid: int, engines: int, deadline: Deadline, b
         client.close()
 
 
-def _settle(path: Path, offset: int, quiet: float = 1.0, bound: float = 10.0, clock=time.monotonic,
+def _settle(path: Path, offset: int, quiet: float = 3.0, bound: float = 15.0, clock=time.monotonic,
             sleep=time.sleep) -> Optional[str]:
     """The controller's reason for failing, once its log has it; None if the log stays quiet for
     ``quiet`` s without one (or at ``bound``). A failing daemon logs its reason just after it has
