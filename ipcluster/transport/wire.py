@@ -182,7 +182,6 @@ class MessageIds:
 _LEN = struct.Struct(">Q")
 
 
-
 class Codec:
     """Signs, encodes, verifies and decodes envelopes with one key.
 
@@ -340,10 +339,10 @@ class PingCodec:
     """Makes and checks heartbeat pings that bind beat and send time to an engine id."""
 
     def __init__(self, key: bytes) -> None:
-        self._key = hashlib.sha256(b"ipcluster-heartbeat" + key).digest()
+        self._hmac = Hmac(hashlib.sha256(b"ipcluster-heartbeat" + key).digest())
 
     def _mac(self, engine: bytes, body: bytes) -> bytes:
-        return hmac.digest(self._key, engine + b"\0" + body, "sha256")[:PING_MAC_BYTES]
+        return self._hmac(engine + b"\0" + body)[:PING_MAC_BYTES]
 
     def ping(self, engine: bytes, beat: int, sent: float) -> bytes:
         body = _PING.pack(beat, sent)
