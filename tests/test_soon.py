@@ -70,3 +70,22 @@ class SoonTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(1)
         self.assertEqual(self.ran, [])
+
+    def test_now_runs_the_due_pass_at_once(self):
+        self.soon(lambda: self.ran.append(1))
+        self.soon.now()
+        self.assertEqual(self.ran, [1])
+        self.assertEqual(self.clock.getDelayedCalls(), [], "the turn's call is cancelled")
+        self.soon.now()
+        self.assertEqual(self.ran, [1], "nothing due: nothing runs")
+
+    def test_now_inside_a_pass_leaves_it_to_the_pass(self):
+        def job():
+            self.ran.append("job")
+            self.soon(lambda: self.ran.append("later"))
+            self.soon.now()
+            self.ran.append("after now")
+
+        self.soon(job)
+        self.clock.advance(0)
+        self.assertEqual(self.ran, ["job", "after now", "later"])

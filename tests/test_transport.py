@@ -126,6 +126,28 @@ class RouterSocketTests(SynchronousTestCase):
         self.assertEqual(len(self.handled), COUNT)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_after_read_runs_once_a_read_emptied_the_socket(self):
+        self.use_inproc()
+        calls = []
+        self.router.after_read = lambda: calls.append(len(self.handled))
+        self.push(5)
+        self.wait_readable()
+        self.router.doRead()
+        self.assertEqual(calls, [5], "once, after the messages")
+        self.router.doRead()
+        self.assertEqual(calls, [5], "a read that found nothing calls nothing")
+
+    def test_a_message_that_came_during_after_read_is_read(self):
+        # after_read sends (the controller's replies): the send takes the socket's readable
+        # edge, so the read must look again after it.
+        self.use_inproc()
+        self.router.after_read = lambda: (self.push(1), self.router.send_frames([b"dealer-1", b"reply"]))
+        self.push(1)
+        self.wait_readable()
+        self.router.doRead()
+        self.assertEqual(len(self.handled), 2, "the message pushed during after_read was read too")
+        self.assertEqual(self.dealer.recv_multipart(), [b"reply"])
+
     def test_explicit_limit(self):
         self.use_inproc()
         self.push(50)

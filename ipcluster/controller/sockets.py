@@ -188,6 +188,7 @@ class ControllerSockets:
                 on_oversize=lambda message: self.drops.drop(
                     channel, "oversize message", b"", f"{message.frames} frames, {message.size} bytes"
                 ),
+                after_read=self.soon.now,
             )
         except zmq.ZMQError as e:
             why = os.strerror(e.errno) if e.errno else str(e)

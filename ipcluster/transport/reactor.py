@@ -48,7 +48,9 @@ class RouterSocket(ZmqConnection):
     message with more than ``max_frames`` frames or ``max_size`` bytes in all
     (the identity frame included) is thrown away before anything looks at it,
     and reported to ``on_oversize``; ``max_message_size`` is libzmq's
-    ``MAXMSGSIZE``, a limit per frame.
+    ``MAXMSGSIZE``, a limit per frame.  ``after_read()`` is called when a read
+    that handled messages found the socket empty (the controller runs its
+    end-of-turn pass there: ``transport.soon``).
     """
 
     socketType = zmq.ROUTER
@@ -66,8 +68,11 @@ class RouterSocket(ZmqConnection):
         max_frames: int = _UNLIMITED,
         max_size: int = _UNLIMITED,
         on_oversize: Optional[OnOversize] = None,
+        after_read: Optional[Callable[[], None]] = None,
     ) -> None:
         self.on_message = on_message
+        #: Called when a read that handled messages found the socket empty.
+        self.after_read = after_read
         self.max_batch = max_batch
         self.name = name
         #: Reactor time at which a read last found the socket empty.
@@ -112,8 +117,17 @@ class RouterSocket(ZmqConnection):
 
     def _read(self, limit: int) -> None:
         n = 0
+        after = self.after_read
         while self.factory is not None:
             if not readable(self.socket):
+                if n and after is not None:
+                    # (Its sends may take this socket's edge: so look again after it, once.)
+                    after = None
+                    try:
+                        self.after_read()
+                    except Exception:
+                        self.log.failure("error after a read on the {name} socket", name=self.name)
+                    continue
                 self.emptied_at = self.factory.reactor.seconds()
                 return
             if n >= limit:
@@ -205,7 +219,7 @@ class DealerSocket(RouterSocket):
         self.batches_cut = 0
         self.received = 0
         self.max_frames = self.max_size = _UNLIMITED
-        self.on_oversize = None
+        self.on_oversize = self.after_read = None
         ZmqConnection.__init__(self, factory)
         if configure is not None:
             configure(self.socket)

@@ -9,6 +9,11 @@ for all the jobs given to it before it runs, and a job added while it runs
 (the outbox flush that a commit asks for) runs in the same pass, after the jobs
 before it.  At most :data:`MOST_A_PASS` jobs run a pass; the rest wait for the
 next turn, so that a job that keeps adding jobs cannot hold the reactor.
+
+:meth:`Soon.now` runs the pass at once, if one is due: the controller's
+sockets call it when a read found its socket empty (``after_read``), so the
+commit and the replies that message asked for go out before the reactor goes
+back to its loop -- a lone result does not wait for the reactor's timer pass.
 """
 from __future__ import annotations
 
@@ -54,6 +59,13 @@ class Soon:
             self._running = False
         if jobs and self._call is None:
             self._call = self.clock.callLater(0, self._run)
+
+    def now(self) -> None:
+        """Run the pass now if one is due (not from inside a pass: that one goes on by itself)."""
+        if self._call is not None and not self._running:
+            if self._call.active():
+                self._call.cancel()
+            self._run()
 
     def cancel(self) -> None:
         """Forget every job not run yet (the reactor is stopping)."""
