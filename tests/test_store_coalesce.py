@@ -87,6 +87,15 @@ class CoalescedTests(SynchronousTestCase):
         done = run_batch(self.open(), batch, Retention(None, None))
         self.assertEqual(done.answers[0][2]["status"], "submitted")
 
-    def test_no_fold_into_an_earlier_batch(self):
-        batch = [("started", ("e0", 2.0, "t1")), ("finished", ("t1", "ok", 3.0, "e0", None, b"v", "", "", None))]
-        self.assertEqual(coalesced(batch), batch)
+    def test_a_lone_write_stays_as_it_is(self):
+        for batch in ([("started", ("e0", 2.0, "t1"))], [("finished", ("t1", "ok", 3.0, "e0", None, b"v", "", "", None))]):
+            self.assertEqual(coalesced(batch), batch)
+
+    def test_started_and_finished_of_an_earlier_submit_are_one_statement(self):
+        db = self.open()
+        run_batch(db, [("submitted", ("t1", "f", 1.0, b"p", "{}"))], Retention(None, None))
+        batch = [("started", ("e0", 2.0, "t1")), ("finished", ("t1", "ok", 3.0, "e1", None, b"v", "", "", None))]
+        self.assertEqual([op for op, _ in coalesced(batch)], ["finished_started"])
+        run_batch(db, batch, Retention(None, None))
+        row = db.execute("SELECT status, started_at, finished_at, engine, payload FROM tasks").fetchone()
+        self.assertEqual(row, ("ok", 2.0, 3.0, "e1", None))

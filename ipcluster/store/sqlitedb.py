@@ -60,6 +60,15 @@ WRITES = {
         "engine=excluded.engine, error=excluded.error, result=excluded.result, stdout=excluded.stdout, "
         "stderr=excluded.stderr, not_kept=excluded.not_kept, payload=NULL"
     ),
+    # What ``started`` and the ``finished`` after it make (:func:`coalesced`): finished, and the
+    # start time if the row was there (``started`` changes nothing in a row that is not).
+    "finished_started": (
+        "INSERT INTO tasks (task, status, finished_at, engine, error, result, stdout, stderr, not_kept) "
+        "VALUES (?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT(task) DO UPDATE SET status=excluded.status, finished_at=excluded.finished_at, "
+        "engine=excluded.engine, error=excluded.error, result=excluded.result, stdout=excluded.stdout, "
+        "stderr=excluded.stderr, not_kept=excluded.not_kept, payload=NULL, started_at=?"
+    ),
     # A whole record: what ``submitted`` and the ``started``/``finished`` after it in one batch make
     # (:func:`coalesced`).
     "record": (
@@ -149,16 +158,19 @@ def run_batch(db: sqlite3.Connection, batch: list, retention: "Retention") -> Ba
 
 
 def coalesced(batch: list) -> list:
-    """``batch`` with each task's ``started`` and ``finished`` folded into its ``submitted``
-    of the same batch: one ``record`` row -- the row those writes would leave, written once.
+    """``batch`` with each task's writes of the batch folded into as few statements as leave
+    the same row.
 
-    A task of a few milliseconds is submitted, started and finished within one batch: one
-    statement instead of three, and the result's commit writes one row.  Nothing folds
-    across an operation that is not a write (a read must see the writes made before it, and
-    only those); writes of tasks submitted in an earlier batch stay as they are.
+    A task's ``started`` and ``finished`` after its ``submitted`` make one ``record`` row (the
+    row those writes would leave, written once); a ``started`` and the ``finished`` after it
+    make one ``finished_started``.  A task of a few milliseconds is submitted, started and
+    finished within one batch: one statement instead of three, and its result's commit
+    writes one row.  Nothing folds across an operation that is not a write (a read must see
+    the writes made before it, and only those).
     """
     out: list = []
     records: dict = {}  # task id -> its record row (a list, in ``out``)
+    started: dict = {}  # task id -> where its last ``started`` (of a row not in ``records``) is in ``out``
     for item in batch:
         op, args = item
         if op == "submitted":
@@ -174,11 +186,19 @@ def coalesced(batch: list) -> list:
             row = records[args[0]]  # status, finished_at, engine, error, result, stdout, stderr, not_kept
             row[2], row[5], row[6], row[7], row[8], row[9], row[10], row[13] = args[1:]
             row[_PAYLOAD] = None
+        elif op == "finished" and args[0] in started:
+            at = started.pop(args[0])
+            _, (_, started_at, _) = out[at]
+            out[at] = None
+            out.append(("finished_started", (*args, started_at)))
         else:
-            if op not in WRITES:
+            if op == "started":
+                started[args[2]] = len(out)
+            elif op not in WRITES:
                 records.clear()
+                started.clear()
             out.append(item)
-    return out
+    return [item for item in out if item is not None]
 
 
 def _run_ops(db: sqlite3.Connection, batch: list, retention: "Retention", done: Batch) -> tuple[list, bool]:
