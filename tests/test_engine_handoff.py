@@ -15,7 +15,7 @@ from ipcluster.engine.liveoutput import LiveOutput
 from ipcluster.engine.outbox import Outbox
 from ipcluster.engine.runner import EngineStop, Runner, Running
 from ipcluster.engine.taskqueue import QueuedTask, TaskQueue
-from ipcluster.engine.wake import Wake
+from ipcluster.transport.wake import Wake
 from ipcluster.transport.wire import Codec
 from ipcluster.transport.zmqfast import recv_frames
 

@@ -1,8 +1,8 @@
 """The blocking client: ``from ipcluster import Client``.
 
-A background thread owns the ZeroMQ socket; calls from any thread hand it
-envelopes through an outbox (``iothread.py``: a list, and one inproc wake-up
-for a burst).  ``submit`` returns a
+A background I/O thread reads the ZeroMQ socket and sends what the calling
+threads hand it; a lone request is sent by its caller, a burst goes through
+the I/O thread in batches (``iothread.py``).  ``submit`` returns a
 ``concurrent.futures.Future``; the control verbs block and return their value.
 Done-callbacks run on a second thread of the client's (``callbacks.py``), so
 the I/O thread never runs user code.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 import concurrent.futures
 from concurrent.futures import Future
 from typing import Any, Optional
@@ -20,7 +19,7 @@ import zmq
 
 from ipcluster import connection, errors
 from ipcluster.client.executor import TaskExecutor, settle_reply
-from ipcluster.client.iothread import Closed, Outbox, forward_waiting
+from ipcluster.client.iothread import Closed, SharedDealer
 from ipcluster.client.future import TaskFuture
 from ipcluster.client.progress import progress_bar
 from ipcluster.client.verbs import ControlVerbs
@@ -28,7 +27,7 @@ from ipcluster.client.views import EngineViews
 from ipcluster.client.core import KEEP_PAYLOAD_BYTES, ClientCore
 from ipcluster.client.watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_RESTART_WAIT, ControllerWatch
 from ipcluster.transport.security import configure_client
-from ipcluster.transport.zmqfast import recv_frames, send_frames
+from ipcluster.transport.zmqfast import readable, recv_frames, send_frames
 
 LIVE = ("alive", "busy")
 
@@ -59,24 +58,21 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
         self._watch = ControllerWatch(self.info, controller_timeout, restart_wait, give_up_after)
         self._core = ClientCore(self.info.key, self.info.max_message_size, keep_bytes)
         self._context = zmq.Context()
-        self._pipe_address = f"inproc://ipcluster-client-{uuid.uuid4().hex}"
-        wake = self._context.socket(zmq.PAIR)
-        wake.setsockopt(zmq.LINGER, 0)
-        wake.bind(self._pipe_address)
-        self._outbox = Outbox(wake)
         self._init_executor()
-        self._dealer = self._context.socket(zmq.DEALER)
-        self._dealer.setsockopt(zmq.LINGER, 0)
-        # Never block the I/O thread on a controller that is gone: it must stay free to notice.
-        self._dealer.setsockopt(zmq.SNDHWM, 0)
-        configure_client(self._dealer, self.info)
-        # (Called in the I/O thread, the one that uses the dealer.)
-        self._core.send_back = lambda frames: send_frames(self._dealer, frames)
+        dealer = self._context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        # Never block a send on a controller that is gone: the I/O thread must stay free to notice.
+        dealer.setsockopt(zmq.SNDHWM, 0)
+        configure_client(dealer, self.info)
+        self._line = SharedDealer(dealer, self.info.max_message_size)
+        self._outbox = self._line.outbox
+        # (Called in the I/O thread, which holds the dealer's lock then.)
+        self._core.send_back = lambda frames: send_frames(dealer, frames)
         try:
-            self._dealer.connect(self.info.address("client"))
+            dealer.connect(self.info.address("client"))
         except zmq.ZMQError as e:
-            self._dealer.close(0)
-            self._outbox.release()
+            dealer.close(0)
+            self._line.release()
             self._context.term()
             raise errors.NoController(
                 f"cannot connect to {self.info.address('client')} (connection file {self.info.path}): {e}"
@@ -175,49 +171,52 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
 
     def _send(self, frames: list) -> None:
         try:
-            self._outbox.put(frames)
+            self._line.send(frames)
         except Closed:
             raise errors.NoController("this client is closed") from None
 
     def _io_main(self) -> None:
-        dealer = self._dealer  # made (and connected) in __init__, used only here from now on
-        pipe = self._context.socket(zmq.PAIR)
-        pipe.setsockopt(zmq.LINGER, 0)
-        pipe.connect(self._pipe_address)
-        self._ready.set()
-        poller = zmq.Poller()
-        poller.register(dealer, zmq.POLLIN)
-        poller.register(pipe, zmq.POLLIN)
+        line = self._line
+        with line.lock:  # (released only while it sleeps: see iothread.py)
+            try:
+                self._ready.set()
+                self._serve(line)
+            finally:
+                line.shut()
+
+    def _serve(self, line: SharedDealer) -> None:
+        """Read the dealer, forward the outbox and watch the controller, until the close."""
+        dealer = line.dealer
+        poller = line.poller()
         heard = probed = time.monotonic()
         probe_every = min(5.0, self.controller_timeout / 3)
-        try:
-            while True:
-                events = dict(poller.poll(500))
-                now = time.monotonic()
-                gone = None
-                if dealer in events or not self._core.waiting():
-                    heard = now
-                else:
-                    gone = self._watch.verdict(now - heard, now)
-                if gone is not None:
-                    self._core.fail_all(errors.NoController(f"the controller at {self.info.address('client')} {gone}"))
-                    heard = now
-                elif now - heard > probe_every and now - probed > probe_every:
-                    probed = now
-                    _, frames = self._core.request("connect", {}, lambda ok, value: None)
-                    send_frames(dealer, frames)
-                if pipe in events and not forward_waiting(self._outbox, pipe, dealer, self._core.max_message_size):
-                    break  # (what came before the close was sent)
-                if dealer in events:
-                    while True:
-                        try:
-                            frames = recv_frames(dealer)
-                        except zmq.Again:
-                            break
-                        self._core.received(frames)
-        finally:
-            dealer.close(0)
-            pipe.close(0)
+        while True:
+            if not readable(dealer):  # (nothing to read: sleep until a message or the wake)
+                line.sleep(poller, 500)
+            received = self._receive(dealer)
+            now = time.monotonic()
+            gone = None
+            if received or not self._core.waiting():
+                heard = now
+            else:
+                gone = self._watch.verdict(now - heard, now)
+            if gone is not None:
+                self._core.fail_all(errors.NoController(f"the controller at {self.info.address('client')} {gone}"))
+                heard = now
+            elif now - heard > probe_every and now - probed > probe_every:
+                probed = now
+                _, frames = self._core.request("connect", {}, lambda ok, value: None)
+                send_frames(dealer, frames)
+            if not line.forward():
+                return  # (what came before the close was sent)
+
+    def _receive(self, dealer: zmq.Socket) -> bool:
+        """Hand every message waiting on ``dealer`` to the core; whether there was one."""
+        received = False
+        while readable(dealer):  # (cheaper than a recv that raises zmq.Again at the end)
+            self._core.received(recv_frames(dealer))
+            received = True
+        return received
 
     def close(self, cancel: bool = True) -> None:
         """Close the connection now; pending futures fail with NoController.
@@ -237,7 +236,7 @@ class Client(ControlVerbs, TaskExecutor, EngineViews):
             self._shutdown = True
         if self._outbox.close():
             self._thread.join(5.0)
-            self._outbox.release()
+            self._line.release()
             self._context.term()
             self._core.fail_all(errors.NoController("client closed"))
         self._callbacks.stop(wait=wait_for_callbacks)

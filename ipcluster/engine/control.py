@@ -36,7 +36,7 @@ from ipcluster.engine.diagnostics import say
 from ipcluster.engine.link import Link, MonotonicClock, new_link
 from ipcluster.engine.outbox import Outbox
 from ipcluster.engine.taskqueue import QueuedTask
-from ipcluster.engine.wake import Wake
+from ipcluster.transport.wake import Wake
 from ipcluster.launchers.shim import engine_rank
 from ipcluster.transport.security import configure_client, engine_token
 from ipcluster.transport.wire import MAX_REPLY_HEADER_BYTES, PEER_ACCEPTS, BadMessage, Codec, Message

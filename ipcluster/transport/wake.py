@@ -1,13 +1,15 @@
-"""How the main thread wakes the control thread: an eventfd (a pipe where there is none).
+"""How a thread wakes a sleeping I/O thread: an eventfd (a pipe where there is none).
 
-The control thread sleeps in ``select.poll`` on its sockets' descriptors and this one.
-The main thread sets it when it leaves (``engine.leaving``), and when its own result
-send left a message readable on the task socket: that send took the signal the
-control thread sleeps on (``ControlThread.send_result``).  Setting it costs one
+An I/O thread that shares its ZeroMQ sockets with other threads under a lock
+sleeps in ``select.poll`` on the sockets' descriptors and this one, the lock
+released (the engine's control thread, ``engine/control.py``; the blocking
+client's, ``client/iothread.py``).  Another thread sets it to hand the I/O
+thread work, and when its own send left a message readable: that send took the
+edge-triggered signal the I/O thread sleeps on.  Setting it costs one
 ``write``; :meth:`Wake.clear` reads it empty, however often it was set.
 
 The write keeps the GIL (libc's ``write`` through ``ctypes.PyDLL``, where there is
-one): ``os.write`` releases it, and the control thread, woken by that very write,
+one): ``os.write`` releases it, and the I/O thread, woken by that very write,
 would take it at once, only to find the sockets' lock taken and hand it back.
 """
 from __future__ import annotations
