@@ -79,6 +79,9 @@ WRITES = {
 
 #: Positions in a ``record`` row.
 _STATUS, _STARTED_AT, _ENGINE, _PAYLOAD = 2, 4, 6, 11
+#: Where a ``finished`` write's values (after its task id) go in a ``record`` row: status,
+#: finished_at, engine, error, result, stdout, stderr, not_kept.
+_FINISHED_COLUMNS = (2, 5, 6, 7, 8, 9, 10, 13)
 
 
 def open_db(path: str) -> sqlite3.Connection:
@@ -183,8 +186,9 @@ def coalesced(batch: list) -> list:
             row = records[args[2]]  # UPDATE ... SET engine, started_at, status='running'
             row[_ENGINE], row[_STARTED_AT], row[_STATUS] = args[0], args[1], "running"
         elif op == "finished" and args[0] in records:
-            row = records[args[0]]  # status, finished_at, engine, error, result, stdout, stderr, not_kept
-            row[2], row[5], row[6], row[7], row[8], row[9], row[10], row[13] = args[1:]
+            row = records[args[0]]
+            for column, value in zip(_FINISHED_COLUMNS, args[1:]):
+                row[column] = value
             row[_PAYLOAD] = None
         elif op == "finished" and args[0] in started:
             at = started.pop(args[0])
