@@ -1,6 +1,7 @@
 """Crash safety in the scheduler, on task.Clock: store before deliver, and the recovery of
 tasks a previous controller left unfinished (claimed by a pong, finished by a re-sent
 result, re-queued or lost after the grace)."""
+import msgpack
 from twisted.internet import defer
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -31,6 +32,26 @@ class HeldStore(MemoryTaskStore):
         held, self.held = self.held, []
         for d in held:
             d.errback(error) if error is not None else d.callback(None)
+
+
+@implementer(ITaskStore)
+class SlowReads(MemoryTaskStore):
+    """A memory store whose ``get`` answers when the test releases it, as the store's
+    thread answers a read after the recovery read queued before it."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.reads = []
+
+    def get(self, task_id):
+        d = defer.Deferred()
+        self.reads.append((d, task_id))
+        return d
+
+    def release(self):
+        reads, self.reads = self.reads, []
+        for d, task_id in reads:
+            super().get(task_id).chainDeferred(d)
 
 
 class StoreBeforeDeliverTests(Fixture):
@@ -220,6 +241,40 @@ class RecoveryTests(Fixture):
     def test_recovering_twice_keeps_one(self):
         self.assertEqual(self.recover(unfinished("t1")), 1)
         self.assertEqual(self.recover(unfinished("t1")), 0)
+
+    def test_a_fetch_that_meets_the_recovery_follows_the_task(self):
+        """A client that reconnects at once asks for its tasks before the store's recovery
+        read has answered: it is answered like any client of a task in flight, not failed."""
+        store = self.scheduler.store = SlowReads(clock=self.clock)
+        store.submitted("t1", "f", 1.0, b"p")
+        store.started("t1", "old-engine", 2.0)
+        a = self.engine("a")
+        fetched = self.scheduler.fetch(b"c2", "t1")  # (before the recovery read answers)
+        self.assertNoResult(fetched)
+        self.recover(unfinished("t1", status="running"))
+        store.release()
+        self.assertEqual(self.successResultOf(fetched), "pending")
+        self.pong(a, "t1")
+        self.result("a", "t1")
+        self.assertEqual(self.result_of("t1", b"c2")["ok"], True)
+
+    def test_a_task_that_takes_a_recovering_one_waits_for_it(self):
+        """Submitted before the recovery read answered, after= and inputs= a task the old
+        controller ran: it waits for that task and takes its value, not refused."""
+        store = self.scheduler.store = SlowReads(clock=self.clock)
+        store.submitted("t1", "f", 1.0, b"p")
+        store.started("t1", "old-engine", 2.0)
+        a = self.engine("a")
+        admitted = self.scheduler.submit(b"c2", "t2", b"p2", after=["t1"], inputs=["t1"])
+        self.assertNoResult(admitted)
+        self.recover(unfinished("t1", status="running"))
+        store.release()
+        self.assertEqual(self.successResultOf(admitted), "t2")
+        self.pong(a, "t1")
+        self.result("a", "t1", payloads=(b"value-of-t1", b"", b""))
+        sent = [m for to, m in self.to_engines if m["task"] == "t2"]
+        self.assertEqual(len(sent), 1)
+        self.assertEqual(msgpack.unpackb(sent[0].payloads[1]), {"t1": b"value-of-t1"})
 
     def test_stop_cancels_the_grace(self):
         self.recover(unfinished("t1"))

@@ -29,14 +29,19 @@ class Dependencies:
         """The ids in ``after`` neither in flight nor recently finished (the store must answer)."""
         return [dep for dep in after if dep not in self.tasks and dep not in self.recent]
 
-    @staticmethod
-    def look_up(store: ITaskStore, ids: list[str]) -> defer.Deferred:
-        """Deferred ``{id: succeeded}`` from the store; fails with BadRequest for an id it does
-        not know, or one that was in flight when the controller stopped (it will never finish)."""
+    def look_up(self, store: ITaskStore, ids: list[str]) -> defer.Deferred:
+        """Deferred ``{id: succeeded}`` from the store for the ids that finished; fails with
+        BadRequest for an id it does not know, or one that was in flight when the controller
+        stopped and was not recovered (it will never finish).  An id in flight by the time the
+        store answers (recovered meanwhile: the controller had just started) is left out: ``attach``
+        runs as the answer comes (the store answers reads in order, these last), so it still finds
+        it in flight."""
 
         def outcomes(records: list) -> dict:
             found = {}
             for dep, record in zip(ids, records):
+                if dep in self.tasks:
+                    continue
                 if record is None:
                     raise errors.BadRequest(f"unknown dependency {dep!r}: no such task")
                 if record["status"] not in ("ok", "failed"):

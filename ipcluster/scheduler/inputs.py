@@ -85,7 +85,9 @@ class InputValues:
 
         def keep(records: list) -> None:
             for dep, record in zip(done, records):
-                if record is not None and record.get("status") == "ok" and record.get("result") is not None:
+                if dep in self.tasks:  # in flight since the store was asked (recovered at start)
+                    self.wanted.setdefault(dep, {})[task.id] = task
+                elif record is not None and record.get("status") == "ok" and record.get("result") is not None:
                     task.input_values[dep] = bytes(record["result"])
 
         return defer.gatherResults([store.get(dep) for dep in done], consumeErrors=True).addCallback(keep)

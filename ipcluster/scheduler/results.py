@@ -101,18 +101,27 @@ class ResultPost:
         ``"pending"``), now from the store otherwise (fires with ``"done"``).
 
         Fails with BadRequest for a task the store does not know, ClusterError
-        for one that was in flight when the controller stopped.
+        for one the store holds as in flight that no engine runs and the controller
+        did not recover (its recovery read failed).
         """
-        task = self.tasks.get(task_id)
-        if task is not None:
-            if client not in task.clients:
-                task.clients.append(client)
-            if task.state == RUNNING:  # it started before this client asked
-                self.send_client([client, *self._running(task, client)])
-            return defer.succeed("pending")
+        if task_id in self.tasks:
+            return defer.succeed(self._follow(client, task_id))
         return store.get(task_id).addCallback(self._replay, client, task_id)
 
+    def _follow(self, client: bytes, task_id: str) -> str:
+        """Add ``client`` to the clients of ``task_id``, in flight."""
+        task = self.tasks[task_id]
+        if client not in task.clients:
+            task.clients.append(client)
+        if task.state == RUNNING:  # it started before this client asked
+            self.send_client([client, *self._running(task, client)])
+        return "pending"
+
     def _replay(self, record: Optional[dict], client: bytes, task_id: str) -> str:
+        if task_id in self.tasks:
+            # In flight since the store was asked: recovered from the store (the controller had
+            # just started, ``recovery.py``) or submitted again.
+            return self._follow(client, task_id)
         if record is None:
             raise errors.BadRequest(f"unknown task {task_id!r} (never submitted, or purged)")
         if record["status"] not in ("ok", "failed"):
