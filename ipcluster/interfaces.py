@@ -84,7 +84,10 @@ class ITaskStore(Interface):
 
     def committed():
         """Deferred: fires once every write made before this call is durable (group commit:
-        one transaction serves every caller of one reactor turn).  Fails if that write failed."""
+        one transaction serves every caller of one reactor turn).  Durable means a restarted
+        store has it: committed, or in a journal it replays at open (``store/journal.py``).  Fails
+        if the write failed before it was durable; a failure after (the commit of a journaled
+        batch) is logged by the store."""
 
     def unfinished():
         """Deferred: the records of tasks not finished (submitted or running), oldest first, each

@@ -22,6 +22,15 @@ from ipcluster.store.sqlite import SQLiteTaskStore
 ERROR = {"type": "ValueError", "message": "bad value", "traceback": "Traceback ...", "origin": "ipcluster"}
 
 
+def _copy_store_files(path, into):
+    """Copy the store's files (database, WAL, journal) as they are now: what a crash leaves."""
+    import shutil
+
+    for suffix in ("", "-wal", "-batch"):
+        if os.path.exists(path + suffix):
+            shutil.copyfile(path + suffix, os.path.join(into, "tasks.sqlite" + suffix))
+
+
 class SkewedTime:
     """Stands in for the ``time`` module in store.py, with a monotonic clock moved by ``skew``."""
 
@@ -216,12 +225,25 @@ class SQLiteTaskStoreTests(StoreTests, TestCase):
 
     @defer.inlineCallbacks
     def test_committed_means_on_disk_without_the_batch_timer(self):
+        """When ``committed()`` fires, the files on disk hold the write: a controller killed
+        right then (the files copied as they are) restarts with it."""
         store = self.make_store(batch_seconds=3600)  # the timer would never flush in this test
+        store.submitted("t0", "f", 1.0, b"p")
+        store._flush()  # (committed to SQLite: nobody waits for it)
         store.finished("t1", True, 2.0, "e1", None, b"v", "", "")
-        yield store.committed()
+        crashed = self.mktemp()
+        os.makedirs(crashed)
+        d = store.committed().addCallback(lambda _: _copy_store_files(self.path, crashed))
+        store._flush()  # the turn ends
+        yield d
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
-        self.assertEqual(db.execute("SELECT task, result FROM tasks").fetchall(), [("t1", b"v")])
+        self.assertEqual(db.execute("SELECT task, result FROM tasks ORDER BY task").fetchall(),
+                         [("t0", None), ("t1", b"v")], "and committed to SQLite once the call returns")
+        again = SQLiteTaskStore(os.path.join(crashed, "tasks.sqlite"))
+        self.addCleanup(again.close)
+        self.assertEqual((yield again.get("t1"))["result"], b"v")
+        self.assertEqual((yield again.get("t0"))["status"], "submitted")
 
     @defer.inlineCallbacks
     def test_one_commit_for_a_turn(self):
@@ -374,8 +396,13 @@ class SQLiteWhereBatchesRunTests(TestCase):
     def test_a_small_batch_commits_on_the_reactor_thread(self):
         store = self.make_store()
         store.finished("t1", True, 2.0, "e1", None, b"v", "", "")
-        yield store.committed()
-        self.assertEqual(self.ran, [("MainThread", ["finished", "commit"])])
+        seen = []
+        d = store.committed().addCallback(lambda _: seen.append(list(self.ran)))
+        store._flush()  # the turn ends
+        self.assertEqual(seen, [[]], "the waiter is answered once the journal holds the batch, before SQLite")
+        self.assertEqual(self.ran, [("MainThread", ["finished"])])
+        self.assertEqual(store_module.journal.held(self.path), None, "the journal is empty once committed")
+        yield d
 
     @defer.inlineCallbacks
     def test_writes_behind_a_large_one_keep_their_order(self):
