@@ -68,6 +68,9 @@ class MPIJob(unittest.TestCase):
         client = yield connect_client(self, controller)
         ranks = yield within(defer.gatherResults([client.submit(RANK, engine=e) for e in ids]), BOUND, "tasks")
         self.assertEqual(ranks, [0, 1, 2])
+        # The rank's announcement (its own pid) comes through mpiexec's output forwarding, which
+        # may trail the engine's registration over TCP.
+        yield until(lambda: "e1" in launcher.pids, BOUND, "e1's announcement through mpiexec")
         self.assertEqual(launcher.running()["e1"], controller.registry.get("e1").pid)
         yield controller.stopService()
         yield until(lambda: not host.pids(), what="the MPI job to end on its host")

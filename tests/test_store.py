@@ -238,8 +238,11 @@ class SQLiteTaskStoreTests(StoreTests, TestCase):
         yield d
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT task, result FROM tasks ORDER BY task").fetchall(), [("t0", None)],
+                         "in the journal, not yet in SQLite")
+        store._flush()  # (the batch timer: nothing waits, what the journal holds is committed)
         self.assertEqual(db.execute("SELECT task, result FROM tasks ORDER BY task").fetchall(),
-                         [("t0", None), ("t1", b"v")], "and committed to SQLite once the call returns")
+                         [("t0", None), ("t1", b"v")])
         again = SQLiteTaskStore(os.path.join(crashed, "tasks.sqlite"))
         self.addCleanup(again.close)
         self.assertEqual((yield again.get("t1"))["result"], b"v")
@@ -400,8 +403,13 @@ class SQLiteWhereBatchesRunTests(TestCase):
         d = store.committed().addCallback(lambda _: seen.append(list(self.ran)))
         store._flush()  # the turn ends
         self.assertEqual(seen, [[]], "the waiter is answered once the journal holds the batch, before SQLite")
-        self.assertEqual(self.ran, [("MainThread", ["finished"])])
-        self.assertEqual(store_module.journal.held(self.path), None, "the journal is empty once committed")
+        self.assertEqual(store_module.journal.held(self.path)[1], [("finished", ("t1", "ok", 2.0, "e1", None, b"v", "", "", None))])
+        store._flush()  # (the batch timer)
+        self.assertEqual(self.ran, [("MainThread", ["finished", "applied"])])
+        self.assertEqual(store_module.journal.held(self.path)[1], [], "the journal is empty once committed")
+        store.finished("t2", True, 2.0, "e1", None, b"v", "", "")
+        store._flush()  # nobody waits: straight to SQLite
+        self.assertEqual(self.ran[-1], ("MainThread", ["finished"]))
         yield d
 
     @defer.inlineCallbacks
@@ -428,9 +436,13 @@ class SQLiteWhereBatchesRunTests(TestCase):
         store = self.make_store()
         for i in range(3):
             store.finished(f"t{i}", True, 2.0, "e1", None, b"v", "", "")
-            yield store.committed()
-        self.assertEqual([name for name, _ in self.ran], ["MainThread", "MainThread", "ipcluster-store"])
-        self.assertIn("checkpoint", self.ran[-1][1])
+            done = store.committed()
+            store._flush()
+            yield done  # (in the journal)
+            store._flush()  # (the batch timer commits it: the third commit, with a checkpoint, on the thread)
+        yield store.get("t0")  # (after the thread's batch)
+        self.assertEqual([name for name, _ in self.ran][:3], ["MainThread", "MainThread", "ipcluster-store"])
+        self.assertIn("checkpoint", self.ran[2][1])
         (busy, wal_frames, checkpointed) = sqlite3.connect(self.path).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.assertEqual(busy, 0)
 

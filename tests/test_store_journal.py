@@ -1,6 +1,6 @@
-"""The SQLite store's one-batch journal (``store/journal.py``): a batch whose waiters were
-answered before SQLite committed it survives a crash, a torn journal is ignored, what the
-waiters' callbacks ask of the store comes after the commit."""
+"""The SQLite store's journal (``store/journal.py``): batches whose waiters were answered
+before SQLite committed them survive a crash, an epoch SQLite committed is not applied again,
+a torn record ends the journal, what the waiters' callbacks ask of the store comes after."""
 import errno
 import os
 import stat
@@ -11,9 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ipcluster.store import journal
 from ipcluster.store import sqlite as store_module
-from ipcluster.store.journal import BatchJournal
+from ipcluster.store.journal import Journal
 from ipcluster.store.sqlite import SQLiteTaskStore
-from ipcluster.store.sqlitedb import open_db
+from ipcluster.store.sqlitedb import applied_epoch, open_db
 
 #: One task's life in one batch, and a second task's start and end.
 BATCH = [
@@ -37,10 +37,12 @@ class Replay(TestCase):
         self.addCleanup(store.close)
         return store
 
-    def hold(self, writes):
-        slot = BatchJournal(self.path)
-        slot.hold(writes)
-        os.close(slot.fd)  # (as a killed process leaves it: never cleared)
+    def hold(self, *batches, epoch=1):
+        """A journal holding ``batches`` at ``epoch``, as a killed controller leaves it."""
+        slot = Journal(self.path, epoch)
+        for writes in batches:
+            slot.append(writes)
+        os.close(slot.fd)  # (never reset)
 
     @defer.inlineCallbacks
     def records(self, store):
@@ -51,34 +53,47 @@ class Replay(TestCase):
         return found
 
     @defer.inlineCallbacks
-    def test_a_batch_sqlite_never_committed_is_committed_at_open(self):
-        self.hold(BATCH)
+    def test_batches_sqlite_never_committed_are_committed_at_open(self):
+        self.hold(BATCH[:2], BATCH[2:])
         store = self.open()
         self.assertEqual((yield self.records(store)), {
             "t1": ("ok", b"value", "e1", 2.0, 3.0),
             "t2": ("failed", None, "e2", 2.5, 3.5),
         })
-        self.assertIsNone(journal.held(self.path), "the journal is empty once replayed")
+        self.assertEqual(journal.held(self.path), (0, []), "the journal is empty once replayed")
+        self.assertEqual(applied_epoch(store._db), 1)
 
     @defer.inlineCallbacks
-    def test_a_batch_replayed_after_its_commit_leaves_the_same_rows(self):
+    def test_an_epoch_sqlite_committed_is_not_applied_again(self):
         store = self.open()
         for op, args in BATCH:
             store._write(op, args)
-        store._flush()
+        store.committed()
+        store._flush()  # into the journal (epoch 1)
+        store.started("t1", "e9", 9.0)  # (a later write: the replay must not undo it)
+        store._flush()  # the timer: epoch 1 committed, with the later write
         before = yield self.records(store)
+        self.assertEqual(before["t1"][2], "e9")
         yield store.close()
-        self.hold(BATCH)  # killed between SQLite's commit and the journal's mark
+        self.hold(BATCH, epoch=1)  # killed between SQLite's commit and the journal's reset
         self.assertEqual((yield self.records(self.open())), before)
 
     @defer.inlineCallbacks
-    def test_a_torn_journal_is_ignored(self):
-        self.hold(BATCH)
+    def test_a_torn_record_ends_the_journal(self):
+        self.hold(BATCH[:2], BATCH[2:])
         with open(self.path + journal.SUFFIX, "r+b") as f:
             size = f.seek(0, os.SEEK_END)
-            f.truncate(size - 1)  # (killed inside the write)
+            f.truncate(size - 1)  # (killed inside the second write)
         store = self.open()
-        self.assertEqual((yield self.records(store)), {"t1": None, "t2": ("submitted", None, None, None, None)})
+        self.assertEqual((yield self.records(store)), {
+            "t1": ("running", None, "e1", 2.0, None), "t2": ("submitted", None, None, None, None)})
+
+    def test_records_of_an_older_epoch_after_the_first_are_not_taken(self):
+        self.hold(BATCH[:2], BATCH[2:], epoch=1)
+        size = os.path.getsize(self.path + journal.SUFFIX)
+        self.hold(BATCH[:2], epoch=2)  # epoch 2's first record over epoch 1's (the same size)
+        self.assertEqual(os.path.getsize(self.path + journal.SUFFIX), size, "epoch 1's second record is behind it")
+        self.assertEqual(journal.held(self.path), (2, BATCH[:2]))
 
     @defer.inlineCallbacks
     def test_the_journal_is_private_and_gone_after_a_clean_close(self):
@@ -108,7 +123,7 @@ class TheWindow(TestCase):
             asked.append(store.get("t1"))
             asked.append(store.get("t2"))
             store.finished("t2", True, 4.0, "e1", None, b"later", "", "")  # after the read: not seen by it
-            store._flush()  # (put off until the commit)
+            store._flush()
 
         d = store.committed().addCallback(delivered)
         store._flush()
@@ -123,7 +138,7 @@ class TheWindow(TestCase):
         def full(writes):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        self.patch(self.store._journal, "hold", full)
+        self.patch(self.store._journal, "append", full)
         ran = []
         real = store_module.run_batch
         self.patch(store_module, "run_batch", lambda db, batch, r: (ran.append([op for op, _ in batch]), real(db, batch, r))[1])
@@ -143,17 +158,17 @@ class Reading(SynchronousTestCase):
         path = self.mktemp()
         with open(path + journal.SUFFIX, "wb") as f:
             f.write(data)
-        self.assertIsNone(journal.held(path))
+        self.assertEqual(journal.held(path), (0, []))
 
     @settings(max_examples=100, deadline=None)
     @given(st.lists(st.tuples(st.sampled_from(["submitted", "junk"]), st.lists(st.integers(-2**63, 2**63 - 1), max_size=3)), max_size=4))
     def test_a_well_framed_body_of_other_things_is_nothing(self, writes):
         path = self.mktemp()
-        slot = BatchJournal(path)
+        slot = Journal(path, 7)
         self.addCleanup(slot.close)
-        slot.hold(writes)
+        slot.append(writes)
         found = journal.held(path)
         if any(op == "junk" for op, _ in writes):
-            self.assertIsNone(found)
+            self.assertEqual(found, (0, []))
         else:
-            self.assertEqual(found, [(op, tuple(args)) for op, args in writes])
+            self.assertEqual(found, (7, [(op, tuple(args)) for op, args in writes]))

@@ -1,23 +1,24 @@
-"""The store's one-batch journal: what a client may see before SQLite has committed it.
+"""The store's journal: results a client may see before SQLite has committed them.
 
 A result goes to its clients only once the store holds it (``results.py``).  SQLite's
-commit of a small batch costs 0.1-0.2 ms on the reactor thread, and for a lone task that
-wait sat in the round trip.  So a small batch is first written here -- one ``pwrite`` of
-the batch's writes, framed and checksummed, into ``<store>-batch`` at offset 0 -- then the
-``committed()`` Deferreds fire (the results go out), then SQLite commits the same batch
-and the journal is marked empty.  Both happen in one call on the reactor thread: the
-journal holds at most the one batch of that call.
+commit of a batch costs 0.1-0.2 ms on the reactor thread; for a lone task that sat in the
+round trip, and a commit made just after the result went out still held the reactor when
+the client's next request came.  So a small batch someone waits for is appended here --
+one ``pwrite`` of its writes, framed and checksummed, into ``<store>-batch`` -- and the
+waiters are answered at once.  SQLite commits what the journal holds with the next batch
+nobody waits for (the 50 ms timer, a read, a large batch), and that transaction also
+records the journal's *epoch* in the ``meta`` table; the journal then starts again, empty,
+at the next epoch.
 
-After a crash, :func:`replay` applies what the journal holds before anything reads the
-store: a batch that SQLite had not committed yet is committed then; one it had (the crash
-fell between the commit and the mark) is applied again, which leaves the same rows (every
-write is an insert-or-replace or an update of the values it names).  A torn write --
-the process killed inside ``pwrite`` -- fails its checksum and is ignored: nothing of that
-batch had been sent to anyone.
+After a crash, :func:`held` reads the journal's records (all of one epoch, in order, up to
+the first that is torn or of another epoch) and the store applies them at open unless
+SQLite's ``meta`` says that epoch was committed already (the crash fell between the commit
+and the new epoch).  A record torn by the process being killed inside ``pwrite`` fails its
+checksum: nothing of it had been sent to anyone.
 
-It is as durable as the store's commits (``synchronous=NORMAL``): the data is in the
-operating system's cache when the call returns, so it survives the controller being
-killed, not a power loss.
+It is as durable as the store's commits (``synchronous=NORMAL``): in the operating
+system's cache when the call returns, so it survives the controller being killed, not a
+power loss.
 """
 from __future__ import annotations
 
@@ -32,61 +33,80 @@ from ipcluster.store.sqlitedb import WRITES
 
 #: The journal's file next to the store's (``tasks.sqlite-batch``).
 SUFFIX = "-batch"
-#: ``magic, body length, crc32 of the body``.
-_HEADER = struct.Struct("<4sII")
-_MAGIC = b"IPJ1"
+#: ``magic, epoch, body length, crc32 of the body``.
+_HEADER = struct.Struct("<4sQII")
+_MAGIC = b"IPJ2"
 _EMPTY = b"\0" * _HEADER.size
 
 
-class BatchJournal:
-    """The one-slot journal file of a store; used on the reactor thread only."""
+class Journal:
+    """The journal file of a store: appended on the reactor thread, reset by whichever thread
+    commits what it holds (never both at once: the store hands nothing to its thread while it
+    appends, and appends nothing while its thread works)."""
 
-    def __init__(self, store_path: str) -> None:
+    def __init__(self, store_path: str, epoch: int) -> None:
         self.path = store_path + SUFFIX
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.fchmod(self.fd, 0o600)  # (a file left by an older umask)
-        #: What the slot holds now: True from :meth:`hold` to :meth:`clear`.
-        self.holding = False
+        self.epoch = epoch
+        self.offset = 0  # where the next record goes; 0: the journal holds nothing
+        os.pwrite(self.fd, _EMPTY, 0)
 
-    def hold(self, writes: list) -> None:
-        """Put ``writes`` (``(op, args)`` of :data:`~ipcluster.store.sqlitedb.WRITES`) in the slot."""
+    def append(self, writes: list) -> None:
+        """Add ``writes`` (``(op, args)`` of :data:`~ipcluster.store.sqlitedb.WRITES`)."""
         body = msgpack.packb(writes, use_bin_type=True, default=memoryview)
-        os.pwrite(self.fd, _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body, 0)
-        self.holding = True
+        record = _HEADER.pack(_MAGIC, self.epoch, len(body), zlib.crc32(body)) + body
+        os.pwrite(self.fd, record, self.offset)
+        self.offset += len(record)
 
-    def clear(self) -> None:
-        """The slot's batch is committed to SQLite (or was given up): nothing to replay."""
-        if self.holding:
+    def reset(self) -> None:
+        """What the journal held is committed (the ``applied`` write of :attr:`epoch` with it):
+        start the next epoch, empty."""
+        if self.offset:
             os.pwrite(self.fd, _EMPTY, 0)
-            self.holding = False
+            self.offset = 0
+        self.epoch += 1
 
     def close(self, remove: bool = False) -> None:
         """Close the file; ``remove`` it too (the store closed cleanly) if it holds nothing."""
         os.close(self.fd)
-        if remove and not self.holding:
+        if remove and not self.offset:
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
 
 
-def held(store_path: str) -> Optional[list]:
-    """The batch a journal holds (``[(op, args), ...]``), or None: empty, torn or absent."""
+def held(store_path: str) -> tuple[int, list]:
+    """``(epoch, writes)`` of what a journal holds; ``(0, [])`` if empty, torn at its start or absent."""
     try:
         with open(store_path + SUFFIX, "rb") as f:
             data = f.read()
     except FileNotFoundError:
+        return 0, []
+    epoch, writes, at = 0, [], 0
+    while True:
+        found = _record(data, at)
+        if found is None or (writes and found[0] != epoch):
+            return epoch, writes
+        epoch, body, at = found
+        writes += body
+
+
+def _record(data: bytes, at: int) -> Optional[tuple[int, list, int]]:
+    """``(epoch, writes, next offset)`` of the record at ``at``, or None."""
+    if len(data) < at + _HEADER.size:
         return None
-    if len(data) < _HEADER.size:
-        return None
-    magic, length, crc = _HEADER.unpack_from(data)
-    body = data[_HEADER.size:_HEADER.size + length]
+    magic, epoch, length, crc = _HEADER.unpack_from(data, at)
+    body = data[at + _HEADER.size:at + _HEADER.size + length]
     if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
         return None
     try:
         writes = msgpack.unpackb(body, raw=False)
     except (ValueError, TypeError):
         return None
-    if not all(isinstance(w, list) and len(w) == 2 and w[0] in WRITES for w in writes):
+    if not isinstance(writes, list) or not all(
+        isinstance(w, list) and len(w) == 2 and w[0] in WRITES and isinstance(w[1], list) for w in writes
+    ):
         return None
-    return [(op, tuple(args)) for op, args in writes]
+    return epoch, [(op, tuple(args)) for op, args in writes], at + _HEADER.size + length

@@ -35,8 +35,8 @@ from zope.interface import implementer
 from ipcluster.interfaces import ITaskStore
 from ipcluster.store import FAILED, OK
 from ipcluster.store import journal
-from ipcluster.store.journal import BatchJournal
-from ipcluster.store.sqlitedb import BatchFailed, Retention, blob_bytes, fire, open_db, run_batch
+from ipcluster.store.journal import Journal
+from ipcluster.store.sqlitedb import BatchFailed, Retention, applied_epoch, blob_bytes, fire, open_db, run_batch
 
 #: Largest batch committed on the reactor thread: bytes of payloads, results and output ...
 INLINE_BYTES = 256 * 1024
@@ -81,8 +81,8 @@ class SQLiteTaskStore:
             raise RuntimeError(f"cannot open the task store {self.path}: {e}") from e
         self._retention = Retention(max_age, max_tasks)
         self._journal = self._replay_journal()
-        self._window = False  # a batch's waiters are being answered before its commit
-        self._held_asks: list = []  # reads (with the writes before them) asked meanwhile
+        self._backlog: list = []  # writes in the journal, not committed yet (in order)
+        self._backlog_bytes = 0
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._handed = 0  # batches handed to the thread and not reported done yet
         self._pending: list = []
@@ -96,24 +96,22 @@ class SQLiteTaskStore:
         self._thread = threading.Thread(target=self._run, name="ipcluster-store", daemon=True)
         self._thread.start()
 
-    def _replay_journal(self) -> BatchJournal:
-        """Commit what the journal holds (a batch whose results went out just before the
-        controller stopped); the journal, empty."""
-        writes = journal.held(self.path)
-        if writes:
+    def _replay_journal(self) -> Journal:
+        """Commit what the journal holds if SQLite has not (results that went out just before
+        the controller stopped); the journal, empty, at its next epoch."""
+        epoch, writes = journal.held(self.path)
+        applied = applied_epoch(self._db)
+        if writes and epoch > applied:
             try:
-                run_batch(self._db, writes, self._retention)
+                run_batch(self._db, writes + [("applied", (epoch,))], self._retention)
             except BatchFailed as failed:
                 self._db.close()
                 raise RuntimeError(
-                    f"cannot replay the task store's last batch from {self.path + journal.SUFFIX}: {failed.error!r} "
-                    "(the file is left as it is)"
+                    f"cannot commit what the task store's journal {self.path + journal.SUFFIX} holds: "
+                    f"{failed.error!r} (the file is left as it is)"
                 ) from failed.error
-            self.log.info("task store: committed the last batch's {n} write(s) from its journal", n=len(writes))
-        slot = BatchJournal(self.path)
-        slot.holding = True
-        slot.clear()
-        return slot
+            self.log.info("task store: committed {n} write(s) from its journal", n=len(writes))
+        return Journal(self.path, max(epoch, applied) + 1)
 
     # -- writes (fire and forget): gathered on the reactor, committed once a batch ----------
 
@@ -124,15 +122,10 @@ class SQLiteTaskStore:
             self._flush_call = self.reactor.callLater(self.batch_seconds, self._flush)
 
     def _flush(self) -> None:
-        if self._window:  # (called from a result's delivery: see _journal_first)
-            if not self._soon:
-                self._soon = True
-                self._call_soon(self._flush)
-            return
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call, self._soon = None, False
-        if not (self._pending or self._waiters):
+        if not (self._pending or self._waiters or self._backlog):
             return
         if self._closed:  # (committed() already refuses; writes made after close() are not kept)
             if self._pending:
@@ -142,45 +135,51 @@ class SQLiteTaskStore:
         batch, nbytes = self._pending, self._pending_bytes
         self._pending, self._pending_bytes = [], 0
         waiters, self._waiters = self._waiters, []
+        if waiters and self._journal_first(batch, nbytes, waiters):
+            return
+        journaled = bool(self._backlog)
+        if journaled:  # committed now, and the journal's epoch with them
+            batch = self._backlog + batch + [("applied", (self._journal.epoch,))]
+            nbytes += self._backlog_bytes
+            self._backlog, self._backlog_bytes = [], 0
         if waiters:
             batch.append(("commit", (waiters,)))
         self._commits += 1
         if self._housekeeping(batch) or self._handed or nbytes > INLINE_BYTES or len(batch) > INLINE_ROWS:
-            self._hand(batch)
-        elif waiters:
-            self._journal_first(batch[:-1], waiters)
+            self._hand(batch, journaled)
         else:
-            self._commit_here(batch)
+            self._commit_here(batch, journaled)
 
-    def _commit_here(self, batch: list) -> None:
-        """Commit ``batch`` on the reactor thread; then the journal holds nothing."""
+    def _journal_first(self, batch: list, nbytes: int, waiters: list) -> bool:
+        """A small batch someone waits for, while the thread is idle and no housekeeping is due:
+        into the journal, its waiters answered at once (the results go out); SQLite commits it
+        with the next batch nobody waits for (``journal.py``).  False if it did not go in."""
+        if (self._handed or self._backlog_bytes + nbytes > INLINE_BYTES or len(self._backlog) + len(batch) > INLINE_ROWS
+                or self._commits >= CHECKPOINT_EVERY or time.monotonic() - self._last_trim > TRIM_EVERY):
+            return False
+        try:
+            if batch:
+                self._journal.append(batch)
+        except (OSError, TypeError, ValueError, OverflowError) as e:  # (no room; a value msgpack cannot pack)
+            self.log.warn("task store journal not written ({e!r}): the batch is committed first", e=e)
+            return False
+        self._backlog += batch
+        self._backlog_bytes += nbytes
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(self.batch_seconds, self._flush)
+        fire([(d, True, None) for d in waiters])
+        return True
+
+    def _commit_here(self, batch: list, journaled: bool = False) -> None:
+        """Commit ``batch`` on the reactor thread (``journaled``: with what the journal held)."""
         try:
             done = run_batch(self._db, batch, self._retention)
         except BatchFailed as failed:
             self.log.error("task store write failed: {e!r}", e=failed.error)
             done = failed.done
-        self._journal.clear()
+        if journaled:
+            self._journal.reset()
         fire(done.answers)
-
-    def _journal_first(self, writes: list, waiters: list) -> None:
-        """A small batch someone waits for: into the journal, the waiters answered (results go
-        out), then committed (``journal.py``).  Whatever the waiters' callbacks ask of the store
-        meanwhile comes after the commit: reads are held (:meth:`_ask`), flushes put off."""
-        try:
-            self._journal.hold(writes)
-        except (OSError, TypeError, ValueError, OverflowError) as e:  # (no room; a value msgpack cannot pack)
-            self.log.warn("task store journal not written ({e!r}): the batch is committed first", e=e)
-            self._commit_here(writes + [("commit", (waiters,))])
-            return
-        self._window = True
-        try:
-            fire([(d, True, None) for d in waiters])
-        finally:
-            self._window = False
-        self._commit_here(writes)
-        held, self._held_asks = self._held_asks, []
-        for batch in held:
-            self._hand(batch)
 
     def _checkpoint_failed(self, done) -> None:
         if done.checkpoint_error is not None:  # the WAL stays; the next checkpoint tries again
@@ -198,10 +197,11 @@ class SQLiteTaskStore:
             self._last_trim, due = time.monotonic(), True
         return due
 
-    def _hand(self, batch: list) -> None:
-        """Queue ``batch`` for the store's thread (it reports back through :meth:`_worked`)."""
+    def _hand(self, batch: list, journaled: bool = False) -> None:
+        """Queue ``batch`` for the store's thread (it reports back through :meth:`_worked`);
+        ``journaled``: it commits what the journal held, which then starts again."""
         self._handed += 1
-        self._queue.put(batch)
+        self._queue.put((batch, journaled))
 
     def committed(self) -> defer.Deferred:
         if self._closed:
@@ -232,10 +232,6 @@ class SQLiteTaskStore:
         if self._closed:
             return defer.fail(RuntimeError("the task store is closed"))
         d = defer.Deferred()
-        if self._window:  # (asked while a batch's waiters are answered: after its commit)
-            batch, self._pending, self._pending_bytes = self._pending + [(op, (d, *args))], [], 0
-            self._held_asks.append(batch)
-            return d
         self._flush()  # a read sees every write made before it
         batch = [(op, (d, *args))]
         self._housekeeping(batch)
@@ -269,19 +265,24 @@ class SQLiteTaskStore:
         closing = None
         try:
             while closing is None:
-                batch = self._queue.get()
+                batch, journaled = self._queue.get()
                 batches = 1
-                while len(batch) < MERGE_MOST:  # take what else is waiting, in order
+                # Take what else is waiting, in order, up to one that commits the journal's
+                # records (the journal starts again right after that commit: journal.py).
+                while not journaled and len(batch) < MERGE_MOST:
                     try:
-                        batch.extend(self._queue.get_nowait())
+                        more, journaled = self._queue.get_nowait()
                     except queue.Empty:
                         break
+                    batch = batch + more
                     batches += 1
                 try:
                     done = run_batch(self._db, batch, self._retention)
                 except BatchFailed as failed:
                     self.log.error("task store write failed: {e!r}", e=failed.error)
                     done = failed.done
+                if journaled:
+                    self._journal.reset()
                 self._checkpoint_failed(done)
                 closing = done.closing
                 self.reactor.callFromThread(self._worked, batches, done.answers)

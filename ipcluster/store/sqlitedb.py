@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     not_kept INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);
 """
 
 #: Columns added since the first schema (a store file made by an older controller gets them).
@@ -69,6 +70,8 @@ WRITES = {
         "engine=excluded.engine, error=excluded.error, result=excluded.result, stdout=excluded.stdout, "
         "stderr=excluded.stderr, not_kept=excluded.not_kept, payload=NULL, started_at=?"
     ),
+    # The journal's epoch whose records this transaction commits (``journal.py``).
+    "applied": "INSERT OR REPLACE INTO meta (key, value) VALUES ('journal_epoch', ?)",
     # A whole record: what ``submitted`` and the ``started``/``finished`` after it in one batch make
     # (:func:`coalesced`).
     "record": (
@@ -119,6 +122,12 @@ def _migrate(db: sqlite3.Connection) -> None:
     for column, kind in _ADDED_COLUMNS:
         if column not in have:
             db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+
+
+def applied_epoch(db: sqlite3.Connection) -> int:
+    """The last journal epoch committed (``journal.py``); 0 if none."""
+    row = db.execute("SELECT value FROM meta WHERE key='journal_epoch'").fetchone()
+    return row[0] if row else 0
 
 
 class Batch:
