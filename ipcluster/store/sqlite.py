@@ -127,10 +127,8 @@ class SQLiteTaskStore:
         self._flush_call, self._soon = None, False
         if not (self._pending or self._waiters or self._backlog):
             return
-        if self._closed:  # (committed() already refuses; writes made after close() are not kept)
-            if self._pending:
-                self.log.info("task store closed: {n} late writes not kept", n=len(self._pending))
-            self._pending, self._pending_bytes, self._waiters = [], 0, []
+        if self._closed:
+            self._drop_late()
             return
         batch, nbytes = self._pending, self._pending_bytes
         self._pending, self._pending_bytes = [], 0
@@ -138,10 +136,8 @@ class SQLiteTaskStore:
         if waiters and self._journal_first(batch, nbytes, waiters):
             return
         journaled = bool(self._backlog)
-        if journaled:  # committed now, and the journal's epoch with them
-            batch = self._backlog + batch + [("applied", (self._journal.epoch,))]
-            nbytes += self._backlog_bytes
-            self._backlog, self._backlog_bytes = [], 0
+        if journaled:
+            batch, nbytes = self._with_backlog(batch, nbytes)
         if waiters:
             batch.append(("commit", (waiters,)))
         self._commits += 1
@@ -149,6 +145,19 @@ class SQLiteTaskStore:
             self._hand(batch, journaled)
         else:
             self._commit_here(batch, journaled)
+
+    def _drop_late(self) -> None:
+        """(Closed: committed() already refuses; writes made after close() are not kept.)"""
+        if self._pending:
+            self.log.info("task store closed: {n} late writes not kept", n=len(self._pending))
+        self._pending, self._pending_bytes, self._waiters = [], 0, []
+
+    def _with_backlog(self, batch: list, nbytes: int) -> tuple[list, int]:
+        """``batch`` after what the journal holds, and the journal's epoch: all committed now."""
+        batch = self._backlog + batch + [("applied", (self._journal.epoch,))]
+        nbytes += self._backlog_bytes
+        self._backlog, self._backlog_bytes = [], 0
+        return batch, nbytes
 
     def _journal_first(self, batch: list, nbytes: int, waiters: list) -> bool:
         """A small batch someone waits for, while the thread is idle and no housekeeping is due:
