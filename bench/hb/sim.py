@@ -51,29 +51,24 @@ class ReadyPoller:
     def __init__(self) -> None:
         import select
 
+        import zmq
+
+        self.fd_option, self.pollin = zmq.FD, select.EPOLLIN
         self.epoll = select.epoll()
         self.by_fd: dict = {}
 
     def register(self, sock, _flags=None) -> None:
-        import select
-
-        fd = sock.getsockopt(self._zmq().FD)
+        fd = sock.getsockopt(self.fd_option)
         self.by_fd[fd] = sock
-        self.epoll.register(fd, select.EPOLLIN)
+        self.epoll.register(fd, self.pollin)
 
     def unregister(self, sock) -> None:
-        fd = sock.getsockopt(self._zmq().FD)
+        fd = sock.getsockopt(self.fd_option)
         self.by_fd.pop(fd, None)
         self.epoll.unregister(fd)
 
     def poll(self, timeout_ms: float) -> list:
         return [(self.by_fd[fd], 1) for fd, _ in self.epoll.poll(timeout_ms / 1000.0) if fd in self.by_fd]
-
-    @staticmethod
-    def _zmq():
-        import zmq
-
-        return zmq
 
 
 class LightHeart:

@@ -8,11 +8,12 @@ of payloads and results, :data:`INLINE_ROWS` rows) is committed right there on
 the reactor thread -- with ``synchronous=NORMAL`` in WAL mode a commit is a
 write into the OS's cache, no fsync, 0.1-0.2 ms from Python -- which spares
 every task two thread wake-ups and the GIL hand-offs they cause.  When someone
-waits for such a batch (a result to deliver), it first goes into the store's
-one-batch journal (``journal.py``: one ``pwrite``), the waiters are answered
-(the results go out), and SQLite commits it right after, in the same call: the
-commit is off the result's way to its client, and a crash in between is mended
-from the journal at the next open.  Everything that may take long runs on the
+waits for such a batch (a result to deliver), it is appended to the store's
+journal instead (``journal.py``: one ``pwrite``) and the waiters are answered at
+once (the results go out); SQLite commits what the journal holds with the next
+batch nobody waits for (the timer, a read, a large batch), so no commit stands
+on a result's way to its client, and a crash in between is mended from the
+journal at the next open.  Everything that may take long runs on the
 store's own thread: large batches, reads, retention, WAL checkpoints (the only
 fsyncs, every :data:`CHECKPOINT_EVERY` commits), and every batch that comes
 while that thread still works (so that the order of writes is kept and the
@@ -164,7 +165,7 @@ class SQLiteTaskStore:
         into the journal, its waiters answered at once (the results go out); SQLite commits it
         with the next batch nobody waits for (``journal.py``).  False if it did not go in."""
         if (self._handed or self._backlog_bytes + nbytes > INLINE_BYTES or len(self._backlog) + len(batch) > INLINE_ROWS
-                or self._commits >= CHECKPOINT_EVERY or time.monotonic() - self._last_trim > TRIM_EVERY):
+                or self._housekeeping_due()):
             return False
         try:
             if batch:
@@ -193,6 +194,9 @@ class SQLiteTaskStore:
     def _checkpoint_failed(self, done) -> None:
         if done.checkpoint_error is not None:  # the WAL stays; the next checkpoint tries again
             self.log.warn("task store checkpoint failed: {e!r}", e=done.checkpoint_error)
+
+    def _housekeeping_due(self) -> bool:
+        return self._commits >= CHECKPOINT_EVERY or time.monotonic() - self._last_trim > TRIM_EVERY
 
     def _housekeeping(self, batch: list) -> bool:
         """Add to ``batch`` the checkpoint and the trim that are due; True if any was (the batch
@@ -274,8 +278,8 @@ class SQLiteTaskStore:
         closing = None
         try:
             while closing is None:
-                batch, journaled = self._queue.get()
-                batches = 1
+                first, journaled = self._queue.get()
+                batch, batches = list(first), 1
                 # Take what else is waiting, in order, up to one that commits the journal's
                 # records (the journal starts again right after that commit: journal.py).
                 while not journaled and len(batch) < MERGE_MOST:
@@ -283,7 +287,7 @@ class SQLiteTaskStore:
                         more, journaled = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    batch = batch + more
+                    batch.extend(more)
                     batches += 1
                 try:
                     done = run_batch(self._db, batch, self._retention)
