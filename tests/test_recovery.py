@@ -246,6 +246,7 @@ class RecoveryTests(Fixture):
         """A client that reconnects at once asks for its tasks before the store's recovery
         read has answered: it is answered like any client of a task in flight, not failed."""
         store = self.scheduler.store = SlowReads(clock=self.clock)
+        verifyObject(ITaskStore, store)
         store.submitted("t1", "f", 1.0, b"p")
         store.started("t1", "old-engine", 2.0)
         a = self.engine("a")
