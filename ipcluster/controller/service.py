@@ -102,6 +102,7 @@ class Controller(service.MultiService):
             busy_after=config.busy_after,
             registration_timeout=config.registration_timeout,
             drain=self.sockets.drainer("heartbeat", "control", limit=DRAIN_BATCH),
+            sending=functools.partial(self.sockets.holding, "heartbeat", "control"),
         )
         self.control = ControlChannel(
             self.registry, self.monitor, self.codec, reactor, send("control"), self.drops, config.control_timeout

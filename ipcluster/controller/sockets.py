@@ -21,9 +21,10 @@ of the next turn.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket as _socket
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -111,6 +112,19 @@ class ControllerSockets:
             return done
 
         return drain
+
+    @contextlib.contextmanager
+    def holding(self, *channels: str) -> Iterator[None]:
+        """A burst of sends on ``channels`` that looks for waiting messages once, at its end
+        (``RouterSocket.hold_reads``)."""
+        socks = [s for s in (self.sockets.get(c) for c in channels) if s is not None]
+        for sock in socks:
+            sock.hold_reads()
+        try:
+            yield
+        finally:
+            for sock in socks:
+                sock.release_reads()
 
     def send(self, channel: str, frames: Sequence[bytes]) -> bool:
         if channel == "client":
