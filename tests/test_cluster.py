@@ -237,6 +237,29 @@ class Identity(unittest.TestCase):
 
 
     @defer.inlineCallbacks
+    def test_heart_pings_alone_keep_the_engine_linked(self):
+        """Control pings paced out past the engine's silence limit (here: every 4 s, CONTROL_QUIET_MAX,
+        at busy_after 8 s, against --controller-timeout 2): the pings its heart echoes are word from
+        the controller, so the engine keeps its registration."""
+        from ipcluster.controller.heartmonitor import CONTROL_QUIET_MAX
+
+        controller = yield start_controller(self, busy_after=8.0)
+        yield start_engines(self, controller, ["quiet"], "--controller-timeout", "2")
+        record = controller.registry.get("quiet")
+        events = []
+        controller.registry.subscribe(lambda ev, rec, reason: rec.id == "quiet" and events.append((ev, reason)))
+        pings = []
+        monitor = controller.monitor
+        real = monitor.send_control_ping
+        monitor.send_control_ping = lambda rec, beat: (rec.id == "quiet" and pings.append(reactor.seconds()), real(rec, beat))[1]
+        yield until(lambda: len(pings) >= 3 or events, 4 * CONTROL_QUIET_MAX + BOUND, "three control pings to the engine")
+        self.assertEqual(events, [], "the engine lost its link and registered again")
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        self.assertGreater(min(gaps), 2.0 + 0.5, f"control pings were not paced past the silence limit: {gaps}")
+        self.assertIs(controller.registry.get("quiet"), record)
+        self.assertEqual(record.state, ALIVE)
+
+    @defer.inlineCallbacks
     def test_engine_exits_cleanly_on_sigterm(self):
         controller = yield start_controller(self)
         procs = yield start_engines(self, controller, ["t0"])

@@ -49,6 +49,8 @@ class Channels:
         self.refused = 0
         self.heart = Heart(context, info.address("heartbeat"), token, lambda sock: configure_client(sock, info))
         self.heart.start()
+        #: Pings the heart had echoed at the control thread's last look (``ControlThread._heart_heard``).
+        self.heart_echoed = 0
         self.control = self._dealer(context, info, "control", token)
         self.task = self._dealer(context, info, "task", token)
 

@@ -59,6 +59,10 @@ IDLE_POLL_MS = 250.0
 #: every message and every turn of the loop.
 TICK_INTERVAL = 0.05
 
+#: How often the loop asks the heart how many pings it echoed (a new one is word from the
+#: controller: ``Heart.pings``), in seconds.
+HEART_CHECK = 0.5
+
 #: What one registration attempt comes to: the channels, a reason it failed, or no answer.
 Attempt = Union[Channels, str, None]
 
@@ -94,7 +98,7 @@ class ControlThread:
         self.outbox = Outbox()
         #: The kept results wait to be sent under this registration (once it is joined).
         self._resend_to: Optional[Channels] = None
-        self._next_tick = self._next_contact = 0.0
+        self._next_tick = self._next_contact = self._next_heart_check = 0.0
         self._thread = threading.Thread(target=self._main, name="ipcluster-io", daemon=True)
 
     def start(self) -> None:
@@ -265,8 +269,20 @@ class ControlThread:
         if now < self._next_tick or readable(channels.control):
             return True
         self._next_tick = now + TICK_INTERVAL
+        if now >= self._next_heart_check:
+            self._next_heart_check = now + HEART_CHECK
+            self._heart_heard(channels)
         self.link.tick(self.engine.runner.current is not None)
         return self.link.channels() is channels
+
+    def _heart_heard(self, channels: Channels) -> None:
+        """The heart echoed a ping since the last look: the controller pinged it, so it knows
+        this engine (its control pings are paced out to seconds at scale: a quiet channel alone
+        is not silence)."""
+        echoed = channels.heart.pings()
+        if echoed is not None and echoed > channels.heart_echoed:
+            channels.heart_echoed = echoed
+            self.link.contact()
 
     def _heard(self) -> None:
         """A valid message arrived: tell the link (now and then)."""

@@ -6,10 +6,15 @@ proxy loop, run by pyzmq with the GIL released, sends every ping it receives
 straight back.  So the heart answers even while the engine's main thread holds
 the GIL in a long C call.  ``stop`` sends ``TERMINATE`` on the control socket;
 the loop returns at once and the thread closes its sockets and ends.
+
+:meth:`pings` asks the loop (``STATISTICS`` on the same control socket) how many pings it
+has echoed: the control thread counts a new one as word from the controller, which pings
+only the hearts of engines it knows, so the engine's silence limit needs no control traffic.
 """
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from typing import Callable, Optional
 
@@ -35,6 +40,7 @@ class Heart:
         self._ctl: Optional[zmq.Socket] = None
         self._thread: Optional[threading.Thread] = None
         self._ready = threading.Event()
+        self._ctl_lock = threading.Lock()  # pings() and stop() share the control socket
         self.error: Optional[BaseException] = None
 
     @property
@@ -84,16 +90,32 @@ class Heart:
             sock.close(0)
             ctl.close(0)
 
+    def pings(self, timeout_ms: int = 100) -> Optional[int]:
+        """Pings echoed so far (None: the loop did not answer within ``timeout_ms``, or is not running)."""
+        with self._ctl_lock:
+            if self._thread is None or self._ctl is None:
+                return None
+            try:
+                self._ctl.send(b"STATISTICS", zmq.NOBLOCK)
+                if not self._ctl.poll(timeout_ms):
+                    return None
+                counters = self._ctl.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return None
+        # Eight counters (messages, bytes; in, out; frontend, backend): the frontend's messages in.
+        return struct.unpack("=Q", counters[0])[0] if counters and len(counters[0]) == 8 else None
+
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the echo loop and join the thread; True if it ended in time."""
-        if self._thread is None:
-            return True
-        try:
-            self._ctl.send(b"TERMINATE", zmq.NOBLOCK)  # never block: the thread may be gone
-        except zmq.ZMQError:
-            pass
-        self._thread.join(timeout)
-        ended = not self._thread.is_alive()
-        self._ctl.close(0)
-        self._thread = None
-        return ended
+        with self._ctl_lock:
+            if self._thread is None:
+                return True
+            try:
+                self._ctl.send(b"TERMINATE", zmq.NOBLOCK)  # never block: the thread may be gone
+            except zmq.ZMQError:
+                pass
+            self._thread.join(timeout)
+            ended = not self._thread.is_alive()
+            self._ctl.close(0)
+            self._thread = None
+            return ended
