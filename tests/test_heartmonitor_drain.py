@@ -158,6 +158,24 @@ class DrainTests(SynchronousTestCase):
         self.assertLessEqual(max(self.control_gaps("e1")), CONTROL_QUIET_MAX + PERIOD)
         self.assertEqual({r.state for r in records}, {ALIVE})
 
+    def test_a_long_busy_after_still_pings_within_the_engines_silence_limit(self):
+        """--busy-after 8: judged busy after 8 s, but a quiet engine still hears from the controller
+        every CONTROL_QUIET_MAX (its own silence limit is 5 s)."""
+        self.monitor = self.make_monitor(busy_after=8.0)
+        records = self.engines(3)
+        self.turns(20 * PERIOD)
+        gaps = self.control_gaps("e1")
+        self.assertTrue(gaps and max(gaps) <= CONTROL_QUIET_MAX + PERIOD, gaps)
+        self.assertEqual(self.monitor.busy_after_now, 8.0)
+        quiet = records[0]
+        self.monitor.send_control_ping = lambda record, beat: record is not quiet and self.send_control(record, beat)
+        since = quiet.last_control_at
+        self.turns(14 * PERIOD)
+        self.assertEqual(quiet.state, ALIVE, "silent for 7 s: not yet busy")
+        self.turns(4 * PERIOD)
+        self.assertEqual(quiet.state, BUSY)
+        self.assertGreater(self.clock.seconds() - since, 8.0)
+
     def test_few_engines_keep_busy_after(self):
         self.engines(10)
         self.turns(4 * PERIOD)
