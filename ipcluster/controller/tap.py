@@ -102,9 +102,9 @@ class Options(usage.Options):
         ["heartbeat-misses", None, DEFAULT_MISSES, "Consecutive missed heartbeats after which an engine "
          "is dead. Default: dead within about 2 s of a crash or hang.", _positive(int)],
         ["busy-after", None, None, "Seconds of silence on an engine's control channel (while its heart "
-         "answers) before it is shown busy. Default: 3 heartbeat periods, at least 1 s. Control pings go out "
-         "about every (this - 1.5 periods): keep it well below the engines' controller-silence limit "
-         "(max(5 s, 10 periods)), or idle engines re-register for want of word", _positive(float)],
+         "answers) before it is shown busy. Default: 3 heartbeat periods, at least 1 s, and more beyond 375 "
+         "engines (4 s at 1,000, 8 s from 2,000: control pings are paced to 500 a second in all). Control "
+         "pings go out about every (this - 1.5 periods), at most 4 s apart", _positive(float)],
         ["registration-timeout", None, 10.0, "Seconds a registering engine has to answer its first "
          "heartbeat before its registration is purged.", _positive(float)],
         ["control-timeout", None, 10.0, "Default seconds a control command (beat, abort, ...) waits for "
