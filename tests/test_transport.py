@@ -202,6 +202,35 @@ class RouterSocketTests(SynchronousTestCase):
         self.read_until(4)
         self.assertEqual([frames[1] for frames in self.handled], [b"0", b"0", b"1", b"2"])
 
+    def test_held_sends_schedule_one_read_at_the_release(self):
+        """A burst of sends (a heart-monitor slice) asks nothing per send; the release looks once,
+        so messages whose edge the sends took are still read."""
+        self.push(1)
+        self.read_until(1)
+        self.push(3)
+        self.wait_readable()
+        self.router.hold_reads()
+        for _ in range(5):
+            self.assertTrue(self.router.send_frames([b"dealer-1", b"hello"]))
+        self.assertEqual(self.clock.getDelayedCalls(), [], "no read scheduled while held")
+        self.router.release_reads()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "one read, scheduled at the release")
+        self.read_until(4)
+        self.assertEqual([frames[1] for frames in self.handled], [b"0", b"0", b"1", b"2"])
+
+    def test_nested_holds_look_at_the_outer_release(self):
+        self.push(1)
+        self.read_until(1)
+        self.push(1)
+        self.wait_readable()
+        self.router.hold_reads()
+        self.router.hold_reads()
+        self.router.send_frames([b"dealer-1", b"hello"])
+        self.router.release_reads()
+        self.assertEqual(self.clock.getDelayedCalls(), [], "still held")
+        self.router.release_reads()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
     def test_a_handler_that_sends_needs_no_scheduled_read(self):
         """Sends from a handler inside the read loop schedule nothing: the loop looks again itself."""
         def on_message(frames):
