@@ -39,6 +39,14 @@ SERVE_BATCH = 0.005
 ATTEMPT_TIMEOUT = 5.0
 
 
+def fast_io() -> tuple:
+    """``zmqfast``'s readable, recv_frames and send_frames: a third of what pyzmq's
+    send/recv_multipart cost a ping (imported late, as the project is)."""
+    from ipcluster.transport import zmqfast
+
+    return zmqfast.readable, zmqfast.recv_frames, zmqfast.send_frames
+
+
 class ReadyPoller:
     """``zmq.Poller``'s register / unregister / poll for POLLIN, in O(ready sockets) a call.
 
@@ -80,7 +88,7 @@ class LightHeart:
     def __init__(self, ctx, address: str, identity: bytes, configure) -> None:
         import zmq
 
-        self.zmq = zmq
+        self.zmq, self.fast = zmq, fast_io()
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, identity)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -92,9 +100,7 @@ class LightHeart:
         # simulated engines on 2 cores leave little room for the controller being measured).
         # One ping a period comes: after echoing it, ZMQ_EVENTS (which re-arms the descriptor
         # too) is cheaper than a receive that raises zmq.Again.
-        from ipcluster.transport.zmqfast import readable, recv_frames, send_frames
-
-        sock = self.sock
+        sock, (readable, recv_frames, send_frames) = self.sock, self.fast
         try:
             frames = recv_frames(sock)
         except self.zmq.Again:
@@ -117,7 +123,7 @@ class Hearts:
         from ipcluster import connection
         from ipcluster.transport.wire import Codec
 
-        self.zmq = zmq
+        self.zmq, self.fast = zmq, fast_io()
         self.n, self.prefix = n, prefix
         #: Engines from this index on keep only their heart after registering.
         self.full = n - max(0, min(n, heart_only))
@@ -234,8 +240,8 @@ class Hearts:
     def on_control(self, ctl) -> None:
         """Engine._on_control for one simulated engine: answer what is waiting."""
         from ipcluster.transport.wire import BadMessage
-        from ipcluster.transport.zmqfast import recv_frames, send_frames
 
+        _, recv_frames, send_frames = self.fast
         zmq, codec, counters = self.zmq, self.codec, self.counters
         instance, session = self.controls[ctl]
         while True:

@@ -124,17 +124,15 @@ class RouterSocket(ZmqConnection):
         n = 0
         after = self.after_read
         while self.factory is not None:
-            if n >= limit and readable(self.socket):
+            if n < limit:
+                frames = self._receive(n)
+            elif readable(self.socket):
                 self.batches_cut += 1
                 if self.read_scheduled is None:  # a reply sent meanwhile may have scheduled one
                     self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
                 return
-            frames = None
-            if n < limit and (n > 1 or readable(self.socket)):
-                try:
-                    frames = recv_bounded(self.socket, self.max_frames, self.max_size)
-                except zmq.Again:
-                    pass
+            else:
+                frames = None
             if frames is None:  # empty
                 if n and after is not None:
                     # (Its sends may take this socket's edge: so look again after it, once.)
@@ -156,6 +154,15 @@ class RouterSocket(ZmqConnection):
             except Exception:
                 # A handler bug must not take the socket off the reactor.
                 self.log.failure("error handling a message on the {name} socket", name=self.name)
+
+    def _receive(self, n: int):
+        """The next message (frames, or Oversize) of a read that has had ``n``; None if none waits."""
+        if n > 1 or readable(self.socket):
+            try:
+                return recv_bounded(self.socket, self.max_frames, self.max_size)
+            except zmq.Again:
+                pass
+        return None
 
     def _oversize(self, message: Oversize) -> None:
         if self.on_oversize is not None:
